@@ -1,0 +1,153 @@
+"""Dataset and model cards, rendered with `huggingface_hub` from the Jinja templates in `cards/`.
+
+The templates ship inside the wheel (`dsco_hub/cards/`, hatchling `force-include`); in a source
+checkout they are read from the repository's `cards/` folder.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def template_path(name: str) -> Path:
+    """Path of the card template `name` (e.g. "dataset_card.md").
+
+    Raises:
+        FileNotFoundError: the template is in neither the installed package nor the source tree.
+    """
+    packaged = Path(str(resources.files("dsco_hub") / "cards" / name))
+    if packaged.exists():
+        return packaged
+    source_tree = Path(__file__).resolve().parent.parent / "cards" / name
+    if source_tree.exists():
+        return source_tree
+    raise FileNotFoundError(f"card template {name!r} is missing from dsco_hub/cards and cards/; reinstall dsco-hub.")
+
+
+METHOD_DESCRIPTIONS = {
+    "random": "a seeded random subset of real images per class, the baseline of the dataset condensation literature.",
+    "herding": "kernel herding: greedy selection of real images per class minimising the MMD to the class in a fixed "
+    "random ConvNet-3 feature space (Chen, Welling and Smola, UAI 2010; docs/method.md §5).",
+}
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` bucket of `n` rows ("n<1K", "1K<n<10K", ...)."""
+    buckets = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+    ]
+    for limit, name in buckets:
+        if n < limit:
+            return name
+    return "n>1T" if n > 10**12 else "100M<n<1B"
+
+
+def _format_result(result: dict | None) -> str | None:
+    if not result:
+        return None
+    return f"{result['accuracy_mean']:.2f} ± {result['accuracy_std']:.2f}"
+
+
+def display_name(source: dict) -> str:
+    """A short name of the source for titles: the Hub id, or a local folder's name."""
+    return source["id"] if source.get("is_hub") else source["id"].rstrip("/").split("/")[-1]
+
+
+def card_data(dsco: dict, pretty_name: str):
+    """The card's YAML header (without `dataset_info`/`configs`, which the writer adds).
+
+    Args:
+        dsco (`dict`): the `dsco:` block (method, ipc, doping_ratio, seed, settings, counts, source, versions, eval).
+        pretty_name (`str`): the card's title.
+
+    Returns:
+        `huggingface_hub.DatasetCardData` with licence, task, source datasets, size, tags and the `dsco` block.
+    """
+    from huggingface_hub import DatasetCardData
+
+    source = dsco["source"]
+    is_hub = source.get("is_hub", False)
+    license_ = source.get("license")
+    tags = ["dsco-hub", "dataset-distillation", "dataset-concentration", f"ipc-{dsco['ipc']}", dsco["method"]]
+    if dsco["counts"]["synthetic"]:
+        tags.append("synthetic")
+    return DatasetCardData(
+        license=license_ or "other",
+        task_categories=["image-classification"],
+        source_datasets=[source["id"]] if is_hub else ["original"],
+        size_categories=[size_category(dsco["counts"]["rows"])],
+        tags=tags,
+        pretty_name=pretty_name,
+        dsco=dsco,
+    )
+
+
+def render_dataset_card(data, dsco: dict, citation: str | None, load_id: str, grid_classes: int):
+    """Render `cards/dataset_card.md` into a `huggingface_hub.DatasetCard`.
+
+    Args:
+        data (`DatasetCardData`): the YAML header (from `card_data`, plus `dataset_info`/`configs`).
+        dsco (`dict`): the `dsco:` block (the body is derived from it, so updating it and re-rendering is enough).
+        citation (`str`, *optional*): the source's citation.
+        load_id (`str`): what users pass to `load_dataset` (a repo id or a folder path).
+        grid_classes (`int`): classes shown in `samples.png`.
+    """
+    from huggingface_hub import DatasetCard
+
+    source = dsco["source"]
+    counts = dsco["counts"]
+    evaluation = dsco.get("eval")
+    eval_context = None
+    if evaluation:
+        protocol = evaluation["protocol"]
+        augmentation = "DSA-style crop, scale, rotate and cutout" + (", flip" if protocol.get("flip") else "")
+        eval_context = {
+            "model_name": {"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}[evaluation["result"]["model"]],
+            "epochs": protocol["epochs"],
+            "runs": protocol["runs"],
+            "augmentation": augmentation if protocol.get("augment", True) else "no augmentation",
+            "test_dataset": evaluation["test"]["dataset"],
+            "test_split": evaluation["test"]["split"],
+            "test_images": evaluation["test"]["num_images"],
+            "result": _format_result(evaluation["result"]),
+            "baseline": _format_result(evaluation.get("baseline_random")),
+        }
+    settings = ", ".join(f"`{k}={v}`" for k, v in dsco["settings"].items()) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in dsco["versions"].items())
+    volume = counts["rows"] / max(source["num_rows"], 1)
+    return DatasetCard.from_template(
+        data,
+        template_path=str(template_path("dataset_card.md")),
+        pretty_name=data.pretty_name,
+        source_id=source["id"],
+        source_url=f"https://huggingface.co/datasets/{source['id']}"
+        if source.get("is_hub")
+        else "#source-licence-and-citation",
+        source_split=source["split"],
+        source_rows=source["num_rows"],
+        source_revision=source.get("revision"),
+        num_classes=source["num_classes"],
+        ipc=dsco["ipc"],
+        num_rows=counts["rows"],
+        num_real=counts["real"],
+        num_synthetic=counts["synthetic"],
+        data_volume=f"{100 * volume:.3g} %",
+        method=dsco["method"],
+        method_description=METHOD_DESCRIPTIONS.get(dsco["method"], dsco["method"]),
+        doping_ratio=dsco["doping_ratio"],
+        settings=settings,
+        seed=dsco["seed"],
+        versions=versions,
+        samples_file="samples.png",
+        grid_classes=grid_classes,
+        load_id=load_id,
+        eval=eval_context,
+        license=source.get("license"),
+        citation=citation,
+    )

@@ -1,0 +1,223 @@
+"""The `dsco-hub` command line: thin Typer commands that build a config and call one library function.
+
+Errors that users cause (`DscoError`) print as one line plus a hint and exit with code 1; set
+`DSCO_HUB_TRACEBACK=1` to see the traceback. Model: huggingface_hub `cli/_cli_utils.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from dsco_hub.config import ConcentrateConfig, EvalConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.errors import DscoError
+
+app = typer.Typer(
+    name="dsco-hub",
+    help="Concentrate Hugging Face image-classification datasets with DsCo and publish them on the Hub.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+prior_app = typer.Typer(help="Class-conditional diffusion priors.", no_args_is_help=True)
+app.add_typer(prior_app, name="prior")
+err_console = Console(stderr=True)
+
+# Shared options, defined once
+SourceArg = Annotated[
+    Optional[str],
+    typer.Argument(
+        help="Hub dataset id, local `datasets` repo folder or save_to_disk folder; "
+        "omit for the embedded Fashion-MNIST subset."
+    ),
+]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Dataset config (subset) name on the Hub.")]
+SplitOpt = Annotated[str, typer.Option(help="Split to read.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision of the source (branch, tag or commit).")]
+ImageColOpt = Annotated[Optional[str], typer.Option(help="Image column (default: the column of feature Image).")]
+LabelColOpt = Annotated[Optional[str], typer.Option(help="Label column (default: the ClassLabel column).")]
+SeedOpt = Annotated[int, typer.Option(help="Run seed; every random choice derives from (seed, class, slot).")]
+TestSplitOpt = Annotated[Optional[str], typer.Option(help="Evaluation split (default: test, else validation).")]
+RunsOpt = Annotated[int, typer.Option(help="Evaluation runs (students trained from scratch).")]
+EpochsOpt = Annotated[int, typer.Option(help="Training epochs per evaluation run.")]
+EvalModelOpt = Annotated[
+    str, typer.Option("--eval-model", help="auto (ConvNet-3 up to 64 px, ResNet-18 above), convnet3 or resnet18.")
+]
+BaselineOpt = Annotated[bool, typer.Option(help="Also evaluate a random real subset of the same IPC.")]
+EvalSeedOpt = Annotated[int, typer.Option(help="Seed of the students' initialisation and augmentation.")]
+
+
+def _source(source, config, split, revision, image_column, label_column, test_split=None) -> SourceConfig:
+    return SourceConfig(
+        source=source,
+        config_name=config,
+        split=split,
+        revision=revision,
+        image_column=image_column,
+        label_column=label_column,
+        test_split=test_split,
+    )
+
+
+@app.command()
+def concentrate(
+    source: SourceArg = None,
+    ipc: Annotated[int, typer.Option(help="Images per class in the output.")] = 10,
+    method: Annotated[str, typer.Option(help="random or herding.")] = "herding",
+    out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    config: ConfigOpt = None,
+    split: SplitOpt = "train",
+    test_split: TestSplitOpt = None,
+    revision: RevisionOpt = None,
+    image_column: ImageColOpt = None,
+    label_column: LabelColOpt = None,
+    seed: SeedOpt = 0,
+    kernel: Annotated[str, typer.Option(help="Herding kernel: gaussian (multi-bandwidth) or linear.")] = "gaussian",
+    feature_seed: Annotated[int, typer.Option(help="Seed of herding's random ConvNet-3 feature map.")] = 0,
+    herding_pool: Annotated[int, typer.Option(help="Real candidates per class for herding.")] = 5000,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation.")] = False,
+    runs: RunsOpt = 3,
+    epochs: EpochsOpt = 300,
+    eval_model: EvalModelOpt = "auto",
+    baseline: BaselineOpt = True,
+    eval_seed: EvalSeedOpt = 0,
+):
+    """Concentrate SOURCE into a small `datasets` repo folder with a card, evaluated under the DC/DSA protocol."""
+    from dsco_hub.pipeline import concentrate as run
+
+    if out is None:
+        stem = (source or "fashion-mnist-subset").rstrip("/").replace("\\", "/").split("/")[-1]
+        out = f"{stem}-{method}-ipc{ipc}"
+    cfg = ConcentrateConfig(
+        source=_source(source, config, split, revision, image_column, label_column, test_split),
+        method=method,
+        ipc=ipc,
+        seed=seed,
+        kernel=kernel,
+        feature_seed=feature_seed,
+        herding_pool=herding_pool,
+        out=out,
+        overwrite=overwrite,
+        evaluate=not no_eval,
+        eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
+    )
+    result = run(cfg)
+    _print_eval(result.dsco.get("eval"))
+    Console().print(f"concentrated set written to [bold]{result.out}[/bold]")
+
+
+@app.command()
+def evaluate(
+    target: Annotated[str, typer.Argument(help="Concentrated set: a folder written by dsco-hub, or any dataset.")],
+    test_dataset: Annotated[
+        Optional[str], typer.Option(help="Test source (default: the set's recorded source).")
+    ] = None,
+    test_split: TestSplitOpt = None,
+    config: ConfigOpt = None,
+    revision: RevisionOpt = None,
+    runs: RunsOpt = 3,
+    epochs: EpochsOpt = 300,
+    eval_model: EvalModelOpt = "auto",
+    baseline: BaselineOpt = True,
+    eval_seed: EvalSeedOpt = 0,
+    update_card: Annotated[bool, typer.Option(help="Write the results into the set's card.")] = False,
+):
+    """Evaluate a concentrated set: train students from scratch on it, test them on the source's test split."""
+    from dsco_hub.pipeline import evaluate_set
+
+    test = SourceConfig(source=test_dataset, config_name=config, revision=revision, test_split=test_split)
+    cfg = EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed)
+    block = evaluate_set(target, test, cfg, update_card=update_card)
+    _print_eval(block)
+
+
+def _print_eval(block) -> None:
+    if not block:
+        return
+    from rich.table import Table
+
+    from dsco_hub.pipeline import results_table
+
+    model = {"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}[block["result"]["model"]]
+    table = Table(title=f"{model} accuracy on {block['test']['dataset']} [{block['test']['split']}]")
+    for column in ("training set", "images", "accuracy (%)"):
+        table.add_column(column)
+    for row in results_table(block):
+        table.add_row(*row)
+    Console().print(table)
+
+
+@prior_app.command("train")
+def prior_train(
+    source: SourceArg = None,
+    out: Annotated[str, typer.Option(help="Output folder (diffusers model folder).")] = "prior-out",
+    config: ConfigOpt = None,
+    split: SplitOpt = "train",
+    revision: RevisionOpt = None,
+    image_column: ImageColOpt = None,
+    label_column: LabelColOpt = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Training resolution in pixels.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 or 3 (default: the source's).")] = None,
+    block_out_channels: Annotated[str, typer.Option(help="UNet widths per level, comma-separated.")] = "32,64,64",
+    layers_per_block: Annotated[int, typer.Option()] = 1,
+    norm_num_groups: Annotated[int, typer.Option(help="GroupNorm groups (divides every width).")] = 16,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 4000,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    label_dropout: Annotated[float, typer.Option(help="Null-label probability (guidance).")] = 0.1,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = False,
+    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "bf16",
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 200,
+    seed: SeedOpt = 0,
+):
+    """Train a class-conditional pixel-space UNet prior (DDPM, EMA, label dropout); a rerun resumes."""
+    from dsco_hub.prior import train_prior
+
+    try:
+        widths = tuple(int(w) for w in block_out_channels.split(","))
+    except ValueError:
+        raise DscoError(
+            f"--block-out-channels={block_out_channels!r} must be comma-separated integers, e.g. 32,64,64."
+        ) from None
+    cfg = PriorTrainConfig(
+        source=_source(source, config, split, revision, image_column, label_column),
+        out=out,
+        resolution=resolution,
+        channels=channels,
+        block_out_channels=widths,
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        label_dropout=label_dropout,
+        flip=flip,
+        mixed_precision=mixed_precision,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    path = train_prior(cfg)
+    Console().print(f"prior saved to [bold]{path}[/bold]")
+
+
+def main() -> None:
+    """Entry point of the `dsco-hub` console script: `DscoError` becomes one line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except DscoError as err:
+        if os.environ.get("DSCO_HUB_TRACEBACK"):
+            raise
+        err_console.print(f"[bold red]Error:[/bold red] {err}", highlight=False, soft_wrap=True)
+        if err.hint:
+            err_console.print(f"[dim]Hint: {err.hint}[/dim]", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("Aborted.")
+        sys.exit(130)

@@ -1,0 +1,174 @@
+"""Typed run configurations, validated in one place and saved beside every output.
+
+Each dataclass is what one command needs. Field comments give the reason and the unit.
+`validate()` raises `ConfigError` (one line: the option, the value, the rule, the fix)
+before any heavy work starts. `to_dict()` is what goes into `dsco_config.json` and into the
+dataset card's `dsco:` block. Model: nanoGPT `GPTConfig`, lerobot `configs/train.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsco_hub.errors import ConfigError
+
+METHODS = ("random", "herding")
+KERNELS = ("gaussian", "linear")
+EVAL_MODELS = ("auto", "convnet3", "resnet18")
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from a run seed and coordinates, e.g. `(seed, class, slot)`.
+
+    Seeds never depend on batch position or process rank, so results are the same whatever
+    the batch size or the number of processes (dsco-hub determinism rule; model: diffusers
+    `randn_tensor` with per-sample generators).
+
+    Args:
+        *parts (`int` or `str`): the run seed followed by any coordinates.
+
+    Returns:
+        `int`: a seed in `[0, 2**63)`, stable across Python versions and platforms.
+    """
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class SourceConfig:
+    """Where the source dataset comes from and which columns hold images and labels."""
+
+    source: str | None = None  # Hub id, local `datasets` repo folder or `save_to_disk` folder; None = embedded default
+    config_name: str | None = None  # the dataset's config (subset) name on the Hub
+    split: str = "train"  # split the concentrated set is drawn from
+    test_split: str | None = None  # split used for evaluation; None = "test", else "validation"
+    revision: str | None = None  # Hub revision (branch, tag or commit) of the source
+    image_column: str | None = None  # None = the column whose feature is `Image`
+    label_column: str | None = None  # None = the column whose feature is `ClassLabel` (or "label")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol of `docs/method.md` §6 (DC/DSA): train a student from scratch, test it."""
+
+    model: str = "auto"  # "auto" = ConvNet-3 up to 64 px, ResNet-18 above
+    runs: int = 3  # independent students (seeds derived from (seed, "eval", r)); mean and std are reported
+    epochs: int = 300  # training epochs over the concentrated set (DC protocol: 300)
+    lr: float = 0.01  # SGD learning rate, divided by 10 at half of the epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augment: bool = True  # DSA-style crop / scale / rotate / cutout (one per sample)
+    flip: bool | None = None  # horizontal flip; None = on for RGB, off for grayscale (digits, scans)
+    baseline: bool = True  # also evaluate a random real subset of the same IPC
+    seed: int = 0  # seed of the students' initialisation and of the augmentation
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option."""
+        _check(
+            self.model in EVAL_MODELS, f"--eval-model={self.model!r} is unknown; use one of {', '.join(EVAL_MODELS)}."
+        )
+        _check(self.runs >= 1, f"--runs={self.runs} must be at least 1; pass --runs 3 for the standard protocol.")
+        _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1; the protocol uses --epochs 300.")
+        _check(self.batch_size >= 1, f"--eval-batch-size={self.batch_size} must be at least 1.")
+        _check(self.lr > 0, f"--eval-lr={self.lr} must be positive; the protocol uses 0.01.")
+
+
+@dataclass
+class ConcentrateConfig:
+    """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    method: str = "herding"  # "random" (random real subset) or "herding" (kernel herding of real images)
+    ipc: int = 10  # images per class in the output (synthetic and real)
+    seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
+    kernel: str = "gaussian"  # MMD kernel of herding: multi-bandwidth Gaussian or linear (mean matching)
+    feature_seed: int = 0  # seed of the fixed random ConvNet-3 feature map used by herding
+    herding_pool: int = 5000  # real candidates per class considered by herding (a seeded random subset)
+    out: str = "dsco-out"  # output folder (a `datasets` repo)
+    overwrite: bool = False  # replace a non-empty output folder
+    evaluate: bool = True  # run the evaluation protocol and write the results into the card
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option (class-size checks happen once the source is loaded)."""
+        _check(self.method in METHODS, f"--method={self.method!r} is unknown; use one of {', '.join(METHODS)}.")
+        _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
+        _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
+        _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
+        _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
+        self.eval.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-serialisable data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PriorTrainConfig:
+    """`dsco-hub prior train`: a class-conditional pixel-space `UNet2DModel` trained as a DDPM.
+
+    The defaults are the shipped Fashion-MNIST prior (1.06 M parameters, attention-free,
+    about 70-90 minutes on 2 CPU cores in bf16 autocast).
+    """
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    out: str = "prior-out"  # output folder: a diffusers model folder with `id2label` and a model card
+    resolution: int | None = None  # pixels; None = the source's size when it is a multiple of 4 and <= 64, else 32
+    channels: int | None = None  # 1 or 3; None = 1 when the source is grayscale, else 3
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet widths per level (one 2x downsample between levels)
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    max_steps: int = 4000  # optimizer steps
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay)
+    warmup_steps: int = 200
+    label_dropout: float = 0.1  # probability of replacing the label by the null class (classifier-free guidance)
+    ema_power: float = 0.75  # EMA warm-up exponent: decay = 1 - (1 + step) ** -power, capped at ema_max_decay
+    ema_max_decay: float = 0.999
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    flip: bool = False  # random horizontal flips of training images
+    mixed_precision: str = "bf16"  # "no", "bf16" or "fp16" (accelerate's autocast; weights stay fp32)
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    seed: int = 0
+    sample_steps: int = 25  # DDIM steps of the samples grid in the model card
+    sample_guidance: float = 2.0  # guidance scale of the samples grid
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option."""
+        _check(self.max_steps >= 1, f"--max-steps={self.max_steps} must be at least 1.")
+        _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
+        _check(0 <= self.label_dropout < 1, f"--label-dropout={self.label_dropout} must be in [0, 1); use 0.1.")
+        _check(self.lr > 0, f"--lr={self.lr} must be positive.")
+        _check(self.channels in (None, 1, 3), f"--channels={self.channels} must be 1 or 3.")
+        bad = [w for w in self.block_out_channels if w % self.norm_num_groups]
+        _check(
+            not bad,
+            f"--block-out-channels={','.join(map(str, self.block_out_channels))}: width {bad[0] if bad else 0} is not "
+            f"divisible by --norm-num-groups={self.norm_num_groups}; use multiples of it.",
+        )
+        levels = len(self.block_out_channels)
+        if self.resolution is not None:
+            _check(
+                self.resolution % 2 ** (levels - 1) == 0,
+                f"--resolution={self.resolution} must be a multiple of {2 ** (levels - 1)} for a {levels}-level UNet; "
+                f"e.g. --resolution {max(1, self.resolution // 2 ** (levels - 1)) * 2 ** (levels - 1)}.",
+            )
+        _check(
+            self.mixed_precision in ("no", "bf16", "fp16"),
+            f"--mixed-precision={self.mixed_precision!r} must be 'no', 'bf16' or 'fp16'.",
+        )
+        _check(self.checkpoint_every >= 1, f"--checkpoint-every={self.checkpoint_every} must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-serialisable data."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,421 @@
+"""Source datasets: open any Hugging Face image-classification dataset and decode what is used.
+
+A source is a Hub dataset id, a local `datasets` repo folder (parquet or imagefolder layout)
+or a `save_to_disk` folder; with no source, the Fashion-MNIST subset embedded in the package.
+The image column (feature `Image`) and the label column (`ClassLabel`) are found by type.
+The per-class index comes from the label column alone: images are decoded only when used.
+
+Images leave this module as tensors of shape `(batch_size, channels, height, width)`:
+`uint8` in `[0, 255]` from `decode_images`, `float32` in `[-1, 1]` through `to_model_range`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from dsco_hub.config import SourceConfig
+from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError
+
+EMBEDDED_NAME = "fashion_mnist_subset"
+EMBEDDED_ID = "dsco-hub/fashion-mnist-subset (embedded)"
+_LABEL_NAMES = ("label", "labels", "class", "classes", "target", "fine_label", "y")
+
+
+def embedded_source_path() -> Path:
+    """Folder of the embedded default source: Fashion-MNIST, 500 train and 100 test images per class (MIT)."""
+    return Path(str(resources.files("dsco_hub") / "resources" / EMBEDDED_NAME))
+
+
+@dataclass
+class SourceData:
+    """One split of a source dataset, with its class structure resolved.
+
+    Attributes:
+        dataset (`datasets.Dataset`): the split; its image column is left undecoded (`Image(decode=False)`).
+        source_id (`str`): the Hub id or local path the user gave (or the embedded default's name).
+        split (`str`): the split name.
+        revision (`str`, *optional*): the Hub revision asked for.
+        image_column (`str`): the column holding images.
+        label_column (`str`): the column holding labels.
+        class_names (`list[str]`): class names; label `k` is `class_names[k]`.
+        labels (`np.ndarray`): `(num_rows,)` int64 in `[0, num_classes)`.
+        license (`str`, *optional*): the source's licence identifier when the card states one.
+        citation (`str`, *optional*): the source's citation when known.
+    """
+
+    dataset: datasets.Dataset
+    source_id: str
+    split: str
+    revision: str | None
+    image_column: str
+    label_column: str
+    class_names: list[str]
+    labels: np.ndarray
+    license: str | None = None
+    citation: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes `K`."""
+        return len(self.class_names)
+
+    @cached_property
+    def class_index(self) -> list[np.ndarray]:
+        """Row indices of each class: `class_index[k]` is a sorted int64 array."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(self.num_classes + 1))
+        return [order[bounds[k] : bounds[k + 1]] for k in range(self.num_classes)]
+
+    @cached_property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of the first image: channels 1 for grayscale sources, else 3."""
+        image = self.decode_pil([0])[0]
+        channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+        return channels, image.height, image.width
+
+    def decode_pil(self, rows) -> list[PILImage.Image]:
+        """Decode the images of `rows` (row indices of this split) as PIL images.
+
+        Raises:
+            ImageDecodeError: an image cannot be decoded; the message names the row.
+        """
+        rows = [int(r) for r in rows]
+        values = self.dataset.select_columns([self.image_column])[rows][self.image_column]
+        feature = datasets.Image()
+        images = []
+        for row, value in zip(rows, values):
+            try:
+                image = feature.decode_example(value)
+                image.load()
+            except Exception as err:  # PIL raises many types for corrupt data
+                raise ImageDecodeError(
+                    f"{self.source_id} [{self.split}] row {row}: column {self.image_column!r} holds an image that "
+                    f"cannot be decoded ({type(err).__name__}: {err}); fix or drop that row."
+                ) from err
+            images.append(image)
+        return images
+
+    def raw_images(self, rows) -> list[dict]:
+        """The stored `{"bytes", "path"}` values of `rows`, for copying real images without re-encoding."""
+        rows = [int(r) for r in rows]
+        return self.dataset.select_columns([self.image_column])[rows][self.image_column]
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or source.count("/") > 1
+
+
+def _card_metadata(source: str, is_local: bool, revision: str | None) -> tuple[str | None, str | None]:
+    """Licence and citation from the source's README card (best effort: None when unreachable)."""
+    try:
+        from huggingface_hub import DatasetCard
+
+        if is_local:
+            path = Path(source).expanduser() / "README.md"
+            if not path.exists():
+                return None, None
+            card = DatasetCard.load(path)
+        else:
+            card = DatasetCard.load(source, repo_type="dataset")
+    except Exception:
+        return None, None
+    license_ = card.data.get("license")
+    if isinstance(license_, list):
+        license_ = license_[0] if license_ else None
+    text = card.text or ""
+    citation = None
+    match = re.search(r"```(?:bibtex|bib)?\s*\n(@.*?)```", text, flags=re.S)
+    if match:
+        citation = match.group(1).strip()
+    else:
+        match = re.search(r"^\s*Citation:\s*(.+)$", text, flags=re.M)
+        if match:
+            citation = match.group(1).strip()
+    return license_, citation
+
+
+def _open_split(source: str, cfg: SourceConfig, split: str) -> datasets.Dataset:
+    path = Path(source).expanduser()
+    if _is_local(source) and not path.exists():
+        raise SourceNotFoundError(
+            f"SOURCE={source!r} does not exist; pass an existing folder, a Hub dataset id, or nothing for the "
+            "embedded Fashion-MNIST subset."
+        )
+    if path.is_file():
+        raise SourceError(
+            f"SOURCE={source!r} is a file; pass a `datasets` repo folder, a save_to_disk folder or a Hub id."
+        )
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            return loaded  # a single-split save_to_disk folder: whatever the split name
+        if split not in loaded:
+            raise SourceError(
+                f"--split={split!r} does not exist in {source}; available splits: {', '.join(loaded)}. "
+                "Pass one with --split."
+            )
+        return loaded[split]
+    try:
+        target = str(path) if path.is_dir() else source
+        return datasets.load_dataset(target, name=cfg.config_name, split=split, revision=cfg.revision)
+    except ValueError as err:
+        match = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", str(err))
+        if match:
+            raise SourceError(
+                f"--split={split!r} does not exist in {source}; available splits: "
+                f"{', '.join(eval(match.group(1)))}. Pass one with --split."  # noqa: S307 (a list literal)
+            ) from err
+        raise SourceError(f"SOURCE={source!r} cannot be loaded: {err}") from err
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise SourceNotFoundError(
+            f"SOURCE={source!r} was not found locally nor on the Hub ({type(err).__name__}); check the id or path, "
+            "and --config / --revision."
+        ) from err
+
+
+def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple[str, str]:
+    described = ", ".join(
+        f"{name} ({type(f).__name__ if not hasattr(f, 'dtype') else f.dtype})" for name, f in ds.features.items()
+    )
+    if cfg.image_column is not None:
+        if cfg.image_column not in ds.features:
+            raise SourceError(
+                f"--image-column={cfg.image_column!r} is not a column of {source}; columns: {described}."
+            )
+        image_column = cfg.image_column
+    else:
+        found = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
+        if not found:
+            raise SourceError(
+                f"{source} has no image column (feature `Image`); columns: {described}. Pass --image-column NAME."
+            )
+        image_column = found[0]
+    if cfg.label_column is not None:
+        if cfg.label_column not in ds.features:
+            raise SourceError(
+                f"--label-column={cfg.label_column!r} is not a column of {source}; columns: {described}."
+            )
+        return image_column, cfg.label_column
+    found = [n for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
+    if found:
+        return image_column, found[0]
+    for name, f in ds.features.items():
+        if (
+            name.lower() in _LABEL_NAMES
+            and isinstance(f, datasets.Value)
+            and (f.dtype.startswith(("int", "uint")) or f.dtype in ("string", "large_string"))
+        ):
+            return image_column, name
+    raise SourceError(
+        f"{source} has no label column (feature `ClassLabel`, or an int/string column named 'label'); "
+        f"columns: {described}. Pass --label-column NAME."
+    )
+
+
+def _labels(ds: datasets.Dataset, column: str, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels in `[0, K)` and the class names; a ClassLabel keeps its names, other columns get sorted names."""
+    feature = ds.features[column]
+    values = np.asarray(ds.with_format("numpy", columns=[column])[column])
+    if isinstance(feature, datasets.ClassLabel):
+        own = list(feature.names)
+        if names is None or own == names:
+            return values.astype(np.int64), own
+        values = np.asarray(own, dtype=object)[values]
+    else:
+        values = values.astype(str).astype(object) if values.dtype.kind in "iu" else values.astype(object)
+        if names is None:
+            unique = np.unique(values)
+            if unique.dtype.kind in "O" and all(str(v).lstrip("-").isdigit() for v in unique):
+                unique = sorted(unique, key=lambda v: int(v))
+            names = [str(v) for v in unique]
+    lookup = {name: k for k, name in enumerate(names)}
+    unknown = sorted({str(v) for v in np.unique(values)} - set(lookup))
+    if unknown:
+        raise SourceError(
+            f"{where} has labels the concentrated set does not know: {', '.join(unknown[:10])}; its classes are "
+            f"{', '.join(names[:10])}{'...' if len(names) > 10 else ''}. Use a test set with the same classes."
+        )
+    return np.fromiter((lookup[str(v)] for v in values), dtype=np.int64, count=len(values)), names
+
+
+def load_source(cfg: SourceConfig, split: str | None = None, class_names: list[str] | None = None) -> SourceData:
+    """Open one split of a source dataset and resolve its image column, label column and classes.
+
+    Args:
+        cfg (`SourceConfig`): where the data comes from (`source=None` is the embedded Fashion-MNIST subset).
+        split (`str`, *optional*, defaults to `cfg.split`): which split to open.
+        class_names (`list[str]`, *optional*): the class names to map labels onto (for a test split that must
+            agree with a training split); None keeps the split's own names.
+
+    Returns:
+        `SourceData`: the split with `labels` as `(num_rows,)` int64 in `[0, K)`. No image is decoded.
+
+    Raises:
+        SourceNotFoundError: the source does not exist.
+        SourceError: the split, the image column or the label column is missing, or labels are unknown.
+    """
+    source = cfg.source if cfg.source is not None else str(embedded_source_path())
+    display = cfg.source if cfg.source is not None else EMBEDDED_ID
+    split = split or cfg.split
+    ds = _open_split(source, cfg, split)
+    image_column, label_column = _find_columns(ds, cfg, display)
+    labels, names = _labels(ds, label_column, class_names, f"{display} [{split}]")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    is_local = _is_local(source)
+    license_, citation = _card_metadata(source, is_local, cfg.revision)
+    citation = citation or (ds.info.citation or None)
+    license_ = license_ or (ds.info.license or None)
+    return SourceData(
+        dataset=ds,
+        source_id=display,
+        split=split,
+        revision=cfg.revision,
+        image_column=image_column,
+        label_column=label_column,
+        class_names=names,
+        labels=labels,
+        license=license_,
+        citation=citation,
+    )
+
+
+def load_test_source(cfg: SourceConfig, class_names: list[str]) -> SourceData:
+    """Open the evaluation split of `cfg` with labels mapped onto `class_names`.
+
+    Uses `cfg.test_split`, else "test", else "validation".
+
+    Raises:
+        SourceError: no such split (the message lists the splits and points to `--test-split`), or the test
+            labels include classes outside `class_names`.
+    """
+    candidates = [cfg.test_split] if cfg.test_split else ["test", "validation"]
+    last: SourceError | None = None
+    for split in candidates:
+        try:
+            return load_source(cfg, split=split, class_names=class_names)
+        except SourceNotFoundError:
+            raise
+        except SourceError as err:
+            if "does not exist in" not in str(err):
+                raise
+            last = err
+    available = re.search(r"available splits: ([^.]*)\.", str(last))
+    raise SourceError(
+        f"--test-split={cfg.test_split or 'test'!r}: the evaluation split does not exist in "
+        f"{cfg.source or EMBEDDED_ID}; available splits: {available.group(1) if available else '?'}. "
+        "Pass one with --test-split."
+    )
+
+
+def to_mode(image: PILImage.Image, channels: int) -> PILImage.Image:
+    """Convert any PIL image (1, L, P, RGB, RGBA, LA, I, F) to "L" (channels=1) or "RGB" (channels=3).
+
+    Transparent pixels are composited over white, palettes expanded, 16-bit images scaled to 8 bits.
+    """
+    if image.mode in ("I", "I;16", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        array = (array - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(array)
+        image = PILImage.fromarray(array.astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PILImage.alpha_composite(background, rgba)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def resize_square(image: PILImage.Image, size: int) -> PILImage.Image:
+    """Center-crop to a square and resize to `size` x `size` (bicubic), the usual preprocessing of diffusion priors."""
+    w, h = image.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (size, size):
+        image = image.resize((size, size), PILImage.Resampling.BICUBIC)
+    return image
+
+
+def pil_to_uint8(images: list[PILImage.Image], channels: int, size: int) -> torch.Tensor:
+    """Stack PIL images as a `uint8` tensor `(batch_size, channels, size, size)` in `[0, 255]`."""
+    arrays = [np.asarray(resize_square(to_mode(im, channels), size)) for im in images]
+    batch = torch.from_numpy(np.stack(arrays))
+    return batch.unsqueeze(1) if channels == 1 else batch.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+
+
+def decode_images(
+    source: SourceData, rows, channels: int, size: int, chunk: int = 1024, progress=None
+) -> torch.Tensor:
+    """Decode the images of `rows` as one `uint8` tensor `(len(rows), channels, size, size)` in `[0, 255]`.
+
+    Args:
+        source (`SourceData`): the split.
+        rows (sequence of `int`): row indices, in output order.
+        channels (`int`): 1 (grayscale) or 3 (RGB).
+        size (`int`): output side in pixels (center crop + bicubic resize when it differs).
+        chunk (`int`, *optional*, defaults to 1024): rows decoded per step (bounds peak memory).
+        progress (`callable`, *optional*): called with the number of rows done after each chunk.
+
+    Raises:
+        ImageDecodeError: an image cannot be decoded (the message names the row).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = torch.empty((len(rows), channels, size, size), dtype=torch.uint8)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        out[start : start + len(part)] = pil_to_uint8(source.decode_pil(part), channels, size)
+        if progress is not None:
+            progress(len(part))
+    return out
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """`uint8` images in `[0, 255]` to `float32` in `[-1, 1]`, same shape."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """`float` images in `[-1, 1]` (clipped) to `uint8` in `[0, 255]`, same shape."""
+    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of one `uint8` image `(channels, height, width)`; deterministic for the same pixels."""
+    array = image.permute(1, 2, 0).numpy()
+    pil = PILImage.fromarray(
+        array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB"
+    )
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The `n` candidates closest to `name` (difflib ratio), for "did you mean" hints."""
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.0)
+
+
+def image_grid(images: torch.Tensor, rows: int) -> PILImage.Image:
+    """Tile `uint8` images `(rows * cols, C, H, W)` into one PIL image of `rows` rows (row-major order)."""
+    n, c, h, w = images.shape
+    cols = -(-n // rows)
+    canvas = torch.zeros((c, rows * h, cols * w), dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        canvas[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i]
+    array = canvas.permute(1, 2, 0).numpy()
+    return PILImage.fromarray(array[..., 0] if c == 1 else array, mode="L" if c == 1 else "RGB")

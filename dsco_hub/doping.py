@@ -1,0 +1,80 @@
+"""Selection of real images per class: the random and kernel-herding baselines, and DsCo's doping.
+
+Doping (`docs/method.md` §5) replaces `m = round(rho * IPC)` synthetic images of a class by real
+ones chosen by greedy kernel herding in a fixed feature space (a seeded random ConvNet-3): each
+pick minimises `MMD^2(synthetic_k ∪ picked, real_k)`, so real images go where the synthetic ones
+cover the class worst. With no synthetic images (`rho = 1`) this is plain kernel herding (Chen,
+Welling and Smola, UAI 2010), the "herding" baseline of the condensation literature; `random`
+draws a seeded random subset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dsco_hub.config import derive_seed
+from dsco_hub.data import SourceData, decode_images, to_model_range
+from dsco_hub.kernels import RandomFeatures, embed, herd
+
+
+def select_random(rows: np.ndarray, num: int, seed: int, class_id: int) -> np.ndarray:
+    """A seeded random subset of `num` of `rows` (the row indices of one class).
+
+    The draw depends only on `(seed, class_id)` and `rows`, never on other classes or processes.
+
+    Returns:
+        `np.ndarray`: `(num,)` int64 row indices, in draw order.
+    """
+    rng = np.random.default_rng(derive_seed(seed, "random", class_id))
+    return rows[rng.permutation(len(rows))[:num]]
+
+
+def herding_pool(rows: np.ndarray, pool: int, seed: int, class_id: int) -> np.ndarray:
+    """The candidates herding considers: all of `rows` when at most `pool`, else a seeded random subset, sorted."""
+    if len(rows) <= pool:
+        return rows
+    rng = np.random.default_rng(derive_seed(seed, "herding-pool", class_id))
+    return np.sort(rows[rng.choice(len(rows), pool, replace=False)])
+
+
+def select_herding(
+    source: SourceData,
+    class_id: int,
+    num: int,
+    seed: int,
+    pool: int = 5000,
+    kernel: str = "gaussian",
+    feature_seed: int = 0,
+    synthetic: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Kernel herding of `num` real images of class `class_id`, optionally on top of synthetic images (doping).
+
+    Candidates and targets are the same pool of real images (at most `pool`, a seeded subset); features are a
+    fixed random ConvNet-3 (`feature_seed`) applied to images at the source's resolution in `[-1, 1]`.
+
+    Args:
+        source (`SourceData`): the training split.
+        class_id (`int`): class in `[0, K)`.
+        num (`int`): real images to pick, at most the pool size.
+        seed (`int`): run seed (chooses the pool when the class is larger than `pool`).
+        pool (`int`, *optional*, defaults to 5000): cap on candidates (bounds time and memory: `pool^2` floats).
+        kernel (`str`, *optional*, defaults to "gaussian"): "gaussian" (multi-bandwidth) or "linear".
+        feature_seed (`int`, *optional*, defaults to 0): seed of the fixed random feature map.
+        synthetic (`torch.Tensor`, *optional*): `(S, C, H, W)` synthetic images in `[-1, 1]` at the source's
+            resolution already in the set (doping); None for plain herding.
+
+    Returns:
+        `np.ndarray`: `(num,)` int64 row indices of `source`, in pick order.
+
+    Raises:
+        ImageDecodeError: a candidate image cannot be decoded.
+    """
+    candidates = herding_pool(source.class_index[class_id], pool, seed, class_id)
+    channels, height, width = source.image_shape
+    images = to_model_range(decode_images(source, candidates, channels, min(height, width)))  # (N, C, H, W)
+    features = RandomFeatures(channels, feature_seed)
+    feats = embed(features, images)  # (N, D)
+    start = embed(features, synthetic) if synthetic is not None and len(synthetic) else None
+    picks = herd(feats, feats, num, start=start, kernel=kernel)
+    return candidates[np.asarray(picks, dtype=np.int64)]

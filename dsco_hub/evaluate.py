@@ -1,0 +1,460 @@
+"""The evaluation protocol of `docs/method.md` §6: train a student from scratch on a small set, test it.
+
+This is the protocol of the condensation literature: Zhao, Mopuri and Bilen, "Dataset Condensation
+with Gradient Matching" (DC, ICLR 2021) and Zhao and Bilen, "Dataset Condensation with
+Differentiable Siamese Augmentation" (DSA, ICML 2021). A student (ConvNet-3 up to 64 px, ResNet-18
+above) is trained with hard labels, SGD (momentum 0.9, weight decay 5e-4, learning rate divided by
+10 at half of the epochs) and DSA-style augmentation, then tested on the source's test split.
+Several independent runs give a mean and a standard deviation.
+
+Every random choice (initialisation, batch order, augmentation) derives from
+`derive_seed(cfg.seed, "eval", run)` through CPU generators: the same inputs and configuration
+give the same accuracies, and the global torch RNG is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsco_hub.config import EVAL_MODELS, EvalConfig, derive_seed
+from dsco_hub.data import to_model_range
+from dsco_hub.errors import ConfigError
+from dsco_hub.kernels import conv_trunk
+
+AUTO_MAX_SIZE = 64  # "auto" picks ConvNet-3 up to this side (pixels), ResNet-18 above
+TEST_BATCH_SIZE = 1024
+
+# DSA augmentation parameters (the defaults of the DSA code, `ParamDiffAug`)
+CROP_RATIO = 0.125  # translation up to 1/8 of the side, in whole pixels
+SCALE_RATIO = 1.2  # per-axis scale factor in [1/1.2, 1.2]
+ROTATE_DEGREES = 15.0  # rotation in [-15, 15] degrees
+CUTOUT_RATIO = 0.5  # side of the cut-out square, as a fraction of the image side
+FILL = -1.0  # value of uncovered and cut-out pixels: black in the [-1, 1] range
+_CROP, _SCALE, _ROTATE, _CUTOUT, _FLIP = range(5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Students
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ConvNet3(nn.Module):
+    """ConvNet-3, the standard student of the condensation literature (DC, ICLR 2021).
+
+    `depth` x [conv 3x3 (padding 1), instance norm (`GroupNorm(width, width)` as in the DC code), ReLU,
+    average pool 2], then a linear classifier on the flattened features.
+
+    Args:
+        channels (`int`): input channels (1 or 3).
+        num_classes (`int`): number of classes `K`.
+        image_size (`int` or `tuple[int, int]`): input side in pixels, or `(height, width)`; each side must be at
+            least `2**depth`.
+        width (`int`, *optional*, defaults to 128): conv channels.
+        depth (`int`, *optional*, defaults to 3): conv blocks; each halves the side (floored), e.g. 28 -> 14 -> 7 -> 3.
+
+    Raises:
+        ConfigError: `image_size` is smaller than `2**depth`.
+    """
+
+    def __init__(
+        self, channels: int, num_classes: int, image_size: int | tuple[int, int], width: int = 128, depth: int = 3
+    ):
+        super().__init__()
+        height, width_px = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if min(height, width_px) < 2**depth:
+            raise ConfigError(
+                f"image_size={image_size} is too small for a ConvNet-{depth}: each side must be at least "
+                f"{2**depth} px; resize the images or pass --eval-model resnet18."
+            )
+        h, w = height, width_px
+        for _ in range(depth):
+            h, w = h // 2, w // 2
+        self.features = conv_trunk(channels, width, depth)
+        self.classifier = nn.Linear(width * h * w, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features.
+
+        Args:
+            x (`torch.Tensor`): `(batch_size, channels, height, width)` float images in `[-1, 1]`.
+
+        Returns:
+            `torch.Tensor`: `(batch_size, width * s * s)` with `s` the side after `depth` halvings.
+        """
+        return self.features(x).flatten(1)  # (B, width * h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `(batch_size, num_classes)` of images `(batch_size, channels, height, width)` in `[-1, 1]`."""
+        return self.classifier(self.embed(x))
+
+
+class BasicBlock(nn.Module):
+    """The two-conv residual block of ResNet-18 (He et al., "Deep Residual Learning", CVPR 2016)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2], batch norm), the student for images above 64 px.
+
+    Written here because torchvision does not import beside the local torch build. The stem is a
+    3x3 conv with stride 1 and no max pool for images up to 64 px (the CIFAR variant), else the
+    ImageNet stem (7x7 conv with stride 2, then a 3x3 max pool with stride 2).
+
+    Args:
+        channels (`int`): input channels (1 or 3).
+        num_classes (`int`): number of classes `K`.
+        image_size (`int` or `tuple[int, int]`): input side in pixels, or `(height, width)`; selects the stem.
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size: int | tuple[int, int]):
+        super().__init__()
+        side = image_size if isinstance(image_size, int) else max(image_size)
+        if side <= AUTO_MAX_SIZE:
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+        blocks: list[nn.Module] = []
+        in_planes = 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features `(batch_size, 512)` of images `(batch_size, channels, height, width)` in `[-1, 1]`."""
+        return self.pool(self.layers(self.stem(x))).flatten(1)  # (B, 512)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `(batch_size, num_classes)` of images `(batch_size, channels, height, width)` in `[-1, 1]`."""
+        return self.fc(self.embed(x))
+
+
+def _resolve_model(name: str, image_size: int | tuple[int, int]) -> str:
+    """The student `name` stands for: "auto" is "convnet3" up to 64 px (longest side), else "resnet18"."""
+    if name not in EVAL_MODELS:
+        raise ConfigError(f"--eval-model={name!r} is unknown; use one of {', '.join(EVAL_MODELS)}.")
+    if name != "auto":
+        return name
+    side = image_size if isinstance(image_size, int) else max(image_size)
+    return "convnet3" if side <= AUTO_MAX_SIZE else "resnet18"
+
+
+def build_student(name: str, channels: int, num_classes: int, image_size: int | tuple[int, int]) -> nn.Module:
+    """A freshly initialised student (initialised from the global torch RNG; seed it around this call).
+
+    Args:
+        name (`str`): "convnet3", "resnet18" or "auto" (ConvNet-3 up to 64 px, ResNet-18 above).
+        channels (`int`): input channels.
+        num_classes (`int`): number of classes `K`.
+        image_size (`int` or `tuple[int, int]`): input side in pixels, or `(height, width)`.
+
+    Returns:
+        `nn.Module`: a `ConvNet3` (width 128, depth 3) or a `ResNet18`, in training mode.
+
+    Raises:
+        ConfigError: `name` is unknown (the message names `--eval-model`), or the images are too small for ConvNet-3.
+    """
+    if _resolve_model(name, image_size) == "convnet3":
+        return ConvNet3(channels, num_classes, image_size)
+    return ResNet18(channels, num_classes, image_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """DSA-style differentiable augmentation: one random transformation per sample.
+
+    As DSA's single-transformation mode (Zhao and Bilen, ICML 2021), each sample gets exactly one of:
+    crop (a translation by up to 1/8 of the side, whole pixels), scale (a factor in `[1/1.2, 1.2]` per
+    axis), rotate (up to ±15 degrees), cutout (a square of half the side) and, when `flip`, a horizontal
+    flip. Uncovered and cut-out pixels are set to -1 (black in `[-1, 1]`), where DSA's normalised images
+    get 0. Crop, scale, rotate and flip are one `affine_grid` + `grid_sample` call for the whole batch
+    (cutout samples get the identity), cutout is a mask. Gradients flow to `x`.
+
+    Args:
+        x (`torch.Tensor`): `(batch_size, channels, height, width)` float images in `[-1, 1]`.
+        generator (`torch.Generator`): CPU generator; the only source of randomness.
+        flip (`bool`, *optional*, defaults to `False`): include horizontal flips (only where they preserve labels).
+
+    Returns:
+        `torch.Tensor`: the augmented batch, same shape, dtype and device as `x`, in `[-1, 1]`.
+
+    Raises:
+        ValueError: `x` is not a 4-D floating-point tensor.
+    """
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"augment expects float images (B, C, H, W), got {tuple(x.shape)} {x.dtype}.")
+    b, _, h, w = x.shape
+    choice = torch.randint(0, 5 if flip else 4, (b,), generator=generator)  # (B,) transformation per sample
+    u = torch.rand(b, 7, generator=generator, dtype=torch.float64)  # (B, 7) uniform draws, one set per sample
+
+    # Per-sample 2x3 matrices of every transformation, then one picked per sample
+    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64).expand(b, 2, 3)
+    crop = eye.clone()
+    shift_x, shift_y = int(w * CROP_RATIO + 0.5), int(h * CROP_RATIO + 0.5)  # pixels
+    crop[:, 0, 2] = 2 * (torch.floor(u[:, 0] * (2 * shift_x + 1)) - shift_x) / w  # whole pixels, normalised
+    crop[:, 1, 2] = 2 * (torch.floor(u[:, 1] * (2 * shift_y + 1)) - shift_y) / h
+    scale = eye.clone()
+    scale[:, 0, 0] = u[:, 2] * (SCALE_RATIO - 1 / SCALE_RATIO) + 1 / SCALE_RATIO
+    scale[:, 1, 1] = u[:, 3] * (SCALE_RATIO - 1 / SCALE_RATIO) + 1 / SCALE_RATIO
+    angle = (u[:, 4] - 0.5) * 2 * math.radians(ROTATE_DEGREES)  # (B,)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    rotate = torch.stack([cos, sin, zero, -sin, cos, zero], dim=1).view(b, 2, 3)
+    mirror = eye.clone()
+    mirror[:, 0, 0] = -1.0
+    theta = torch.stack([crop, scale, rotate, eye, mirror])[choice, torch.arange(b)]  # (B, 2, 3)
+
+    # Geometry: sample x + 1 with zero padding, so uncovered pixels come out as FILL = -1
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(x - FILL, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + FILL
+
+    # Cutout: a square of half the side at a random centre, clipped at the borders (as DSA)
+    size_h, size_w = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
+    top = torch.floor(u[:, 5] * (h + 1 - size_h % 2)).long() - size_h // 2  # (B,)
+    left = torch.floor(u[:, 6] * (w + 1 - size_w % 2)).long() - size_w // 2  # (B,)
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size_h)  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size_w)  # (B, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & (choice == _CUTOUT)[:, None, None]  # (B, H, W)
+    return out.masked_fill(mask[:, None].to(x.device), FILL)  # (B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Protocol
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Accuracies of the evaluation protocol on one training set.
+
+    Attributes:
+        accuracies (`list[float]`): test accuracy of each run, fractions in `[0, 1]`.
+        mean (`float`): mean of `accuracies`, in `[0, 1]`.
+        std (`float`): population standard deviation of `accuracies` (`np.std`, as the DC code), in `[0, 1]`.
+        model (`str`): the student actually used, "convnet3" or "resnet18".
+        epochs (`int`): training epochs per run.
+        runs (`int`): number of runs.
+        num_train (`int`): number of training images.
+    """
+
+    accuracies: list[float]
+    mean: float
+    std: float
+    model: str
+    epochs: int
+    runs: int
+    num_train: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data; accuracies in percent rounded to 2 decimals."""
+        return {
+            "accuracy_mean": round(self.mean * 100, 2),
+            "accuracy_std": round(self.std * 100, 2),
+            "accuracies": [round(a * 100, 2) for a in self.accuracies],
+            "model": self.model,
+            "epochs": self.epochs,
+            "runs": self.runs,
+            "num_train_images": self.num_train,
+        }
+
+
+def _check_inputs(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+) -> None:
+    """Raise `ConfigError` on inputs the protocol cannot use (before any training)."""
+    if num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes} must be at least 1; pass the source's number of classes.")
+    for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ConfigError(
+                f"{name}_images has shape {tuple(images.shape)} and dtype {images.dtype}; "
+                "pass uint8 images (N, C, H, W) in [0, 255] (see dsco_hub.data.decode_images)."
+            )
+        if len(images) == 0:
+            raise ConfigError(f"the {name} set is empty (0 images); pass at least one image per class.")
+        if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+            raise ConfigError(
+                f"{name}_labels has shape {tuple(labels.shape)} and dtype {labels.dtype} for {len(images)} images; "
+                "pass one int64 label per image."
+            )
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ConfigError(
+                f"{name}_labels holds label {bad}, outside [0, {num_classes}) for num_classes={num_classes}; "
+                "map the labels to 0..num_classes-1 or pass the right num_classes."
+            )
+    if train_images.shape[1] != test_images.shape[1]:
+        raise ConfigError(
+            f"train images have {train_images.shape[1]} channels but test images have {test_images.shape[1]}; "
+            "decode both sets with the same channel count (1 = grayscale, 3 = RGB)."
+        )
+
+
+def train_and_test(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    run: int,
+    progress: Callable[[int], Any] | None = None,
+) -> float:
+    """Train one student from scratch on the training set (hard labels) and return its test accuracy.
+
+    The student, batch order and augmentation of run `run` derive from `derive_seed(cfg.seed, "eval", run)`;
+    the global torch RNG is left as it was.
+
+    Args:
+        train_images (`torch.Tensor`): `(N, C, H, W)` uint8 in `[0, 255]`; resized (bilinear, antialiased) to
+            the test resolution when it differs.
+        train_labels (`torch.Tensor`): `(N,)` int64 in `[0, num_classes)`.
+        test_images (`torch.Tensor`): `(M, C, H', W')` uint8 in `[0, 255]`.
+        test_labels (`torch.Tensor`): `(M,)` int64 in `[0, num_classes)`.
+        num_classes (`int`): number of classes `K`.
+        cfg (`EvalConfig`): the protocol (student, epochs, SGD, batch size, augmentation, seed).
+        run (`int`): the run index `r`; different runs train different students.
+        progress (`Callable[[int], Any]`, *optional*): called with 1 after each epoch.
+
+    Returns:
+        `float`: test accuracy, a fraction in `[0, 1]`.
+
+    Raises:
+        ConfigError: the inputs are unusable (see `evaluate_images`) or the student is unknown.
+    """
+    _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
+    channels, height, width = test_images.shape[1:]
+    seed = derive_seed(cfg.seed, "eval", run)
+
+    # Training set in [-1, 1] at the test resolution
+    x_train = to_model_range(train_images)  # (N, C, H, W)
+    if x_train.shape[2:] != test_images.shape[2:]:
+        x_train = F.interpolate(x_train, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    y_train = train_labels.long()
+
+    # Student, initialised from a derived seed without touching the global RNG
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "eval", run, "init"))
+        model = build_student(cfg.model, channels, num_classes, (height, width))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    flip = cfg.flip if cfg.flip is not None else channels == 3
+
+    # Training: SGD with hard labels, lr / 10 from epoch epochs // 2
+    model.train()
+    for epoch in range(cfg.epochs):
+        if epoch == cfg.epochs // 2 and epoch > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr / 10
+        order = torch.randperm(len(x_train), generator=generator)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x = x_train[idx]  # (b, C, H, W)
+            if cfg.augment:
+                x = augment(x, generator, flip)
+            loss = F.cross_entropy(model(x), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if progress is not None:
+            progress(1)
+
+    # Test
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test_images), TEST_BATCH_SIZE):
+            x = to_model_range(test_images[start : start + TEST_BATCH_SIZE])  # (b, C, H', W')
+            pred = model(x).argmax(dim=1)  # (b,)
+            correct += int((pred == test_labels[start : start + TEST_BATCH_SIZE]).sum())
+    return correct / len(test_images)
+
+
+def evaluate_images(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    progress: Callable[[int], Any] | None = None,
+) -> EvalResult:
+    """Run the evaluation protocol (`docs/method.md` §6): `cfg.runs` students trained from scratch, then tested.
+
+    Args:
+        train_images (`torch.Tensor`): `(N, C, H, W)` uint8 in `[0, 255]`, e.g. a concentrated set.
+        train_labels (`torch.Tensor`): `(N,)` int64 in `[0, num_classes)`.
+        test_images (`torch.Tensor`): `(M, C, H', W')` uint8 in `[0, 255]`; training images are resized to `H' x W'`.
+        test_labels (`torch.Tensor`): `(M,)` int64 in `[0, num_classes)`.
+        num_classes (`int`): number of classes `K`.
+        cfg (`EvalConfig`): the protocol; run `r` is seeded by `derive_seed(cfg.seed, "eval", r)`.
+        progress (`Callable[[int], Any]`, *optional*): called with 1 after each epoch of each run
+            (`cfg.runs * cfg.epochs` calls in all).
+
+    Returns:
+        `EvalResult`: per-run accuracies, their mean and (population) std, and what was run.
+
+    Raises:
+        ConfigError: an option of `cfg` is out of range, a set is empty, a label is outside `[0, num_classes)`,
+            images are not uint8 `(N, C, H, W)`, or train and test channel counts differ.
+    """
+    cfg.validate()
+    _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
+    model = _resolve_model(cfg.model, tuple(test_images.shape[2:]))
+    accuracies = [
+        train_and_test(train_images, train_labels, test_images, test_labels, num_classes, cfg, run, progress)
+        for run in range(cfg.runs)
+    ]
+    return EvalResult(
+        accuracies=accuracies,
+        mean=float(np.mean(accuracies)),
+        std=float(np.std(accuracies)),
+        model=model,
+        epochs=cfg.epochs,
+        runs=cfg.runs,
+        num_train=len(train_images),
+    )

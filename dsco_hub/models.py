@@ -1,0 +1,320 @@
+"""Class-conditional diffusion priors and our guided DDIM sampler.
+
+Two layouts load through `load_prior`:
+
+- the DiT layout of `facebook/DiT-XL-2-256`: `model_index.json` with `id2label`, `transformer/`
+  (`DiTTransformer2DModel`), `vae/` (`AutoencoderKL`), `scheduler/`; sampling in latent space;
+- a pixel-space `UNet2DModel` with class embeddings (`num_class_embeds = K + 1`, the last one the
+  null class), the layout `dsco-hub prior train` writes (`model_index.json`, `unet/`, `scheduler/`).
+
+The classifier-free guidance null class is `num_classes` (never a hard-coded 1000). `sample` is
+our own DDIM loop (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021, with Ho and
+Salimans, "Classifier-Free Diffusion Guidance", 2022): `DiTPipeline.__call__` runs without
+gradients and hard-codes the null class, and NOpt extends this loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
+
+from dsco_hub.config import derive_seed
+from dsco_hub.errors import ConfigError, ModelError
+
+SCHEDULERS = ("ddim",)
+
+
+@dataclass
+class DiffusionPrior:
+    """A class-conditional denoiser with what sampling needs.
+
+    Attributes:
+        denoiser (`UNet2DModel` or `DiTTransformer2DModel`): predicts the noise `eps(x_t, t, y)`, in eval mode.
+        scheduler (`DDIMScheduler`): built from the model's own noise schedule.
+        id2label (`dict[int, str]`): class id to name (DiT labels hold comma-separated synonyms).
+        vae (`AutoencoderKL`, *optional*): decodes latents to pixels (latent models only).
+        name (`str`): the Hub id or folder it was loaded from.
+    """
+
+    denoiser: torch.nn.Module
+    scheduler: DDIMScheduler
+    id2label: dict[int, str]
+    vae: AutoencoderKL | None = None
+    name: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes `K`; the null class of classifier-free guidance is `K`."""
+        return len(self.id2label)
+
+    @property
+    def null_class(self) -> int | None:
+        """Label of the unconditional (null) class, or None when the model has none."""
+        if isinstance(self.denoiser, UNet2DModel):
+            return self.num_classes if self.denoiser.config.num_class_embeds > self.num_classes else None
+        return self.num_classes if self.denoiser.config.get("class_dropout_prob", 0.1) > 0 else None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of the denoiser's space (latents for DiT, pixels for a UNet)."""
+        cfg = self.denoiser.config
+        size = cfg.sample_size
+        return cfg.in_channels, size, size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of decoded images."""
+        c, h, w = self.sample_shape
+        if self.vae is None:
+            return c, h, w
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.vae.config.out_channels, h * factor, w * factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor, guidance_scale: float):
+        """Guided noise prediction `eps_uncond + w * (eps_cond - eps_uncond)`.
+
+        Args:
+            x_t (`torch.Tensor`): `(batch_size, C, H, W)` noisy samples in the denoiser's space.
+            t (`int` or `torch.Tensor`): the timestep, in `[0, num_train_timesteps)`.
+            labels (`torch.Tensor`): `(batch_size,)` int64 class ids in `[0, K)`.
+            guidance_scale (`float`): `w`; 1 disables guidance (one denoiser call instead of two).
+
+        Returns:
+            `torch.Tensor`: `(batch_size, C, H, W)` predicted noise, dtype of `x_t`.
+        """
+        batch = x_t.shape[0]
+        guided = guidance_scale != 1.0
+        if guided:
+            x_in = torch.cat([x_t, x_t])  # (2B, C, H, W): conditional then unconditional
+            y_in = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        else:
+            x_in, y_in = x_t, labels
+        t_in = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_in.shape[0])
+        x_in = x_in.to(self.dtype)
+        if isinstance(self.denoiser, UNet2DModel):
+            eps = self.denoiser(x_in, t_in, class_labels=y_in).sample
+        else:
+            eps = self.denoiser(x_in, timestep=t_in, class_labels=y_in).sample
+            eps = eps[:, : x_t.shape[1]]  # DiT learns sigma too: (2B, 2C, H, W) -> (2B, C, H, W)
+        eps = eps.to(x_t.dtype)
+        if not guided:
+            return eps
+        cond, uncond = eps[:batch], eps[batch:]
+        return uncond + guidance_scale * (cond - uncond)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Map clean samples of the denoiser's space to images `(batch_size, C_img, H_img, W_img)` in `[-1, 1]`."""
+        if self.vae is not None:
+            x0 = self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+        return x0.float().clamp(-1, 1)
+
+
+def _load_index(model: str, revision: str | None) -> dict:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise ModelError(
+                f"--model={model!r} has no model_index.json; pass a folder written by `dsco-hub prior train` "
+                "or a DiT repo such as facebook/DiT-XL-2-256."
+            )
+        return json.loads(index.read_text())
+    if model.startswith((".", "/", "~")):
+        raise ModelError(f"--model={model!r} does not exist; pass an existing folder or a Hub model id.")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text())
+    except Exception as err:
+        raise ModelError(
+            f"--model={model!r} (revision {revision or 'main'}) could not be loaded from the Hub "
+            f"({type(err).__name__}); check the id, your network and HF_TOKEN for gated models."
+        ) from err
+
+
+def load_prior(
+    model: str, revision: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusionPrior:
+    """Load a class-conditional diffusion prior from a Hub id or a local folder.
+
+    Args:
+        model (`str`): `facebook/DiT-XL-2-256`-style repo (DiT + VAE) or a `dsco-hub prior train` folder (UNet).
+        revision (`str`, *optional*): Hub revision.
+        device (`str` or `torch.device`, *optional*, defaults to "cpu").
+        dtype (`torch.dtype`, *optional*, defaults to float32): float16/bfloat16 on GPUs; the VAE stays float32.
+
+    Returns:
+        `DiffusionPrior` in eval mode with gradients disabled on its weights.
+
+    Raises:
+        ModelError: the model is missing, has neither `transformer/` nor `unet/`, is not class-conditional, or
+            has no `id2label`.
+    """
+    index = _load_index(model, revision)
+    kwargs = {"revision": revision} if revision else {}
+    vae = None
+    if "transformer" in index:
+        denoiser = DiTTransformer2DModel.from_pretrained(model, subfolder="transformer", **kwargs)
+        if denoiser.config.get("num_embeds_ada_norm") is None:
+            raise ModelError(
+                f"--model={model!r}: the transformer has no class embedding; use a class-conditional DiT."
+            )
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kwargs)
+    elif "unet" in index:
+        denoiser = UNet2DModel.from_pretrained(model, subfolder="unet", **kwargs)
+        if not denoiser.config.num_class_embeds:
+            raise ModelError(
+                f"--model={model!r}: the UNet has no class embeddings (num_class_embeds is None); "
+                "train a class-conditional prior with `dsco-hub prior train`."
+            )
+    else:
+        raise ModelError(
+            f"--model={model!r}: model_index.json lists neither 'transformer' (DiT) nor 'unet'; "
+            "dsco-hub needs a class-conditional DiT or UNet2DModel."
+        )
+    id2label = index.get("id2label")
+    if not id2label:
+        raise ModelError(f"--model={model!r}: model_index.json has no id2label; add one (class id -> name).")
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kwargs)
+    scheduler = DDIMScheduler.from_config(scheduler.config)
+    denoiser.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if vae is not None:
+        vae.to(device=device).eval().requires_grad_(False)
+    prior = DiffusionPrior(denoiser=denoiser, scheduler=scheduler, id2label=id2label, vae=vae, name=model)
+    if isinstance(denoiser, UNet2DModel) and denoiser.config.num_class_embeds < prior.num_classes:
+        raise ModelError(
+            f"--model={model!r}: id2label has {prior.num_classes} classes but the UNet embeds only "
+            f"{denoiser.config.num_class_embeds}; fix model_index.json."
+        )
+    return prior
+
+
+def save_unet_prior(unet: UNet2DModel, scheduler: DDIMScheduler, id2label: dict[int, str], out: str | Path) -> None:
+    """Write a UNet prior as `load_prior` reads it: `model_index.json` (+ `id2label`), `unet/`, `scheduler/`."""
+    out = Path(out)
+    unet.save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
+    index = {
+        "_class_name": "DDIMPipeline",
+        "_diffusers_version": __import__("diffusers").__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+        "id2label": {str(k): v for k, v in sorted(id2label.items())},
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def check_sampler_args(prior: DiffusionPrior, steps: int, guidance_scale: float, eta: float, scheduler: str = "ddim"):
+    """Validate sampler options against the model.
+
+    Raises:
+        ConfigError: unknown `scheduler`; `steps` not in `[1, num_train_timesteps]`; `eta` outside `[0, 1]`;
+            guidance other than 1 on a model without a null class; guidance below 0.
+    """
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler={scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}.")
+    total = prior.scheduler.config.num_train_timesteps
+    if not 1 <= steps <= total:
+        raise ConfigError(
+            f"--steps={steps} must be in [1, {total}] (the model's training timesteps); e.g. --steps 25."
+        )
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"--eta={eta} must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like).")
+    if guidance_scale < 0:
+        raise ConfigError(f"--guidance-scale={guidance_scale} must be >= 0; 1 disables guidance.")
+    if guidance_scale != 1.0 and prior.null_class is None:
+        raise ConfigError(
+            f"--guidance-scale={guidance_scale}: {prior.name} has no null class for classifier-free guidance; "
+            "pass --guidance-scale 1."
+        )
+
+
+def initial_noise(shape: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
+    """Standard normal noise `(len(seeds), *shape)`, image `j` drawn on CPU from its own generator `seeds[j]`.
+
+    CPU generation keeps the noise identical on every device and batch layout (diffusers `randn_tensor` idea).
+    """
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def sample(
+    prior: DiffusionPrior,
+    labels: Sequence[int],
+    seeds: Sequence[int],
+    steps: int = 25,
+    guidance_scale: float = 2.0,
+    eta: float = 0.0,
+    batch_size: int = 64,
+    noise: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Sample images with guided DDIM, batched over images.
+
+    Image `j` starts from noise drawn with its own generator `seeds[j]` (and, when `eta > 0`, its step noise
+    from `derive_seed(seeds[j], "eta")`), so results do not depend on `batch_size` or on the order of images.
+
+    Args:
+        prior (`DiffusionPrior`): the model.
+        labels (sequence of `int`): class id of each image, in `[0, K)`.
+        seeds (sequence of `int`): one seed per image (derive them from `(run seed, class, slot)`).
+        steps (`int`, *optional*, defaults to 25): DDIM steps.
+        guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale `w` (1 = off).
+        eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity (0 deterministic).
+        batch_size (`int`, *optional*, defaults to 64): images per denoiser batch (memory only, not results).
+        noise (`torch.Tensor`, *optional*): pre-made `x_T` of shape `(len(labels), *prior.sample_shape)`.
+        progress (`callable`, *optional*): called with the number of images finished after each batch.
+
+    Returns:
+        `torch.Tensor`: `(len(labels), C, H, W)` float32 images in `[-1, 1]` on CPU.
+
+    Raises:
+        ConfigError: invalid sampler options (see `check_sampler_args`) or mismatched lengths.
+    """
+    check_sampler_args(prior, steps, guidance_scale, eta)
+    if len(labels) != len(seeds):
+        raise ConfigError(f"labels and seeds must have the same length, got {len(labels)} and {len(seeds)}.")
+    bad = [y for y in labels if not 0 <= int(y) < prior.num_classes]
+    if bad:
+        raise ConfigError(f"class id {bad[0]} is outside [0, {prior.num_classes}) for {prior.name}.")
+    if noise is None:
+        noise = initial_noise(prior.sample_shape, seeds)
+    outputs = []
+    for start in range(0, len(labels), batch_size):
+        stop = min(start + batch_size, len(labels))
+        outputs.append(
+            _ddim_batch(prior, noise[start:stop], labels[start:stop], seeds[start:stop], steps, guidance_scale, eta)
+        )
+        if progress is not None:
+            progress(stop - start)
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def _ddim_batch(prior, x_T, labels, seeds, steps, guidance_scale, eta) -> torch.Tensor:
+    scheduler = DDIMScheduler.from_config(prior.scheduler.config)  # own copy: set_timesteps mutates state
+    scheduler.set_timesteps(steps)
+    device = prior.device
+    x = x_T.to(device=device, dtype=torch.float32)
+    y = torch.as_tensor([int(v) for v in labels], device=device, dtype=torch.long)
+    eta_gens = [torch.Generator().manual_seed(derive_seed(int(s), "eta")) for s in seeds] if eta > 0 else None
+    for t in scheduler.timesteps:
+        eps = prior.predict_noise(x, t.to(device), y, guidance_scale)
+        variance_noise = None
+        if eta_gens is not None:
+            variance_noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in eta_gens]).to(device)
+        x = scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
+    return prior.decode(x).cpu()

@@ -1,0 +1,347 @@
+"""Orchestration only: one function per command, each step one call into the module that owns it.
+
+source --data--> per-class index --doping--> selected rows --writer--> staged datasets repo
+       --evaluate--> accuracy (into the card) --writer.commit--> OUT
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from huggingface_hub import DatasetCard
+
+from dsco_hub import __version__, card, doping, writer
+from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.data import SourceData, decode_images, image_grid, load_source, load_test_source
+from dsco_hub.errors import ConfigError, SourceError
+from dsco_hub.evaluate import EvalResult, evaluate_images
+from dsco_hub.ui import progress_bar
+
+GRID_CLASSES = 20  # classes shown in samples.png
+GRID_PER_CLASS = 8  # images per class shown in samples.png
+
+
+@dataclass
+class ConcentrateResult:
+    """What `concentrate` produced: the output folder and its `dsco:` block (with `eval` when evaluated)."""
+
+    out: Path
+    dsco: dict
+
+
+def _versions() -> dict[str, str]:
+    names = ["torch", "diffusers", "datasets", "huggingface_hub", "accelerate"]
+    found = {"dsco_hub": __version__}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _check_ipc(source: SourceData, ipc: int) -> None:
+    sizes = [len(rows) for rows in source.class_index]
+    k = int(np.argmin(sizes))
+    if ipc > sizes[k]:
+        raise ConfigError(
+            f"--ipc={ipc} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
+            f"{source.source_id} [{source.split}]; use --ipc {sizes[k]} or less."
+        )
+
+
+def _select(cfg: ConcentrateConfig, source: SourceData, bar) -> writer.ConcentratedRows:
+    rows = writer.ConcentratedRows()
+    task = bar.add_task(f"select ({cfg.method})", total=source.num_classes, info="")
+    for k in range(source.num_classes):
+        if cfg.method == "random":
+            picks = doping.select_random(source.class_index[k], cfg.ipc, cfg.seed, k)
+        else:
+            picks = doping.select_herding(
+                source, k, cfg.ipc, cfg.seed, pool=cfg.herding_pool, kernel=cfg.kernel, feature_seed=cfg.feature_seed
+            )
+        rows.add_real(source.raw_images(picks), picks, k)
+        bar.update(task, advance=1, info=source.class_names[k])
+    return rows
+
+
+def _as_source(ds: datasets.Dataset, name: str, class_names: list[str]) -> SourceData:
+    """View a built concentrated set as a `SourceData` so it decodes like any source."""
+    return SourceData(
+        dataset=ds.cast_column("image", datasets.Image(decode=False)),
+        source_id=name,
+        split="train",
+        revision=None,
+        image_column="image",
+        label_column="label",
+        class_names=class_names,
+        labels=np.asarray(ds.with_format("numpy", columns=["label"])["label"], dtype=np.int64),
+    )
+
+
+def _evaluate(
+    train: SourceData,
+    test: SourceData,
+    baseline_source: SourceData | None,
+    ipc: int,
+    seed: int,
+    cfg: EvalConfig,
+    bar,
+) -> dict:
+    """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC."""
+    channels, height, width = test.image_shape
+    size = min(height, width)
+    test_images = decode_images(test, range(len(test.labels)), channels, size)
+    test_labels = torch.from_numpy(test.labels)
+    sets = [("result", train, np.arange(len(train.labels)))]
+    if baseline_source is not None:
+        rows = np.concatenate(
+            [
+                doping.select_random(baseline_source.class_index[k], ipc, seed, k)
+                for k in range(baseline_source.num_classes)
+            ]
+        )
+        sets.append(("baseline_random", baseline_source, rows))
+    block: dict = {
+        "protocol": {**_protocol(cfg, channels)},
+        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test.labels)},
+        "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    for key, source, rows in sets:
+        images = decode_images(source, rows, channels, size)
+        labels = torch.from_numpy(source.labels[rows])
+        task = bar.add_task(f"evaluate {key.split('_')[0]}", total=cfg.runs * cfg.epochs, info=f"{len(rows)} images")
+        result: EvalResult = evaluate_images(
+            images,
+            labels,
+            test_images,
+            test_labels,
+            test.num_classes,
+            cfg,
+            progress=lambda n, t=task: bar.advance(t, n),
+        )
+        bar.update(task, info=f"{result.mean * 100:.2f} ± {result.std * 100:.2f} %")
+        block[key] = result.to_dict()
+    return block
+
+
+def _protocol(cfg: EvalConfig, channels: int) -> dict:
+    flip = cfg.flip if cfg.flip is not None else channels == 3
+    return {
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "runs": cfg.runs,
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
+        "augment": cfg.augment,
+        "flip": flip,
+        "seed": cfg.seed,
+        "labels": "hard",
+    }
+
+
+def _write_card(
+    folder: Path,
+    dsco: dict,
+    ds_card_yaml: dict | None,
+    citation: str | None,
+    load_id: str,
+    grid_classes: int,
+    ds: datasets.Dataset | None = None,
+    split_info=None,
+    download_size=None,
+) -> None:
+    """Render README.md into `folder` from the `dsco` block (dataset_info/configs recomputed or carried over)."""
+    data = card.card_data(
+        dsco, pretty_name=f"{card.display_name(dsco['source'])} concentrated ({dsco['method']}, IPC {dsco['ipc']})"
+    )
+    if ds is not None:
+        writer.dataset_info_yaml(data, ds, split_info, download_size)
+    elif ds_card_yaml:
+        for key in ("dataset_info", "configs"):
+            if key in ds_card_yaml:
+                data[key] = ds_card_yaml[key]
+    rendered = card.render_dataset_card(data, dsco, citation, load_id, grid_classes)
+    tmp = folder / "README.md.tmp"
+    tmp.write_text(str(rendered))
+    tmp.replace(folder / "README.md")
+
+
+def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> ConcentrateResult:
+    """`dsco-hub concentrate`: select, write, evaluate and card a concentrated set into `cfg.out`.
+
+    Args:
+        cfg (`ConcentrateConfig`): the run settings.
+        command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv`).
+
+    Returns:
+        `ConcentrateResult`: the output folder and its `dsco:` card block.
+
+    Raises:
+        ConfigError: invalid settings, or IPC larger than the smallest class.
+        OutputError: `cfg.out` is not empty and `cfg.overwrite` is False.
+        SourceError: the source or its test split cannot be used.
+        ImageDecodeError: an image cannot be decoded (names the row).
+    """
+    cfg.validate()
+    out = writer.check_output(cfg.out, cfg.overwrite)
+    with progress_bar() as bar:
+        task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
+        source = load_source(cfg.source)
+        _check_ipc(source, cfg.ipc)
+        bar.advance(task)
+        test = load_test_source(cfg.source, source.class_names) if cfg.evaluate else None
+        bar.update(
+            task, completed=2 if cfg.evaluate else 1, info=f"{len(source.labels)} images, {source.num_classes} classes"
+        )
+        rows = _select(cfg, source, bar)
+
+        staging = writer.staging_dir(out)
+        try:
+            task = bar.add_task("write", total=3, info=str(out))
+            ds = writer.build_dataset(rows, source.class_names)
+            split_info, download_size = writer.write_parquet(ds, staging)
+            bar.advance(task)
+            view = _as_source(ds, str(out), source.class_names)
+            grid_classes = min(source.num_classes, GRID_CLASSES)
+            grid_rows = [int(r) for k in range(grid_classes) for r in view.class_index[k][:GRID_PER_CLASS]]
+            channels, h, w = view.image_shape
+            grid = decode_images(view, grid_rows, channels, min(h, w, 128))
+            image_grid(grid, rows=grid_classes).save(staging / "samples.png")
+            bar.advance(task)
+            dsco = {
+                "method": cfg.method,
+                "ipc": cfg.ipc,
+                "doping_ratio": 1.0,
+                "seed": cfg.seed,
+                "settings": {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
+                if cfg.method == "herding"
+                else {},
+                "counts": {
+                    "rows": len(rows),
+                    "real": rows.source.count("real"),
+                    "synthetic": rows.source.count("synthetic"),
+                },
+                "source": {
+                    "id": source.source_id,
+                    "is_hub": cfg.source.source is not None and not Path(cfg.source.source).expanduser().exists(),
+                    "config": cfg.source.config_name,
+                    "split": source.split,
+                    "revision": source.revision,
+                    "num_rows": len(source.labels),
+                    "num_classes": source.num_classes,
+                    "license": source.license,
+                },
+                "versions": _versions(),
+            }
+            if test is not None:
+                dsco["eval"] = _evaluate(
+                    view, test, source if cfg.eval.baseline else None, cfg.ipc, cfg.seed, cfg.eval, bar
+                )
+            _write_card(staging, dsco, None, source.citation, str(out), grid_classes, ds, split_info, download_size)
+            writer.write_json(
+                staging / "dsco_config.json",
+                {
+                    **cfg.to_dict(),
+                    "command": command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
+                },
+            )
+            bar.advance(task)
+            final = writer.commit(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return ConcentrateResult(out=final, dsco=dsco)
+
+
+def evaluate_set(
+    target: str,
+    test: SourceConfig,
+    cfg: EvalConfig,
+    update_card: bool = False,
+) -> dict:
+    """`dsco-hub evaluate`: run the protocol on a concentrated set (a folder, or any image-classification dataset).
+
+    Args:
+        target (`str`): the set: a local folder written by dsco-hub or any `datasets` source with image and label.
+        test (`SourceConfig`): the test source; `test.source=None` uses the source recorded in the set's card.
+            Its `test_split` (default "test", else "validation") is evaluated; its `split` (default "train") feeds
+            the random-real baseline.
+        cfg (`EvalConfig`): protocol settings (`cfg.baseline` toggles the baseline).
+        update_card (`bool`, *optional*, defaults to False): write the results into the folder's card.
+
+    Returns:
+        `dict`: the `eval` block (protocol, test, result, baseline_random).
+
+    Raises:
+        SourceError: the set or the test source cannot be used, or their classes differ (lists the difference).
+    """
+    cfg.validate()
+    folder = Path(target).expanduser()
+    existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
+    dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
+    test_cfg = test
+    if test.source is None:
+        recorded = dsco.get("source", {})
+        if not recorded or "embedded" in recorded.get("id", ""):
+            test_cfg = SourceConfig(source=None, split=recorded.get("split", "train"), test_split=test.test_split)
+        else:
+            test_cfg = SourceConfig(
+                source=recorded["id"],
+                config_name=recorded.get("config"),
+                revision=recorded.get("revision"),
+                split=recorded.get("split", "train"),
+                test_split=test.test_split,
+            )
+    with progress_bar() as bar:
+        task = bar.add_task("load", total=1, info="")
+        train = load_source(SourceConfig(source=target, split="train"))
+        test_source = load_test_source(test_cfg, train.class_names)
+        baseline_source = load_source(test_cfg, class_names=train.class_names) if cfg.baseline else None
+        bar.advance(task)
+        ipc = int(round(len(train.labels) / train.num_classes))
+        if baseline_source is not None:
+            _check_ipc(baseline_source, ipc)
+        block = _evaluate(train, test_source, baseline_source, ipc, dsco.get("seed", 0), cfg, bar)
+    if update_card:
+        if existing is None or not dsco:
+            raise SourceError(
+                f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
+                "evaluate without --update-card."
+            )
+        dsco["eval"] = block
+        yaml_data = existing.data.to_dict()
+        grid_classes = min(dsco["source"]["num_classes"], GRID_CLASSES)
+        _write_card(folder, dsco, yaml_data, _citation_of(existing), str(folder), grid_classes)
+    return block
+
+
+def _citation_of(existing: DatasetCard) -> str | None:
+    """The source citation block of a card we rendered (the first fenced block of the licence section)."""
+    text = existing.text
+    marker = "Cite the source dataset:"
+    if marker not in text:
+        return None
+    block = text.split(marker, 1)[1].split("```")
+    return block[1].strip() if len(block) > 2 else None
+
+
+def results_table(block: dict) -> list[tuple[str, str, str]]:
+    """Rows `(set, images, accuracy)` of an `eval` block for printing."""
+    rows = []
+    for key, name in (("result", "this set"), ("baseline_random", "random real (same IPC)")):
+        if block.get(key):
+            r = block[key]
+            rows.append((name, str(r["num_train_images"]), f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"))
+    return rows

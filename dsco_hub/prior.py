@@ -1,0 +1,303 @@
+"""`dsco-hub prior train`: train a class-conditional pixel-space diffusion prior (DDPM) on a source dataset.
+
+Users of domains without a pretrained class-conditional model (medical, satellite, industrial)
+train one here. The model is a diffusers `UNet2DModel` with `num_class_embeds = K + 1`; labels
+are dropped to the null class `K` with probability `label_dropout` so the prior supports
+classifier-free guidance (Ho and Salimans, 2022). Training is the DDPM epsilon objective
+(Ho et al., 2020) with an EMA of the weights, run through `accelerate` (one CPU or many GPUs),
+with checkpoints every `checkpoint_every` steps that a rerun of the same command resumes from.
+
+Batches are a pure function of `(seed, step, rank)`, so a resumed run sees the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from huggingface_hub import ModelCard, ModelCardData
+
+from dsco_hub import distributed
+from dsco_hub.card import template_path
+from dsco_hub.config import PriorTrainConfig, derive_seed
+from dsco_hub.data import decode_images, image_grid, load_source, to_model_range, to_uint8
+from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
+from dsco_hub.ui import progress_bar
+
+STATE_FILE = "training_state.json"
+
+
+def _resolution(cfg: PriorTrainConfig, height: int, width: int) -> int:
+    if cfg.resolution is not None:
+        return cfg.resolution
+    side = min(height, width)
+    multiple = 2 ** (len(cfg.block_out_channels) - 1)
+    return side if side <= 64 and side % multiple == 0 else 32
+
+
+def build_unet(cfg: PriorTrainConfig, num_classes: int, channels: int, resolution: int) -> UNet2DModel:
+    """The prior's `UNet2DModel`: attention-free, `len(block_out_channels)` levels, `num_classes + 1` embeddings."""
+    levels = len(cfg.block_out_channels)
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        norm_num_groups=cfg.norm_num_groups,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
+    """Train (or resume) a class-conditional UNet prior and save it as a diffusers folder.
+
+    Output `cfg.out`: `model_index.json` (with `id2label`), `unet/` (EMA weights, safetensors), `scheduler/`
+    (DDIM, the training noise schedule), `samples.png`, `README.md` (model card with the command and wall
+    time), `prior_config.json`, and `checkpoints/step-N/` (accelerate state + EMA) that a rerun resumes from.
+
+    Args:
+        cfg (`PriorTrainConfig`): the training settings (see its field comments).
+        command (`str`, *optional*): the command line to record in the card; defaults to `sys.argv`.
+
+    Returns:
+        `Path`: the output folder.
+
+    Raises:
+        ConfigError: invalid settings, or a resume whose saved settings differ from `cfg` (names the option).
+        OutputError: `cfg.out` holds a finished prior or unrelated files.
+        SourceError: the source cannot be used.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    saved_cfg_path = out / "prior_config.json"
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    if saved_cfg_path.exists():
+        saved = json.loads(saved_cfg_path.read_text())
+        diff = [k for k in wanted if k not in ("out",) and saved.get(k) != wanted[k]]
+        if diff:
+            raise ConfigError(
+                f"--out={cfg.out!r} holds a prior run with different settings ({', '.join(diff)}: "
+                f"{saved.get(diff[0])!r} there, {wanted[diff[0]]!r} now); "
+                "rerun with the same options or use another --out."
+            )
+        if (out / "model_index.json").exists():
+            raise OutputError(f"--out={cfg.out!r} already holds a finished prior; pass another --out to train again.")
+    elif out.exists() and any(out.iterdir()):
+        raise OutputError(f"--out={cfg.out!r} exists and is not empty; pass an empty or new folder.")
+
+    accelerator = distributed.make_accelerator(cfg.mixed_precision, project_dir=str(out))
+    source = load_source(cfg.source)
+    channels = cfg.channels or source.image_shape[0]
+    resolution = _resolution(cfg, *source.image_shape[1:])
+    num_classes = source.num_classes
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(saved_cfg_path, json.dumps(wanted, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+    # Data: the whole split as uint8 (N, C, R, R); memory = N * C * R * R bytes
+    with progress_bar() as bar:
+        task = bar.add_task("decode", total=len(source.labels), info=f"{resolution}px x{channels}")
+        images = decode_images(
+            source, range(len(source.labels)), channels, resolution, progress=lambda n: bar.advance(task, n)
+        )
+    labels = torch.from_numpy(source.labels)
+
+    # Model, noise schedule, optimizer, EMA
+    distributed.seed_everything(cfg.seed)
+    unet = build_unet(cfg, num_classes, channels, resolution)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    accelerator.register_for_checkpointing(ema)
+
+    step, elapsed, loss_ema = 0, 0.0, None
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / STATE_FILE).read_text())
+        step, elapsed, loss_ema = state["step"], state["elapsed_seconds"], state["loss_ema"]
+        accelerator.print(f"resuming from {latest} (step {step})")
+
+    # Training loop: batch = f(seed, step, rank)
+    rank = accelerator.process_index
+    alphas = noise_scheduler.alphas_cumprod
+    started = time.time() - elapsed
+    unet.train()
+    with progress_bar() as bar:
+        task = bar.add_task("train prior", total=cfg.max_steps, completed=step, info="")
+        while step < cfg.max_steps:
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "batch", step, rank))
+            idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=g)
+            x0 = to_model_range(images[idx])  # (B, C, R, R) in [-1, 1]
+            if cfg.flip:
+                flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            y = labels[idx].clone()
+            y[torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout] = num_classes  # null class
+            t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            a = alphas[t].sqrt()[:, None, None, None]
+            s = (1 - alphas[t]).sqrt()[:, None, None, None]
+            x_t = (a * x0 + s * noise).to(accelerator.device)
+            with accelerator.autocast():
+                pred = unet(x_t, t.to(accelerator.device), class_labels=y.to(accelerator.device)).sample
+            loss = F.mse_loss(pred.float(), noise.to(accelerator.device))
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(accelerator.unwrap_model(unet).parameters())
+            step += 1
+            value = accelerator.gather(loss.detach()[None]).mean().item()
+            loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+            bar.update(task, completed=step, info=f"loss {loss_ema:.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                _save_checkpoint(accelerator, ckpt_dir, step, time.time() - started, loss_ema)
+    wall = time.time() - started
+
+    # Final model: EMA weights, DDIM scheduler with the training schedule, samples grid, model card
+    if accelerator.is_main_process:
+        final = build_unet(cfg, num_classes, channels, resolution)
+        final.load_state_dict(accelerator.unwrap_model(unet).state_dict())
+        ema.copy_to(final.parameters())
+        final.eval().requires_grad_(False)
+        ddim = DDIMScheduler.from_config(noise_scheduler.config)
+        id2label = dict(enumerate(source.class_names))
+        staging = out / ".final.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_unet_prior(final, ddim, id2label, staging)
+        prior = DiffusionPrior(denoiser=final, scheduler=ddim, id2label=id2label, name=str(out))
+        per_class = 10
+        grid_labels = [k for k in range(num_classes) for _ in range(per_class)]
+        grid_seeds = [derive_seed(cfg.seed, "card", k, j) for k in range(num_classes) for j in range(per_class)]
+        grid = sample(prior, grid_labels, grid_seeds, steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance)
+        image_grid(to_uint8(grid), rows=num_classes).save(staging / "samples.png")
+        _write_prior_card(
+            cfg,
+            source,
+            staging,
+            final,
+            num_classes,
+            channels,
+            resolution,
+            wall,
+            loss_ema,
+            command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
+            per_class,
+        )
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(accelerator, ckpt_dir: Path, step: int, elapsed: float, loss_ema: float) -> None:
+    """Write `checkpoints/step-N` atomically (a temp folder renamed once complete) and keep the last two."""
+    tmp = ckpt_dir / f".step-{step:08d}.tmp"
+    final = ckpt_dir / f"step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        state = {"step": step, "elapsed_seconds": elapsed, "loss_ema": loss_ema}
+        (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _write_prior_card(
+    cfg, source, folder, unet, num_classes, channels, resolution, wall, loss_ema, command, per_class
+):
+    hours, rem = divmod(int(wall), 3600)
+    minutes = rem // 60
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license=source.license,
+        tags=["dsco-hub", "diffusion", "class-conditional", "unconditional-image-generation"],
+        pipeline_tag="unconditional-image-generation",
+        datasets=[source.source_id] if "/" in source.source_id and " " not in source.source_id else None,
+    )
+    classes = "\n".join(f"- {k}: {name}" for k, name in enumerate(source.class_names))
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path("prior_card.md")),
+        title=f"Class-conditional diffusion prior for {source.source_id}",
+        num_params=f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M",
+        samples_file="samples.png",
+        samples_per_class=per_class,
+        sample_steps=cfg.sample_steps,
+        sample_guidance=cfg.sample_guidance,
+        classes=classes,
+        null_class=num_classes,
+        num_class_embeds=num_classes + 1,
+        source=source.source_id,
+        split=source.split,
+        num_images=len(source.labels),
+        resolution=resolution,
+        channels=channels,
+        command=command,
+        steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        ema_power=cfg.ema_power,
+        ema_max_decay=cfg.ema_max_decay,
+        label_dropout=cfg.label_dropout,
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        mixed_precision=cfg.mixed_precision,
+        final_loss=f"{loss_ema:.4f}" if loss_ema is not None else "n/a",
+        wall_time=f"{hours} h {minutes} min ({wall:.0f} s)",
+        hardware=f"{os.cpu_count()} CPU cores ({platform.machine()})"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(0),
+        load_path=str(cfg.out),
+        license=source.license,
+        citation=source.citation,
+    )
+    card.save(folder / "README.md")

@@ -1,0 +1,138 @@
+"""Source loading: column detection, label handling, splits, image modes and one-line errors."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, tiny_dataset, write_repo
+
+from dsco_hub.config import SourceConfig
+from dsco_hub.data import decode_images, embedded_source_path, load_source, load_test_source, to_mode
+from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError
+
+
+def test_repo_folder_columns_classes_and_index(tiny_repo):
+    source = load_source(SourceConfig(source=str(tiny_repo)))
+    assert (source.image_column, source.label_column) == ("image", "label")
+    assert source.class_names == CLASS_NAMES
+    assert [len(rows) for rows in source.class_index] == [8, 6, 5]
+    for k, rows in enumerate(source.class_index):
+        assert (source.labels[rows] == k).all()
+    assert source.license == "cc-by-4.0"
+    assert source.citation == "Tiny et al. 2026."
+
+
+def test_class_index_does_not_decode_images(tiny_repo, monkeypatch):
+    source = load_source(SourceConfig(source=str(tiny_repo)))
+    monkeypatch.setattr(datasets.Image, "decode_example", lambda *a, **k: pytest.fail("decoded an image"))
+    assert sum(len(rows) for rows in source.class_index) == 19
+
+
+@pytest.mark.parametrize("kind, names", [("str", sorted(CLASS_NAMES)), ("int", ["10", "15", "20"])])
+def test_labels_without_names_get_sorted_classlabel(tmp_path, kind, names):
+    folder = write_repo(tmp_path / kind, tiny_dataset(label_kind=kind))
+    source = load_source(SourceConfig(source=str(folder)))
+    assert source.class_names == names
+    assert sorted(len(r) for r in source.class_index) == [5, 6, 8]
+
+
+def test_save_to_disk_folder(tmp_path):
+    dd = datasets.DatasetDict({"train": tiny_dataset(), "test": tiny_dataset(per_class=(2, 2, 2))})
+    dd.save_to_disk(str(tmp_path / "disk"))
+    source = load_source(SourceConfig(source=str(tmp_path / "disk")))
+    assert len(source.labels) == 19
+    test = load_test_source(SourceConfig(source=str(tmp_path / "disk")), source.class_names)
+    assert len(test.labels) == 6
+
+
+def test_imagefolder_layout(tmp_path):
+    from conftest import make_image
+
+    for k, name in enumerate(CLASS_NAMES):
+        (tmp_path / "imgs" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            make_image(k, i).save(tmp_path / "imgs" / "train" / name / f"{i}.png")
+    source = load_source(SourceConfig(source=str(tmp_path / "imgs")))
+    assert source.class_names == CLASS_NAMES
+    assert decode_images(source, [0, 1], 1, 16).shape == (2, 1, 16, 16)
+
+
+def test_embedded_default_source():
+    source = load_source(SourceConfig(source=None))
+    assert source.num_classes == 10 and len(source.labels) == 5000
+    assert source.license == "mit"
+    assert "Fashion-MNIST" in source.citation
+    assert (embedded_source_path() / "LICENSE").exists()
+    test = load_test_source(SourceConfig(source=None), source.class_names)
+    assert len(test.labels) == 1000 and source.image_shape == (1, 28, 28)
+
+
+def test_decode_modes_to_uint8_tensor(tiny_repo):
+    source = load_source(SourceConfig(source=str(tiny_repo)))
+    rows = np.arange(8)  # L, RGB, P and RGBA rows
+    gray = decode_images(source, rows, channels=1, size=16)
+    rgb = decode_images(source, rows, channels=3, size=8)
+    assert gray.shape == (8, 1, 16, 16) and gray.dtype == torch.uint8
+    assert rgb.shape == (8, 3, 8, 8)
+    assert int(gray.max()) > 150  # the class pattern survives every mode
+
+
+def test_to_mode_composites_transparency_on_white():
+    from PIL import Image
+
+    transparent = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_mode(transparent, 1)).min() == 255
+    assert to_mode(Image.new("I;16", (4, 4)), 3).mode == "RGB"
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceNotFoundError, match="does not exist"):
+        load_source(SourceConfig(source=str(tmp_path / "nope")))
+
+
+def test_missing_split_lists_splits(tiny_repo):
+    with pytest.raises(SourceError, match=r"--split='validation'.*available splits: train, test"):
+        load_source(SourceConfig(source=str(tiny_repo), split="validation"))
+
+
+def test_missing_test_split_points_to_test_split(tmp_path):
+    folder = write_repo(tmp_path / "notest", tiny_dataset())
+    with pytest.raises(SourceError, match=r"available splits: train\. Pass one with --test-split"):
+        load_test_source(SourceConfig(source=str(folder)), CLASS_NAMES)
+
+
+def test_no_image_column_lists_columns(tmp_path):
+    ds = datasets.Dataset.from_dict({"pixels": [[1, 2]], "label": [0]})
+    write_repo(tmp_path / "noimg", ds)
+    with pytest.raises(SourceError, match=r"no image column.*pixels.*label.*--image-column"):
+        load_source(SourceConfig(source=str(tmp_path / "noimg")))
+
+
+def test_no_label_column_lists_columns(tmp_path):
+    ds = tiny_dataset().rename_column("label", "category").cast_column("category", datasets.Value("float32"))
+    write_repo(tmp_path / "nolabel", ds)
+    with pytest.raises(SourceError, match=r"no label column.*category.*--label-column"):
+        load_source(SourceConfig(source=str(tmp_path / "nolabel")))
+
+
+def test_test_labels_must_match_training_classes(tmp_path):
+    train = tiny_dataset(label_kind="str")
+    test = tiny_dataset(label_kind="str").map(lambda r: {"label": "zebra" if r["label"] == "circle" else r["label"]})
+    folder = write_repo(tmp_path / "mismatch", train, test)
+    source = load_source(SourceConfig(source=str(folder)))
+    with pytest.raises(SourceError, match="zebra"):
+        load_test_source(SourceConfig(source=str(folder)), source.class_names)
+
+
+def test_unreadable_image_names_the_row(tmp_path):
+    ds = tiny_dataset()
+    images = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    images = list(images)
+    images[3] = {"bytes": b"not an image", "path": None}
+    broken = datasets.Dataset.from_dict({"image": images, "label": ds["label"]}, features=ds.features)
+    write_repo(tmp_path / "broken", broken)
+    source = load_source(SourceConfig(source=str(tmp_path / "broken")))
+    with pytest.raises(ImageDecodeError, match="row 3"):
+        decode_images(source, range(6), 1, 16)

@@ -1,0 +1,161 @@
+"""`concentrate` and `evaluate` end to end on a tiny local source: output repo, card, atomicity, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+from conftest import CLASS_NAMES
+
+from dsco_hub import pipeline
+from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.errors import ConfigError, OutputError
+
+FAST_EVAL = EvalConfig(runs=2, epochs=2, batch_size=8)
+
+
+def _cfg(source: Path, out: Path, **kwargs) -> ConcentrateConfig:
+    kwargs.setdefault("eval", FAST_EVAL)
+    return ConcentrateConfig(source=SourceConfig(source=str(source)), out=str(out), **kwargs)
+
+
+def _yaml(folder: Path) -> dict:
+    text = (folder / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+@pytest.mark.parametrize("method", ["random", "herding"])
+def test_concentrate_writes_a_loadable_repo_with_provenance(tiny_repo, tmp_path, method):
+    out = tmp_path / "out"
+    result = pipeline.concentrate(_cfg(tiny_repo, out, method=method, ipc=3))
+    ds = datasets.load_dataset(str(out), split="train")
+    assert len(ds) == 9
+    assert ds.features["label"].names == CLASS_NAMES
+    assert sorted(ds["label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert set(ds["source"]) == {"real"} and all(s is None for s in ds["seed"])
+    source = datasets.load_dataset(str(tiny_repo), split="train")
+    for row in ds:  # real rows are the source's images, byte for byte, with the source's label
+        original = source[row["source_index"]]
+        assert original["label"] == row["label"]
+        assert np.array_equal(np.asarray(original["image"]), np.asarray(row["image"]))
+    assert len(set(ds["source_index"])) == 9
+    assert list(out.glob("data/train-*.parquet")) and (out / "samples.png").exists()
+    assert result.dsco["eval"]["result"]["runs"] == 2
+
+
+def test_card_yaml_matches_push_to_hub_and_records_everything(tiny_repo, tmp_path):
+    out = tmp_path / "out"
+    pipeline.concentrate(_cfg(tiny_repo, out, method="herding", ipc=2, seed=7))
+    meta = _yaml(out)
+    assert meta["license"] == "cc-by-4.0"
+    assert meta["task_categories"] == ["image-classification"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    info = meta["dataset_info"]
+    assert info["splits"] == [{"name": "train", "num_bytes": info["dataset_size"], "num_examples": 6}]
+    assert info["features"][1]["dtype"]["class_label"]["names"] == {str(k): n for k, n in enumerate(CLASS_NAMES)}
+    dsco = meta["dsco"]
+    assert (dsco["method"], dsco["ipc"], dsco["seed"], dsco["doping_ratio"]) == ("herding", 2, 7, 1.0)
+    assert dsco["settings"] == {"kernel": "gaussian", "feature_seed": 0, "herding_pool": 5000}
+    assert dsco["source"]["id"] == str(tiny_repo) and dsco["source"]["num_classes"] == 3
+    assert {"dsco_hub", "torch", "datasets"} <= set(dsco["versions"])
+    evaluation = dsco["eval"]
+    assert 0 <= evaluation["result"]["accuracy_mean"] <= 100
+    assert evaluation["baseline_random"]["num_train_images"] == 6
+    assert evaluation["test"] == {"dataset": str(tiny_repo), "split": "test", "num_images": 12}
+    body = (out / "README.md").read_text()
+    assert f"{evaluation['result']['accuracy_mean']:.2f} ±" in body
+    assert "random real subset (baseline)" in body and "Tiny et al. 2026." in body
+    assert json.loads((out / "dsco_config.json").read_text())["ipc"] == 2
+    # what `push_to_hub` reads back: the card's YAML is valid dataset metadata
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(out / "README.md").data)
+    assert infos["default"].splits["train"].num_examples == 6
+
+
+def test_same_command_gives_identical_parquet(tiny_repo, tmp_path):
+    for name in ("a", "b"):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / name, method="herding", ipc=2, evaluate=False))
+    a = (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").read_bytes()
+
+
+def test_herding_differs_from_random_and_seed_changes_random(tiny_repo, tmp_path):
+    picks = {}
+    for name, method, seed in (("h", "herding", 0), ("r0", "random", 0), ("r1", "random", 1)):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / name, method=method, ipc=3, seed=seed, evaluate=False))
+        picks[name] = datasets.load_dataset(str(tmp_path / name), split="train")["source_index"]
+    assert picks["r0"] != picks["r1"] and picks["h"] != picks["r0"]
+
+
+def test_non_empty_output_is_refused_and_kept(tiny_repo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="--overwrite"):
+        pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False))
+    assert (out / "keep.txt").read_text() == "mine"
+    pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, overwrite=True, ipc=1))
+    assert not (out / "keep.txt").exists() and (out / "README.md").exists()
+
+
+def test_failure_leaves_nothing_half_written(tiny_repo, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, ipc=1))
+    before = sorted(p.name for p in out.rglob("*"))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(pipeline, "evaluate_images", boom)
+    with pytest.raises(RuntimeError, match="crashed"):
+        pipeline.concentrate(_cfg(tiny_repo, out, overwrite=True, ipc=2))
+    assert sorted(p.name for p in out.rglob("*")) == before  # the previous complete set is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_ipc_larger_than_smallest_class_names_the_class(tiny_repo, tmp_path):
+    with pytest.raises(ConfigError, match=r"--ipc=6 .* class 2 \('stripe'\), which has 5 images"):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", ipc=6))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("ipc", [0, -3])
+def test_ipc_must_be_positive(tiny_repo, tmp_path, ipc):
+    with pytest.raises(ConfigError, match=f"--ipc={ipc} must be at least 1"):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", ipc=ipc))
+
+
+def test_evaluate_folder_and_update_card(tiny_repo, tmp_path):
+    out = tmp_path / "out"
+    pipeline.concentrate(_cfg(tiny_repo, out, method="random", ipc=2, evaluate=False))
+    assert "eval" not in _yaml(out)["dsco"]
+    block = pipeline.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL, update_card=True)
+    assert block["test"]["dataset"] == str(tiny_repo)  # the recorded source is the default test source
+    meta = _yaml(out)
+    assert meta["dsco"]["eval"]["result"] == block["result"]
+    assert meta["dataset_info"]["splits"][0]["num_examples"] == 6  # YAML carried over
+    assert "Tiny et al. 2026." in (out / "README.md").read_text()
+    assert len(datasets.load_dataset(str(out), split="train")) == 6
+
+
+def test_evaluate_any_dataset_against_explicit_test_source(tiny_repo):
+    block = pipeline.evaluate_set(
+        str(tiny_repo), SourceConfig(source=str(tiny_repo)), EvalConfig(runs=1, epochs=1, baseline=False)
+    )
+    assert block["result"]["num_train_images"] == 19 and "baseline_random" not in block
+
+
+def test_staging_is_beside_output(tmp_path):
+    from dsco_hub.writer import staging_dir
+
+    staging = staging_dir(tmp_path / "x" / "out")
+    assert staging.parent == (tmp_path / "x").resolve() and staging.name.startswith(".out.")
+    os.rmdir(staging)
