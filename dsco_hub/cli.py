@@ -166,7 +166,7 @@ def prior_train(
     block_out_channels: Annotated[str, typer.Option(help="UNet widths per level, comma-separated.")] = "32,64,64",
     layers_per_block: Annotated[int, typer.Option()] = 1,
     norm_num_groups: Annotated[int, typer.Option(help="GroupNorm groups (divides every width).")] = 16,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 4000,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2400,
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
     label_dropout: Annotated[float, typer.Option(help="Null-label probability (guidance).")] = 0.1,
@@ -207,6 +207,10 @@ def prior_train(
 
 def main() -> None:
     """Entry point of the `dsco-hub` console script: `DscoError` becomes one line and exit code 1."""
+    import datasets
+
+    datasets.disable_progress_bars()  # our Rich bars report progress
+    datasets.logging.set_verbosity_error()
     try:
         app(standalone_mode=False)
     except DscoError as err:

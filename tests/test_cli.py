@@ -1,0 +1,74 @@
+"""The command line: one-line errors with exit code 1, options reaching the library, help texts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import datasets
+import pytest
+import yaml
+
+
+def dsco(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsco_hub", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_commands():
+    result = dsco("--help")
+    assert result.returncode == 0
+    for command in ("concentrate", "evaluate", "prior"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["concentrate", "./no/such/folder"], "SOURCE='./no/such/folder' does not exist"),
+        (["concentrate", "--ipc", "0"], "--ipc=0 must be at least 1"),
+        (["concentrate", "--method", "magic"], "--method='magic' is unknown; use one of random, herding"),
+        (["concentrate", "--ipc", "501", "--no-eval"], "--ipc=501 is larger than class 0 ('T-shirt/top'), which has 500"),
+        (["concentrate", "--split", "validation"], "--split='validation' does not exist"),
+        (["concentrate", "--runs", "0"], "--runs=0 must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
+    result = dsco(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_output_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    result = dsco("concentrate", "--no-eval", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "pass --overwrite" in " ".join(result.stderr.split())
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_concentrate_and_evaluate_from_the_command_line(tiny_repo, tmp_path):
+    out = tmp_path / "set"
+    made = dsco("concentrate", str(tiny_repo), "--ipc", "2", "--method", "random", "--seed", "3", "--out", str(out),
+                "--runs", "1", "--epochs", "1")
+    assert made.returncode == 0, made.stderr
+    assert "accuracy" in made.stdout and str(out) in " ".join(made.stdout.split())
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert (meta["dsco"]["ipc"], meta["dsco"]["seed"], meta["dsco"]["eval"]["result"]["runs"]) == (2, 3, 1)
+    assert len(datasets.load_dataset(str(out), split="train")) == 6
+    evaluated = dsco("evaluate", str(out), "--runs", "2", "--epochs", "1", "--no-baseline", "--update-card")
+    assert evaluated.returncode == 0, evaluated.stderr
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert meta["dsco"]["eval"]["result"]["runs"] == 2 and "baseline_random" not in meta["dsco"]["eval"]
+
+
+def test_evaluate_missing_test_split_points_to_test_split(tmp_path):
+    from conftest import tiny_dataset, write_repo
+
+    folder = write_repo(tmp_path / "notest", tiny_dataset())
+    result = dsco("evaluate", str(folder), "--test-dataset", str(folder))
+    assert result.returncode == 1
+    assert "Pass one with --test-split" in " ".join(result.stderr.split())
