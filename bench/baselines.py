@@ -49,16 +49,25 @@ def run(args) -> None:
             out = work / f"{method}-ipc{ipc}"
             started = time.time()
             cfg = ConcentrateConfig(
-                source=SourceConfig(source=args.source), method=method, ipc=ipc, seed=args.seed, out=str(out),
-                overwrite=True, evaluate=False,
+                source=SourceConfig(source=args.source),
+                method=method,
+                ipc=ipc,
+                seed=args.seed,
+                out=str(out),
+                overwrite=True,
+                evaluate=False,
             )
             pipeline.concentrate(cfg, command="bench/baselines.py")
             made = time.time() - started
             eval_cfg = EvalConfig(runs=args.runs, epochs=args.epochs, baseline=False)
             block = pipeline.evaluate_set(str(out), SourceConfig(source=args.source), eval_cfg, update_card=True)
             row = {
-                "method": method, "ipc": ipc, **block["result"], "select_seconds": round(made, 1),
-                "eval_seconds": round(time.time() - started - made, 1), "threads": args.threads,
+                "method": method,
+                "ipc": ipc,
+                **block["result"],
+                "select_seconds": round(made, 1),
+                "eval_seconds": round(time.time() - started - made, 1),
+                "threads": args.threads,
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             }
             with results.open("a") as f:

@@ -27,6 +27,8 @@ def template_path(name: str) -> Path:
 
 METHOD_DESCRIPTIONS = {
     "random": "a seeded random subset of real images per class, the baseline of the dataset condensation literature.",
+    "diffusion": "plain class-conditional sampling of the diffusion prior (our DDIM loop with classifier-free "
+    "guidance), the baseline every diffusion-based distillation paper reports.",
     "herding": "kernel herding: greedy selection of real images per class minimising the MMD to the class in a fixed "
     "random ConvNet-3 feature space (Chen, Welling and Smola, UAI 2010; docs/method.md §5).",
 }

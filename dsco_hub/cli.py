@@ -67,7 +67,9 @@ def _source(source, config, split, revision, image_column, label_column, test_sp
 def concentrate(
     source: SourceArg = None,
     ipc: Annotated[int, typer.Option(help="Images per class in the output.")] = 10,
-    method: Annotated[str, typer.Option(help="random or herding.")] = "herding",
+    method: Annotated[
+        str, typer.Option(help="random, herding (real images) or diffusion (plain sampling).")
+    ] = "herding",
     out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     config: ConfigOpt = None,
@@ -80,6 +82,20 @@ def concentrate(
     kernel: Annotated[str, typer.Option(help="Herding kernel: gaussian (multi-bandwidth) or linear.")] = "gaussian",
     feature_seed: Annotated[int, typer.Option(help="Seed of herding's random ConvNet-3 feature map.")] = 0,
     herding_pool: Annotated[int, typer.Option(help="Real candidates per class for herding.")] = 5000,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="Diffusion prior: Hub id or folder (default: the shipped Fashion-MNIST prior)."),
+    ] = None,
+    model_revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    class_map: Annotated[
+        Optional[str], typer.Option(help="JSON file mapping source class names to model labels or ids.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 2.0,
+    eta: Annotated[float, typer.Option(help="DDIM eta (0 = deterministic).")] = 0.0,
+    scheduler: Annotated[str, typer.Option(help="Sampler (ddim).")] = "ddim",
+    sample_batch_size: Annotated[int, typer.Option(help="Images per denoiser batch (memory only).")] = 64,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation.")] = False,
     runs: RunsOpt = 3,
     epochs: EpochsOpt = 300,
@@ -101,6 +117,15 @@ def concentrate(
         kernel=kernel,
         feature_seed=feature_seed,
         herding_pool=herding_pool,
+        model=model,
+        model_revision=model_revision,
+        class_map=class_map,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        scheduler=scheduler,
+        sample_batch_size=sample_batch_size,
+        dtype=dtype,
         out=out,
         overwrite=overwrite,
         evaluate=not no_eval,

@@ -15,7 +15,10 @@ from typing import Any
 
 from dsco_hub.errors import ConfigError
 
-METHODS = ("random", "herding")
+METHODS = ("random", "herding", "diffusion")
+REAL_METHODS = ("random", "herding")  # methods that select real images only
+SCHEDULERS = ("ddim",)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNELS = ("gaussian", "linear")
 EVAL_MODELS = ("auto", "convnet3", "resnet18")
 
@@ -87,12 +90,21 @@ class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    method: str = "herding"  # "random" (random real subset) or "herding" (kernel herding of real images)
+    method: str = "herding"  # "random" / "herding" (real images) or "diffusion" (plain sampling of the prior)
     ipc: int = 10  # images per class in the output (synthetic and real)
     seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
     kernel: str = "gaussian"  # MMD kernel of herding: multi-bandwidth Gaussian or linear (mean matching)
     feature_seed: int = 0  # seed of the fixed random ConvNet-3 feature map used by herding
     herding_pool: int = 5000  # real candidates per class considered by herding (a seeded random subset)
+    model: str | None = None  # diffusion prior (Hub id or folder); None = the shipped prior if the classes match
+    model_revision: str | None = None  # Hub revision of the model
+    class_map: str | None = None  # JSON file mapping source class names to model labels or ids
+    steps: int = 25  # DDIM steps
+    guidance_scale: float = 2.0  # classifier-free guidance scale w (1 = no guidance)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
+    scheduler: str = "ddim"  # sampler; NOpt extends our own DDIM loop
+    sample_batch_size: int = 64  # images per denoiser batch (memory only: results do not depend on it)
+    dtype: str = "auto"  # denoiser dtype; auto = float32 on CPU, float16 on CUDA
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a non-empty output folder
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
@@ -104,6 +116,15 @@ class ConcentrateConfig:
         _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
+        _check(self.steps >= 1, f"--steps={self.steps} must be at least 1; e.g. --steps 25.")
+        _check(self.guidance_scale >= 0, f"--guidance-scale={self.guidance_scale} must be >= 0; 1 disables guidance.")
+        _check(0 <= self.eta <= 1, f"--eta={self.eta} must be in [0, 1] (0 = deterministic DDIM).")
+        _check(
+            self.scheduler in SCHEDULERS,
+            f"--scheduler={self.scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}.",
+        )
+        _check(self.sample_batch_size >= 1, f"--sample-batch-size={self.sample_batch_size} must be at least 1.")
+        _check(self.dtype in DTYPES, f"--dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}.")
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
         self.eval.validate()
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from dsco_hub.config import derive_seed
+from dsco_hub.config import SCHEDULERS, derive_seed
 from dsco_hub.errors import ConfigError, ModelError
 
-SCHEDULERS = ("ddim",)
+SHIPPED_PRIOR = "prior_fashion_mnist"  # dsco_hub/resources/<this>: the embedded Fashion-MNIST prior
 
 
 @dataclass
@@ -122,6 +122,20 @@ class DiffusionPrior:
         return x0.float().clamp(-1, 1)
 
 
+def shipped_prior_path() -> Path:
+    """Folder of the prior shipped inside the package (trained by `dsco-hub prior train` on Fashion-MNIST)."""
+    from importlib import resources
+
+    return Path(str(resources.files("dsco_hub") / "resources" / SHIPPED_PRIOR))
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """`--dtype` to a torch dtype: "auto" is float32 on CPU and float16 on CUDA."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
 def _load_index(model: str, revision: str | None) -> dict:
     path = Path(model).expanduser()
     if path.is_dir():
@@ -167,14 +181,14 @@ def load_prior(
     kwargs = {"revision": revision} if revision else {}
     vae = None
     if "transformer" in index:
-        denoiser = DiTTransformer2DModel.from_pretrained(model, subfolder="transformer", **kwargs)
+        denoiser = DiTTransformer2DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype, **kwargs)
         if denoiser.config.get("num_embeds_ada_norm") is None:
             raise ModelError(
                 f"--model={model!r}: the transformer has no class embedding; use a class-conditional DiT."
             )
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kwargs)
     elif "unet" in index:
-        denoiser = UNet2DModel.from_pretrained(model, subfolder="unet", **kwargs)
+        denoiser = UNet2DModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kwargs)
         if not denoiser.config.num_class_embeds:
             raise ModelError(
                 f"--model={model!r}: the UNet has no class embeddings (num_class_embeds is None); "
@@ -191,7 +205,7 @@ def load_prior(
     id2label = {int(k): str(v) for k, v in id2label.items()}
     scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kwargs)
     scheduler = DDIMScheduler.from_config(scheduler.config)
-    denoiser.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    denoiser.to(device=device).eval().requires_grad_(False)
     if vae is not None:
         vae.to(device=device).eval().requires_grad_(False)
     prior = DiffusionPrior(denoiser=denoiser, scheduler=scheduler, id2label=id2label, vae=vae, name=model)
@@ -318,3 +332,81 @@ def _ddim_batch(prior, x_T, labels, seeds, steps, guidance_scale, eta) -> torch.
             variance_noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in eta_gens]).to(device)
         x = scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
     return prior.decode(x).cpu()
+
+
+def _synonyms(label: str) -> list[str]:
+    return [s.strip().lower() for s in label.split(",") if s.strip()]
+
+
+def read_class_map(path: str | Path) -> dict[str, str]:
+    """Read a `--class-map` file: JSON `{"source class": "model label or id", ...}`.
+
+    Raises:
+        ConfigError: the file is missing or not a JSON object of strings/integers.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--class-map={str(path)!r} does not exist; pass a JSON file of source -> model class."
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--class-map={str(path)!r} is not valid JSON ({err.msg}, line {err.lineno}).") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int)) for v in data.values()):
+        raise ConfigError(
+            f"--class-map={str(path)!r} must be a JSON object mapping source class names to model labels."
+        )
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map: dict[str, str] | None = None):
+    """Map source class names to model class ids.
+
+    A name matches a model class when it equals, case-insensitively, one of the class's comma-separated
+    synonyms (DiT's ImageNet labels read "tench, Tinca tinca"). `class_map` entries take precedence; their
+    values are model labels (matched the same way) or class ids.
+
+    Args:
+        class_names (sequence of `str`): the source's class names, in label order.
+        id2label (`dict[int, str]`): the model's classes.
+        class_map (`dict[str, str]`, *optional*): explicit source name -> model label or id.
+
+    Returns:
+        `list[int]`: the model class id of each source class.
+
+    Raises:
+        ModelError: some classes cannot be mapped; the message lists them with the closest model labels.
+    """
+    import difflib
+
+    lookup: dict[str, int] = {}
+    for k, label in sorted(id2label.items()):
+        for synonym in _synonyms(label):
+            lookup.setdefault(synonym, k)
+    class_map = class_map or {}
+    mapped, missing = [], []
+    for name in class_names:
+        wanted = class_map.get(name, name)
+        if wanted.isdigit() and int(wanted) in id2label and name in class_map:
+            mapped.append(int(wanted))
+        elif wanted.strip().lower() in lookup:
+            mapped.append(lookup[wanted.strip().lower()])
+        else:
+            missing.append(name)
+    if missing:
+
+        def closest(name: str) -> str:  # the 3 labels with the most similar synonym
+            score = {
+                label: max(difflib.SequenceMatcher(None, name.lower(), s).ratio() for s in _synonyms(label) or [""])
+                for label in id2label.values()
+            }
+            return ", ".join(repr(label) for label in sorted(score, key=lambda x: -score[x])[:3])
+
+        hints = "; ".join(f"{name!r} (closest: {closest(name)})" for name in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ModelError(
+            f"{len(missing)} source classes match no model class: {hints}{more}; "
+            "pass --class-map FILE (JSON source name -> model label or id)."
+        )
+    return mapped

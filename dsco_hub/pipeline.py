@@ -19,10 +19,18 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, doping, writer
-from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
-from dsco_hub.data import SourceData, decode_images, image_grid, load_source, load_test_source
-from dsco_hub.errors import ConfigError, SourceError
+from dsco_hub import __version__, card, doping, models, writer
+from dsco_hub.config import REAL_METHODS, ConcentrateConfig, EvalConfig, SourceConfig, derive_seed
+from dsco_hub.data import (
+    SourceData,
+    decode_images,
+    encode_png,
+    image_grid,
+    load_source,
+    load_test_source,
+    to_uint8,
+)
+from dsco_hub.errors import ConfigError, ModelError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.ui import progress_bar
 
@@ -57,6 +65,74 @@ def _check_ipc(source: SourceData, ipc: int) -> None:
             f"--ipc={ipc} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
             f"{source.source_id} [{source.split}]; use --ipc {sizes[k]} or less."
         )
+
+
+def _load_model(cfg: ConcentrateConfig, source: SourceData) -> tuple[models.DiffusionPrior, list[int]]:
+    """The diffusion prior and the model class id of each source class (errors before any heavy work)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = models.resolve_dtype(cfg.dtype, device)
+    class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
+    if cfg.model is None:
+        path = models.shipped_prior_path()
+        if not (path / "model_index.json").exists():
+            raise ModelError("no --model given and this install ships no prior; pass --model facebook/DiT-XL-2-256.")
+        prior = models.load_prior(str(path), device=device, dtype=dtype)
+        try:
+            class_ids = models.map_classes(source.class_names, prior.id2label, class_map)
+        except ModelError:
+            raise ModelError(
+                f"no --model given and the classes of {source.source_id} are not those of the shipped Fashion-MNIST "
+                "prior; pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
+            ) from None
+    else:
+        prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
+        class_ids = models.map_classes(source.class_names, prior.id2label, class_map)
+    models.check_sampler_args(prior, cfg.steps, cfg.guidance_scale, cfg.eta, cfg.scheduler)
+    return prior, class_ids
+
+
+def _synthesize(
+    cfg: ConcentrateConfig, source: SourceData, prior, class_ids: list[int], bar
+) -> writer.ConcentratedRows:
+    """Plain guided DDIM sampling of IPC images per class; image j of class k uses seed (seed, k, j)."""
+    rows = writer.ConcentratedRows()
+    channels = source.image_shape[0]
+    slots = [(k, j) for k in range(source.num_classes) for j in range(cfg.ipc)]
+    task = bar.add_task("sample (diffusion)", total=len(slots), info=f"{cfg.steps} DDIM steps, w={cfg.guidance_scale}")
+    for start in range(0, len(slots), cfg.sample_batch_size):
+        chunk = slots[start : start + cfg.sample_batch_size]
+        seeds = [derive_seed(cfg.seed, k, j) for k, j in chunk]
+        images = models.sample(
+            prior,
+            [class_ids[k] for k, _ in chunk],
+            seeds,
+            steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            batch_size=cfg.sample_batch_size,
+        )  # (b, C, H, W) in [-1, 1]
+        for (k, _), seed, image in zip(chunk, seeds, to_uint8(images)):
+            rows.add_synthetic([encode_png(image, channels)], [seed], k)
+        bar.advance(task, len(chunk))
+    return rows
+
+
+def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> dict:
+    """The method settings recorded in the card (only those the method uses)."""
+    if cfg.method == "herding":
+        return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
+    if prior is None:
+        return {}
+    return {
+        "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
+        "model_revision": cfg.model_revision,
+        "class_map": cfg.class_map,
+        "scheduler": cfg.scheduler,
+        "steps": cfg.steps,
+        "guidance_scale": cfg.guidance_scale,
+        "eta": cfg.eta,
+        "resolution": prior.image_shape[1],
+    }
 
 
 def _select(cfg: ConcentrateConfig, source: SourceData, bar) -> writer.ConcentratedRows:
@@ -199,13 +275,20 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
     with progress_bar() as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
         source = load_source(cfg.source)
-        _check_ipc(source, cfg.ipc)
+        prior = None
+        if cfg.method in REAL_METHODS:
+            _check_ipc(source, cfg.ipc)
+        else:
+            prior, class_ids = _load_model(cfg, source)
         bar.advance(task)
         test = load_test_source(cfg.source, source.class_names) if cfg.evaluate else None
         bar.update(
             task, completed=2 if cfg.evaluate else 1, info=f"{len(source.labels)} images, {source.num_classes} classes"
         )
-        rows = _select(cfg, source, bar)
+        if prior is None:
+            rows = _select(cfg, source, bar)
+        else:
+            rows = _synthesize(cfg, source, prior, class_ids, bar)
 
         staging = writer.staging_dir(out)
         try:
@@ -223,11 +306,9 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
             dsco = {
                 "method": cfg.method,
                 "ipc": cfg.ipc,
-                "doping_ratio": 1.0,
+                "doping_ratio": round(rows.source.count("real") / max(len(rows), 1), 4),
                 "seed": cfg.seed,
-                "settings": {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
-                if cfg.method == "herding"
-                else {},
+                "settings": _settings(cfg, prior),
                 "counts": {
                     "rows": len(rows),
                     "real": rows.source.count("real"),

@@ -27,7 +27,10 @@ def test_help_lists_commands():
         (["concentrate", "./no/such/folder"], "SOURCE='./no/such/folder' does not exist"),
         (["concentrate", "--ipc", "0"], "--ipc=0 must be at least 1"),
         (["concentrate", "--method", "magic"], "--method='magic' is unknown; use one of random, herding"),
-        (["concentrate", "--ipc", "501", "--no-eval"], "--ipc=501 is larger than class 0 ('T-shirt/top'), which has 500"),
+        (
+            ["concentrate", "--ipc", "501", "--no-eval"],
+            "--ipc=501 is larger than class 0 ('T-shirt/top'), which has 500",
+        ),
         (["concentrate", "--split", "validation"], "--split='validation' does not exist"),
         (["concentrate", "--runs", "0"], "--runs=0 must be at least 1"),
     ],
@@ -52,8 +55,22 @@ def test_non_empty_output_needs_overwrite(tmp_path):
 
 def test_concentrate_and_evaluate_from_the_command_line(tiny_repo, tmp_path):
     out = tmp_path / "set"
-    made = dsco("concentrate", str(tiny_repo), "--ipc", "2", "--method", "random", "--seed", "3", "--out", str(out),
-                "--runs", "1", "--epochs", "1")
+    made = dsco(
+        "concentrate",
+        str(tiny_repo),
+        "--ipc",
+        "2",
+        "--method",
+        "random",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--runs",
+        "1",
+        "--epochs",
+        "1",
+    )
     assert made.returncode == 0, made.stderr
     assert "accuracy" in made.stdout and str(out) in " ".join(made.stdout.split())
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])

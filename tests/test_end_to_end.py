@@ -11,8 +11,9 @@ from test_cli import dsco
 @pytest.mark.slow
 def test_embedded_default_herding_end_to_end(tmp_path):
     out = tmp_path / "fmnist-herding"
-    result = dsco("concentrate", "--ipc", "5", "--method", "herding", "--out", str(out), "--runs", "2",
-                  "--epochs", "40")
+    result = dsco(
+        "concentrate", "--ipc", "5", "--method", "herding", "--out", str(out), "--runs", "2", "--epochs", "40"
+    )
     assert result.returncode == 0, result.stderr
     ds = datasets.load_dataset(str(out), split="train")
     assert len(ds) == 50 and ds.features["label"].names[0] == "T-shirt/top"

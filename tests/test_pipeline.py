@@ -159,3 +159,56 @@ def test_staging_is_beside_output(tmp_path):
     staging = staging_dir(tmp_path / "x" / "out")
     assert staging.parent == (tmp_path / "x").resolve() and staging.name.startswith(".out.")
     os.rmdir(staging)
+
+
+def test_diffusion_method_writes_synthetic_rows_with_seeds(tiny_repo, tmp_path):
+    import torch
+    from diffusers import DDIMScheduler
+
+    from dsco_hub.config import PriorTrainConfig
+    from dsco_hub.models import save_unet_prior
+    from dsco_hub.prior import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 3, 1, 16)
+    model = tmp_path / "prior"
+    save_unet_prior(unet, DDIMScheduler(num_train_timesteps=50), {0: "Circle", 1: "square", 2: "stripe"}, model)
+    runs = []
+    for name, batch in (("a", 4), ("b", 4), ("c", 3)):
+        out = tmp_path / name
+        result = pipeline.concentrate(
+            _cfg(
+                tiny_repo,
+                out,
+                method="diffusion",
+                ipc=2,
+                model=str(model),
+                steps=3,
+                sample_batch_size=batch,
+                eval=EvalConfig(runs=1, epochs=1, baseline=False),
+            )
+        )
+        runs.append(datasets.load_dataset(str(out), split="train"))
+    ds = runs[0]
+    assert len(ds) == 6 and set(ds["source"]) == {"synthetic"}
+    assert all(i is None for i in ds["source_index"]) and len(set(ds["seed"])) == 6
+    assert ds[0]["image"].size == (16, 16)
+    assert ds[0]["image"].mode == "RGB"  # stored with the source's channels (its first row is RGB)
+    dsco = result.dsco
+    assert dsco["doping_ratio"] == 0 and dsco["counts"]["synthetic"] == 6
+    assert dsco["settings"]["steps"] == 3 and dsco["settings"]["guidance_scale"] == 2.0
+    # same command, same bytes; another batch size, the same images up to float rounding
+    a = (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert runs[2]["seed"] == ds["seed"]
+    diff = [
+        np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max()
+        for x, y in zip(ds["image"], runs[2]["image"])
+    ]
+    assert max(diff) <= 1
+
+
+def test_diffusion_without_matching_model_is_refused_before_work(tiny_repo, tmp_path):
+    with pytest.raises(Exception, match="shipped Fashion-MNIST prior|ships no prior"):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", method="diffusion"))
+    assert not (tmp_path / "out").exists()

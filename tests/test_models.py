@@ -1,0 +1,157 @@
+"""Diffusion priors: tiny DiT + VAE in the `facebook/DiT-XL-2-256` layout and a tiny UNet prior, loaded through
+the public loading code and sampled with our DDIM sampler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
+
+from dsco_hub.config import PriorTrainConfig
+from dsco_hub.errors import ConfigError, ModelError
+from dsco_hub.models import check_sampler_args, load_prior, map_classes, read_class_map, sample, save_unet_prior
+from dsco_hub.prior import build_unet
+
+DIT_LABELS = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "church, church building", 3: "parachute"}
+
+
+@pytest.fixture
+def tiny_unet_prior(tmp_path):
+    """A tiny class-conditional UNet prior (3 classes + null) saved as `dsco-hub prior train` writes it."""
+    torch.manual_seed(0)
+    cfg = PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8)
+    unet = build_unet(cfg, num_classes=3, channels=1, resolution=16)
+    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    save_unet_prior(unet, scheduler, {0: "circle", 1: "square", 2: "stripe"}, tmp_path / "unet-prior")
+    return tmp_path / "unet-prior"
+
+
+@pytest.fixture
+def tiny_dit(tmp_path):
+    """A tiny DiT + VAE saved in the exact layout of `facebook/DiT-XL-2-256` (Transformer2DModel class name)."""
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-dit"
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=len(DIT_LABELS),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+    )
+    transformer.save_pretrained(folder / "transformer")
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = "Transformer2DModel"  # what the Hub repo says
+    config_path.write_text(json.dumps(config))
+    vae.save_pretrained(folder / "vae")
+    DDIMScheduler(num_train_timesteps=1000, clip_sample=False).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "DiTPipeline",
+        "_diffusers_version": "0.12.0.dev0",
+        "id2label": {str(k): v for k, v in DIT_LABELS.items()},
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "transformer": ["diffusers", "Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_unet_prior_loads_and_samples(tiny_unet_prior):
+    prior = load_prior(str(tiny_unet_prior))
+    assert isinstance(prior.denoiser, UNet2DModel) and prior.vae is None
+    assert prior.num_classes == 3 and prior.null_class == 3
+    assert prior.image_shape == (1, 16, 16)
+    images = sample(prior, [0, 1, 2, 0], [1, 2, 3, 4], steps=4, guidance_scale=2.0)
+    assert images.shape == (4, 1, 16, 16) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_dit_layout_loads_with_vae_and_samples(tiny_dit):
+    prior = load_prior(str(tiny_dit))
+    assert isinstance(prior.denoiser, DiTTransformer2DModel) and isinstance(prior.vae, AutoencoderKL)
+    assert prior.num_classes == 4 and prior.null_class == 4  # not a hard-coded 1000
+    assert prior.sample_shape == (4, 4, 4) and prior.image_shape == (3, 8, 8)
+    images = sample(prior, [0, 3], [5, 6], steps=3, guidance_scale=4.0)
+    assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sampling_is_deterministic_and_independent_of_batch_size(tiny_unet_prior, eta):
+    prior = load_prior(str(tiny_unet_prior))
+    labels, seeds = [0, 1, 2, 1, 0], [11, 12, 13, 14, 15]
+    a = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=5)
+    b = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=5)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+    c = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=2)
+    torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+    # image j depends only on its own seed: a subset reproduces the same images
+    torch.testing.assert_close(sample(prior, labels[3:], seeds[3:], steps=5, eta=eta), a[3:], rtol=0, atol=1e-5)
+    assert not torch.allclose(a[0], a[4])  # different seeds, different images
+
+
+def test_class_mapping_by_synonym_case_insensitive_and_class_map(tmp_path):
+    assert map_classes(["Goldfish", "church", "TENCH"], DIT_LABELS) == [1, 2, 0]
+    with pytest.raises(ModelError, match=r"'chapel' \(closest: .*'church, church building'.*--class-map"):
+        map_classes(["chapel", "tench"], DIT_LABELS)
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"chapel": "church building", "fish": 0}))
+    assert map_classes(["chapel", "fish"], DIT_LABELS, read_class_map(path)) == [2, 0]
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="--class-map"):
+        read_class_map(path)
+
+
+def test_missing_and_unconditional_models_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_prior(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no model_index.json"):
+        load_prior(str(tmp_path / "empty"))
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
+    save_unet_prior(unet, DDIMScheduler(), {0: "a"}, tmp_path / "uncond")
+    with pytest.raises(ModelError, match="not class-conditional|no class embeddings"):
+        load_prior(str(tmp_path / "uncond"))
+
+
+def test_sampler_argument_checks(tiny_unet_prior, tmp_path):
+    prior = load_prior(str(tiny_unet_prior))
+    with pytest.raises(ConfigError, match=r"--steps=0 must be in \[1, 100\]"):
+        check_sampler_args(prior, 0, 2.0, 0.0)
+    with pytest.raises(ConfigError, match="--steps=101"):
+        check_sampler_args(prior, 101, 2.0, 0.0)
+    with pytest.raises(ConfigError, match="--scheduler='euler'"):
+        check_sampler_args(prior, 10, 2.0, 0.0, scheduler="euler")
+    # a UNet without a null-class embedding cannot be guided
+    torch.manual_seed(0)
+    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 2, 1, 16)
+    unet.register_to_config(num_class_embeds=3)
+    save_unet_prior(unet, DDIMScheduler(num_train_timesteps=100), {0: "a", 1: "b", 2: "c"}, tmp_path / "nonull")
+    no_null = load_prior(str(tmp_path / "nonull"))
+    assert no_null.null_class is None
+    with pytest.raises(ConfigError, match="no null class"):
+        check_sampler_args(no_null, 10, 0.5, 0.0)
+    check_sampler_args(no_null, 10, 1.0, 0.0)  # unguided sampling is fine
