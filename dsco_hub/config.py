@@ -86,6 +86,27 @@ class EvalConfig:
 
 
 @dataclass
+class NOptConfig:
+    """NOpt, noise optimization during DDIM sampling (`docs/method.md` §3)."""
+
+    window: float = 0.5  # fraction of the DDIM steps, counted from the start (t = T), where the noise is optimized
+    iters: int = 1  # gradient steps on x_t per optimized DDIM step
+    lr: float = 0.1  # step length as a fraction of ||x_t|| per image (normalised gradient step)
+    targets: int = 500  # real images per class whose features are the MMD target (a seeded subset)
+    kernel: str = "gaussian"  # multi-bandwidth Gaussian (median heuristic) or linear (mean matching)
+    width: int = 128  # channels of the random ConvNet-3 feature map, resampled at every iteration
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option."""
+        _check(0 <= self.window <= 1, f"--nopt-window={self.window} must be in [0, 1] (fraction of the steps).")
+        _check(self.iters >= 0, f"--nopt-iters={self.iters} must be >= 0 (0 = plain sampling).")
+        _check(self.lr > 0, f"--nopt-lr={self.lr} must be positive; e.g. --nopt-lr 0.1.")
+        _check(self.targets >= 2, f"--nopt-targets={self.targets} must be at least 2 (the MMD needs a set).")
+        _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
+        _check(self.width >= 1, f"--nopt-width={self.width} must be at least 1.")
+
+
+@dataclass
 class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 

@@ -115,6 +115,18 @@ class DiffusionPrior:
         cond, uncond = eps[:batch], eps[batch:]
         return uncond + guidance_scale * (cond - uncond)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images `(batch_size, C_img, H_img, W_img)` in `[-1, 1]` to the denoiser's space.
+
+        Pixel priors return the images unchanged; latent priors return the VAE posterior mean times the VAE's
+        scaling factor (deterministic), shape `(batch_size, *sample_shape)`.
+        """
+        if self.vae is None:
+            return images.float()
+        with torch.no_grad():
+            posterior = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+        return (posterior.mean * self.vae.config.scaling_factor).float()
+
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Map clean samples of the denoiser's space to images `(batch_size, C_img, H_img, W_img)` in `[-1, 1]`."""
         if self.vae is not None:

@@ -1,0 +1,83 @@
+"""NOpt: noise optimization lowers the MMD to the targets, deterministically, and refuses bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from dsco_hub.config import NOptConfig, PriorTrainConfig
+from dsco_hub.errors import ConfigError
+from dsco_hub.kernels import RandomFeatures, embed, median_bandwidth, mmd2
+from dsco_hub.models import DiffusionPrior, sample
+from dsco_hub.nopt import nopt_sample
+from dsco_hub.prior import build_unet
+
+
+@pytest.fixture
+def prior():
+    torch.manual_seed(0)
+    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 2, 1, 16).eval()
+    unet.requires_grad_(False)
+    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    return DiffusionPrior(denoiser=unet, scheduler=scheduler, id2label={0: "a", 1: "b"}, name="tiny")
+
+
+def _targets(n=40):
+    g = torch.Generator().manual_seed(3)
+    images = -torch.ones(n, 1, 16, 16)
+    images[:, :, 4:12, 4:12] = 0.8 + 0.1 * torch.randn(n, 1, 8, 8, generator=g)  # a bright square: far from noise
+    return images
+
+
+def _final_mmd(images, targets):
+    phi = RandomFeatures(1, seed=12345)
+    a, b = embed(phi, images), embed(phi, targets)
+    return mmd2(a, b, bandwidth=median_bandwidth(a, b)).item()
+
+
+def test_nopt_lowers_mmd_to_targets_compared_with_plain_sampling(prior):
+    # targets: other samples of the model, brightened (a class the plain sampler misses by a known shift)
+    targets = (sample(prior, [0] * 40, list(range(100, 140)), steps=10) + 0.3).clamp(-1, 1)
+    seeds = list(range(6))
+    plain = sample(prior, [0] * 6, seeds, steps=10, guidance_scale=2.0)
+    optimized, trace = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2), steps=10)
+    assert optimized.shape == plain.shape == (6, 1, 16, 16) and optimized.abs().max() <= 1
+    assert trace.iterations == 12  # ceil(0.6 * 10) optimized steps x 2 iterations
+    assert _final_mmd(optimized, targets) < _final_mmd(plain, targets)
+
+
+def test_nopt_with_zero_iterations_is_plain_sampling(prior):
+    seeds = [5, 6, 7]
+    plain = sample(prior, [1] * 3, seeds, steps=6, guidance_scale=2.0)
+    same, trace = nopt_sample(prior, 1, seeds, _targets(), NOptConfig(iters=0), steps=6)
+    torch.testing.assert_close(same, plain, rtol=0, atol=1e-6)
+    assert trace.iterations == 0
+
+
+def test_nopt_is_deterministic(prior):
+    cfg = NOptConfig(window=0.5, iters=1)
+    a, _ = nopt_sample(prior, 0, [1, 2, 3], _targets(), cfg, steps=6, phi_seed=9)
+    b, _ = nopt_sample(prior, 0, [1, 2, 3], _targets(), cfg, steps=6, phi_seed=9)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (NOptConfig(window=1.5), "--nopt-window=1.5"),
+        (NOptConfig(lr=0), "--nopt-lr=0"),
+        (NOptConfig(targets=1), "--nopt-targets=1"),
+        (NOptConfig(kernel="cosine"), "--kernel='cosine'"),
+    ],
+)
+def test_bad_settings_are_refused(prior, cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        nopt_sample(prior, 0, [1], _targets(), cfg, steps=4)
+
+
+def test_too_few_or_misshaped_targets_are_refused(prior):
+    with pytest.raises(ConfigError, match="1 target image"):
+        nopt_sample(prior, 0, [1], _targets(1), NOptConfig(), steps=4)
+    with pytest.raises(ConfigError, match="prior.encode"):
+        nopt_sample(prior, 0, [1], torch.zeros(4, 3, 16, 16), NOptConfig(), steps=4)
