@@ -58,6 +58,7 @@ class RandomFeatures(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features `(B, D)` of images `(B, channels, H, W)`."""
         return self.trunk(x).flatten(1)  # (B, width * h * w)
 
 

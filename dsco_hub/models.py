@@ -77,10 +77,12 @@ class DiffusionPrior:
 
     @property
     def device(self) -> torch.device:
+        """Device of the denoiser's weights."""
         return next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the denoiser's weights (inputs are cast to it; outputs come back in the input's dtype)."""
         return next(self.denoiser.parameters()).dtype
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor, guidance_scale: float):
