@@ -25,6 +25,8 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f"card template {name!r} is missing from dsco_hub/cards and cards/; reinstall dsco-hub.")
 
 
+GRID_CLASSES = 20  # classes shown in samples.png
+
 METHOD_DESCRIPTIONS = {
     "random": "a seeded random subset of real images per class, the baseline of the dataset condensation literature.",
     "diffusion": "plain class-conditional sampling of the diffusion prior (our DDIM loop with classifier-free "
@@ -90,7 +92,9 @@ def card_data(dsco: dict, pretty_name: str):
     )
 
 
-def render_dataset_card(data, dsco: dict, citation: str | None, load_id: str, grid_classes: int):
+def render_dataset_card(
+    data, dsco: dict, citation: str | None, load_id: str, grid_classes: int, samples_file: str = "samples.png"
+):
     """Render `cards/dataset_card.md` into a `huggingface_hub.DatasetCard`.
 
     Args:
@@ -99,6 +103,7 @@ def render_dataset_card(data, dsco: dict, citation: str | None, load_id: str, gr
         citation (`str`, *optional*): the source's citation.
         load_id (`str`): what users pass to `load_dataset` (a repo id or a folder path).
         grid_classes (`int`): classes shown in `samples.png`.
+        samples_file (`str`, *optional*, defaults to "samples.png"): path of the samples grid, relative to the card.
     """
     from huggingface_hub import DatasetCard
 
@@ -146,10 +151,81 @@ def render_dataset_card(data, dsco: dict, citation: str | None, load_id: str, gr
         settings=settings,
         seed=dsco["seed"],
         versions=versions,
-        samples_file="samples.png",
+        samples_file=samples_file,
         grid_classes=grid_classes,
         load_id=load_id,
         eval=eval_context,
         license=source.get("license"),
         citation=citation,
     )
+
+
+def citation_of(existing) -> str | None:
+    """The source citation block of a card we rendered (the first fenced block after "Cite the source dataset:")."""
+    text = existing.text
+    marker = "Cite the source dataset:"
+    if marker not in text:
+        return None
+    block = text.split(marker, 1)[1].split("```")
+    return block[1].strip() if len(block) > 2 else None
+
+
+def configs_section(blocks: dict[str, dict], default: str, repo_id: str) -> str:
+    """Markdown listing the configs (one per IPC) of a Hub repo, each with its size, result and load line.
+
+    Args:
+        blocks (`dict[str, dict]`): the `dsco:` block of each config, by config name (e.g. "ipc10").
+        default (`str`): the default config (what `load_dataset(repo_id)` loads).
+        repo_id (`str`): the dataset repo on the Hub.
+    """
+    lines = [
+        "## Configurations",
+        "",
+        f'One config per IPC; `load_dataset("{repo_id}")` loads `{default}`.',
+        "",
+        "| config | IPC | method | images | accuracy (%) | evaluated commit | load |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, block in sorted(blocks.items(), key=lambda kv: (kv[0] != default, kv[0])):
+        evaluation = block.get("eval") or {}
+        result = _format_result(evaluation.get("result")) or "not evaluated"
+        commit = f"`{evaluation['commit'][:8]}`" if evaluation.get("commit") else "-"
+        counts = block.get("counts", {})
+        lines.append(
+            f"| `{name}`{' (default)' if name == default else ''} | {block.get('ipc', '?')} | "
+            f"{block.get('method', '?')} | {counts.get('rows', '?')} | {result} | {commit} | "
+            f'`load_dataset("{repo_id}", "{name}", split="train")` |'
+        )
+    return "\n".join(lines) + "\n"
+
+
+EVAL_BEGIN = "<!-- dsco-hub eval -->"
+EVAL_END = "<!-- /dsco-hub eval -->"
+
+
+def eval_section(blocks: dict[str, dict]) -> str:
+    """A marked Markdown section with the `eval` results of each config, for cards dsco-hub did not render.
+
+    The section sits between `EVAL_BEGIN` and `EVAL_END`, so a later evaluation replaces it in place.
+    """
+    lines = [EVAL_BEGIN, "## dsco-hub evaluation", ""]
+    lines += [
+        "Students trained from scratch on this dataset (hard labels) and tested on the test set below; "
+        "mean ± std of the test accuracy (%) over the runs. Written by `dsco-hub evaluate --update-card`.",
+        "",
+        "| config | test set | student | epochs × runs | accuracy (%) | random real baseline (%) | evaluated commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, block in sorted(blocks.items()):
+        evaluation = block.get("eval")
+        if not evaluation:
+            continue
+        result = evaluation["result"]
+        test = evaluation["test"]
+        lines.append(
+            f"| `{name}` | `{test['dataset']}` [`{test['split']}`] | {result['model']} | "
+            f"{result['epochs']} × {result['runs']} | {_format_result(result)} | "
+            f"{_format_result(evaluation.get('baseline_random')) or '-'} | `{(evaluation.get('commit') or '-')[:8]}` |"
+        )
+    lines.append(EVAL_END)
+    return "\n".join(lines) + "\n"

@@ -7,14 +7,15 @@ Errors that users cause (`DscoError`) print as one line plus a hint and exit wit
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from dsco_hub.config import ConcentrateConfig, EvalConfig, PriorTrainConfig, SourceConfig
-from dsco_hub.errors import DscoError
+from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.errors import ConfigError, DscoError
 
 app = typer.Typer(
     name="dsco-hub",
@@ -49,6 +50,24 @@ EvalModelOpt = Annotated[
 ]
 BaselineOpt = Annotated[bool, typer.Option(help="Also evaluate a random real subset of the same IPC.")]
 EvalSeedOpt = Annotated[int, typer.Option(help="Seed of the students' initialisation and augmentation.")]
+RepoIdOpt = Annotated[
+    Optional[str],
+    typer.Option("--repo-id", help="Dataset repo on the Hub, USER/NAME (default: <you>/<source>-<method>-ipc<IPC>)."),
+]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the repo private (when it does not exist yet).")]
+CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")]
+CommitMessageOpt = Annotated[
+    Optional[str], typer.Option("--commit-message", help="Commit message (default: a summary).")
+]
+TokenOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--token", help="Hugging Face token (default: HF_TOKEN, else `hf auth login`); never printed or saved."
+    ),
+]
+EndpointOpt = Annotated[
+    Optional[str], typer.Option("--endpoint", help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")
+]
 
 
 def _source(source, config, split, revision, image_column, label_column, test_split=None) -> SourceConfig:
@@ -102,10 +121,17 @@ def concentrate(
     eval_model: EvalModelOpt = "auto",
     baseline: BaselineOpt = True,
     eval_seed: EvalSeedOpt = 0,
+    push: Annotated[bool, typer.Option("--push", help="Publish the finished folder on the Hub.")] = False,
+    repo_id: RepoIdOpt = None,
+    private: PrivateOpt = False,
+    token: TokenOpt = None,
+    endpoint: EndpointOpt = None,
 ):
     """Concentrate SOURCE into a small `datasets` repo folder with a card, evaluated under the DC/DSA protocol."""
     from dsco_hub.pipeline import concentrate as run
 
+    if not push and (repo_id or private or token or endpoint):
+        raise ConfigError("--repo-id, --private, --token and --endpoint apply to the upload; add --push.")
     if out is None:
         stem = (source or "fashion-mnist-subset").rstrip("/").replace("\\", "/").split("/")[-1]
         out = f"{stem}-{method}-ipc{ipc}"
@@ -130,15 +156,72 @@ def concentrate(
         overwrite=overwrite,
         evaluate=not no_eval,
         eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
+        push=HubConfig(repo_id=repo_id, private=private, token=token, endpoint=endpoint) if push else None,
     )
-    result = run(cfg)
+    result = run(cfg, command=_command_line())
     _print_eval(result.dsco.get("eval"))
     Console().print(f"concentrated set written to [bold]{result.out}[/bold]")
+    if result.push is not None:
+        _print_push(result.push)
+
+
+@app.command(name="push")
+def push_(
+    folder: Annotated[str, typer.Argument(help="A folder written by `dsco-hub concentrate`.")],
+    repo_id: RepoIdOpt = None,
+    private: PrivateOpt = False,
+    revision: Annotated[
+        Optional[str], typer.Option(help="Branch to push to (created from main when missing; default: main).")
+    ] = None,
+    create_pr: CreatePrOpt = False,
+    commit_message: CommitMessageOpt = None,
+    token: TokenOpt = None,
+    endpoint: EndpointOpt = None,
+):
+    """Publish a concentrated set on the Hub as config ipc<IPC> of a dataset repo; a rerun uploads what is missing."""
+    from dsco_hub.pipeline import push as run
+
+    cfg = HubConfig(
+        repo_id=repo_id,
+        private=private,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message,
+        token=token,
+        endpoint=endpoint,
+    )
+    _print_push(run(folder, cfg))
+
+
+def _print_push(result) -> None:
+    commits = f"{result.commits} commit{'s' if result.commits > 1 else ''}"
+    done = f"{len(result.uploaded)} files uploaded in {commits}" if result.commits else "already up to date"
+    skipped = f", {len(result.skipped)} already there" if result.skipped else ""
+    Console().print(f"pushed [bold]{result.repo_id}[/bold] (config {result.config_name}): {done}{skipped}")
+    Console().print(f"load it with load_dataset({result.repo_id!r}, {result.config_name!r}); {result.url}")
+    if result.pr_url:
+        Console().print(f"pull request: {result.pr_url}")
+
+
+def _command_line() -> str:
+    """The command as typed, for `dsco_config.json`, with the value of `--token` masked."""
+    args, masked = sys.argv[1:], []
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--token":
+            masked.append("REDACTED")
+        elif arg.startswith("--token="):
+            masked.append("--token=REDACTED")
+        else:
+            masked.append(arg)
+    return " ".join(shlex.quote(a) for a in ["dsco-hub", *masked])
 
 
 @app.command()
 def evaluate(
-    target: Annotated[str, typer.Argument(help="Concentrated set: a folder written by dsco-hub, or any dataset.")],
+    target: Annotated[
+        str,
+        typer.Argument(help="The set: USER/NAME[@REVISION] on the Hub, a folder written by dsco-hub, or a dataset."),
+    ],
     test_dataset: Annotated[
         Optional[str], typer.Option(help="Test source (default: the set's recorded source).")
     ] = None,
@@ -150,14 +233,38 @@ def evaluate(
     eval_model: EvalModelOpt = "auto",
     baseline: BaselineOpt = True,
     eval_seed: EvalSeedOpt = 0,
-    update_card: Annotated[bool, typer.Option(help="Write the results into the set's card.")] = False,
+    update_card: Annotated[
+        bool, typer.Option(help="Write the results into the set's card (on the Hub: a commit, or a PR).")
+    ] = False,
+    set_config: Annotated[
+        Optional[str], typer.Option(help="Config of the Hub set, e.g. ipc50 (default: the repo's default).")
+    ] = None,
+    image_column: ImageColOpt = None,
+    label_column: LabelColOpt = None,
+    create_pr: CreatePrOpt = False,
+    commit_message: CommitMessageOpt = None,
+    token: TokenOpt = None,
+    endpoint: EndpointOpt = None,
 ):
     """Evaluate a concentrated set: train students from scratch on it, test them on the source's test split."""
     from dsco_hub.pipeline import evaluate_set
 
+    if (create_pr or commit_message) and not update_card:
+        raise ConfigError("--create-pr and --commit-message apply to the card update; add --update-card.")
     test = SourceConfig(source=test_dataset, config_name=config, revision=revision, test_split=test_split)
     cfg = EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed)
-    block = evaluate_set(target, test, cfg, update_card=update_card)
+    hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
+    block = evaluate_set(
+        target,
+        test,
+        cfg,
+        update_card=update_card,
+        hub_cfg=hub_cfg,
+        set_config=set_config,
+        image_column=image_column,
+        label_column=label_column,
+        report=Console().print,
+    )
     _print_eval(block)
 
 
@@ -174,6 +281,8 @@ def _print_eval(block) -> None:
         table.add_column(column)
     for row in results_table(block):
         table.add_row(*row)
+    if block.get("commit"):
+        table.caption = f"evaluated commit {block['commit']}"
     Console().print(table)
 
 

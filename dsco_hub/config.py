@@ -107,6 +107,44 @@ class NOptConfig:
 
 
 @dataclass
+class HubConfig:
+    """Where and how a set is published on (or read from) the Hub: `--push`, `dsco-hub push`, `evaluate USER/NAME`.
+
+    The token is never saved: `to_dict()` drops it and its `repr` hides it.
+    """
+
+    repo_id: str | None = None  # USER/NAME (a bare NAME goes under your user); None = <user>/<source>-<method>-ipc<N>
+    private: bool = False  # create the repo private (applies only when the repo is created)
+    revision: str | None = None  # branch to push to (created from main when missing); None = main
+    create_pr: bool = False  # open a pull request instead of committing to the branch
+    commit_message: str | None = None  # message of the (last) commit; None = a summary of what is uploaded
+    token: str | None = field(default=None, repr=False)  # None = HF_TOKEN, else the stored login (`hf auth login`)
+    endpoint: str | None = None  # Hub URL; None = HF_ENDPOINT, else https://huggingface.co
+    max_retries: int = 5  # retries of a Hub call answered 429 or 5xx (or not answered)
+    retry_wait: float = 2.0  # seconds before the first retry, doubled at each retry (Retry-After wins when given)
+    max_wait: float = 600.0  # longest wait in seconds; a longer Retry-After stops the push (rerun it later)
+    commit_max_files: int = 50  # files per commit: the Hub limits commits per hour, never one commit per class
+    commit_max_bytes: int = 5 << 30  # bytes per commit (parquet shards are at most ~500 MB each)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option (the repo id format is checked by `hub.check_repo_id`)."""
+        _check(self.max_retries >= 0, f"max_retries={self.max_retries} must be >= 0 (0 = no retry).")
+        _check(self.retry_wait >= 0, f"retry_wait={self.retry_wait} must be >= 0 seconds.")
+        _check(self.commit_max_files >= 1, f"commit_max_files={self.commit_max_files} must be at least 1.")
+        _check(self.commit_max_bytes >= 1, f"commit_max_bytes={self.commit_max_bytes} must be at least 1.")
+        _check(
+            self.endpoint is None or self.endpoint.startswith(("http://", "https://")),
+            f"--endpoint={self.endpoint!r} must be an http(s) URL, e.g. --endpoint https://huggingface.co.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON data, without the token."""
+        data = dataclasses.asdict(self)
+        data.pop("token")
+        return data
+
+
+@dataclass
 class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
@@ -130,6 +168,7 @@ class ConcentrateConfig:
     overwrite: bool = False  # replace a non-empty output folder
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
     eval: EvalConfig = field(default_factory=EvalConfig)
+    push: HubConfig | None = None  # publish the finished folder on the Hub (`--push`); None = do not push
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option (class-size checks happen once the source is loaded)."""
@@ -148,10 +187,15 @@ class ConcentrateConfig:
         _check(self.dtype in DTYPES, f"--dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}.")
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
         self.eval.validate()
+        if self.push is not None:
+            self.push.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON-serialisable data."""
-        return dataclasses.asdict(self)
+        """The configuration as plain JSON-serialisable data (never the Hub token)."""
+        data = dataclasses.asdict(self)
+        if self.push is not None:
+            data["push"] = self.push.to_dict()
+        return data
 
 
 @dataclass

@@ -11,16 +11,18 @@ import importlib.metadata
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, doping, models, writer
-from dsco_hub.config import REAL_METHODS, ConcentrateConfig, EvalConfig, SourceConfig, derive_seed
+from dsco_hub import __version__, card, doping, hub, models, writer
+from dsco_hub.config import REAL_METHODS, ConcentrateConfig, EvalConfig, HubConfig, SourceConfig, derive_seed
 from dsco_hub.data import (
     SourceData,
     decode_images,
@@ -30,20 +32,21 @@ from dsco_hub.data import (
     load_test_source,
     to_uint8,
 )
-from dsco_hub.errors import ConfigError, ModelError, SourceError
+from dsco_hub.errors import ConfigError, HubError, ModelError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.ui import progress_bar
 
-GRID_CLASSES = 20  # classes shown in samples.png
+GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
 GRID_PER_CLASS = 8  # images per class shown in samples.png
 
 
 @dataclass
 class ConcentrateResult:
-    """What `concentrate` produced: the output folder and its `dsco:` block (with `eval` when evaluated)."""
+    """What `concentrate` produced: the output folder, its `dsco:` block (with `eval` when evaluated) and the push."""
 
     out: Path
     dsco: dict
+    push: hub.PushResult | None = None  # with `cfg.push`: the repo, commits and files uploaded
 
 
 def _versions() -> dict[str, str]:
@@ -272,6 +275,8 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
     """
     cfg.validate()
     out = writer.check_output(cfg.out, cfg.overwrite)
+    if cfg.push is not None:
+        hub.preflight(cfg.push)  # repo id, token and its user checked before any heavy work
     with progress_bar() as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
         source = load_source(cfg.source)
@@ -343,7 +348,35 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return ConcentrateResult(out=final, dsco=dsco)
+    pushed = _push_written(final, cfg.push) if cfg.push is not None else None
+    return ConcentrateResult(out=final, dsco=dsco, push=pushed)
+
+
+def _push_written(folder: Path, cfg: HubConfig) -> hub.PushResult:
+    """Push a complete output folder; on failure, say how to finish without concentrating again."""
+    try:
+        return hub.push_folder(folder, cfg)
+    except HubError as err:
+        repo = f" --repo-id {cfg.repo_id}" if cfg.repo_id else ""
+        err.hint = f"the set is complete in {folder}; finish the upload with `dsco-hub push {folder}{repo}`."
+        raise
+
+
+def push(folder: str | Path, cfg: HubConfig) -> hub.PushResult:
+    """`dsco-hub push`: publish a folder written by `concentrate` as config `ipc<IPC>` of a dataset repo.
+
+    Args:
+        folder (`str` or `Path`): the set (README.md with a `dsco:` block, data/*.parquet, samples.png).
+        cfg (`HubConfig`): repo id, branch, pull request, commit message, token, endpoint.
+
+    Returns:
+        `hub.PushResult`: the repo, config, commits and what was uploaded, skipped or deleted.
+
+    Raises:
+        OutputError: `folder` is not a set written by dsco-hub.
+        HubError: no token, malformed repo id, 401/403, or the Hub kept failing (rerun: it resumes).
+    """
+    return hub.push_folder(folder, cfg)
 
 
 def evaluate_set(
@@ -351,30 +384,77 @@ def evaluate_set(
     test: SourceConfig,
     cfg: EvalConfig,
     update_card: bool = False,
+    hub_cfg: HubConfig | None = None,
+    set_config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    report: Callable[[str], Any] | None = None,
 ) -> dict:
-    """`dsco-hub evaluate`: run the protocol on a concentrated set (a folder, or any image-classification dataset).
+    """`dsco-hub evaluate`: run the protocol on a set (a folder, a Hub repo, or any image-classification dataset).
+
+    A Hub set `USER/NAME[@REVISION]` is first resolved to a commit sha; its card and data are read at that commit,
+    and the sha is recorded in the results (`commit`), so an evaluation names exactly what it measured.
 
     Args:
-        target (`str`): the set: a local folder written by dsco-hub or any `datasets` source with image and label.
+        target (`str`): the set: a local folder written by dsco-hub, `USER/NAME[@REVISION]` on the Hub (a set
+            dsco-hub pushed, or any dataset with an image and a label column), or a local `datasets` source.
         test (`SourceConfig`): the test source; `test.source=None` uses the source recorded in the set's card.
             Its `test_split` (default "test", else "validation") is evaluated; its `split` (default "train") feeds
             the random-real baseline.
         cfg (`EvalConfig`): protocol settings (`cfg.baseline` toggles the baseline).
-        update_card (`bool`, *optional*, defaults to False): write the results into the folder's card.
+        update_card (`bool`, *optional*, defaults to False): write the results into the set's card (a folder's
+            README.md, or a commit / pull request on the Hub).
+        hub_cfg (`HubConfig`, *optional*): token, endpoint, `create_pr` and `commit_message` for a Hub set.
+        set_config (`str`, *optional*): the config of a Hub set to evaluate (default: the repo's default config).
+        image_column (`str`, *optional*): the set's image column (default: the column of feature `Image`).
+        label_column (`str`, *optional*): the set's label column (default: the `ClassLabel` column).
+        report (`Callable[[str], Any]`, *optional*): called with one-line messages (evaluated commit, card URL).
 
     Returns:
-        `dict`: the `eval` block (protocol, test, result, baseline_random).
+        `dict`: the `eval` block (protocol, test, result, baseline_random; `commit` for a Hub set).
 
     Raises:
-        SourceError: the set or the test source cannot be used, or their classes differ (lists the difference).
+        SourceError: the set or the test source cannot be used (no image or label column, missing split), or their
+            classes differ (lists the difference).
+        HubError: the repo or revision does not exist, or (with `update_card`) no token, 401/403.
     """
     cfg.validate()
-    folder = Path(target).expanduser()
-    existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
-    dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
+    hub_cfg = hub_cfg or HubConfig()
+    published = None
+    if hub.is_hub_ref(target):
+        published = hub.open_set(target, hub_cfg, set_config)
+        existing, dsco = published.card, dict(published.dsco)
+        set_cfg = SourceConfig(
+            source=published.repo_id,
+            config_name=published.config_name,
+            revision=published.sha,
+            image_column=image_column,
+            label_column=label_column,
+        )
+        if update_card:
+            hub.resolve_token(hub_cfg)  # before any heavy work
+        if report is not None:
+            config = f" (config {published.config_name})" if published.config_name else ""
+            report(f"evaluating datasets/{published.repo_id}{config} at commit {published.sha}")
+    else:
+        folder = Path(target).expanduser()
+        existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
+        dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
+        set_cfg = SourceConfig(source=target, split="train", image_column=image_column, label_column=label_column)
+        if update_card and not dsco:
+            raise SourceError(
+                f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
+                "evaluate without --update-card."
+            )
     test_cfg = test
     if test.source is None:
         recorded = dsco.get("source", {})
+        if published is not None and not _reachable(recorded):
+            where = f"was concentrated from {recorded['id']!r}, which" if recorded else "records no source: it"
+            raise SourceError(
+                f"--test-dataset is needed: {target} {where} is neither on the Hub nor here; "
+                "pass --test-dataset SOURCE (a Hub id or a folder) with a test split of the same classes."
+            )
         if not recorded or "embedded" in recorded.get("id", ""):
             test_cfg = SourceConfig(source=None, split=recorded.get("split", "train"), test_split=test.test_split)
         else:
@@ -385,37 +465,61 @@ def evaluate_set(
                 split=recorded.get("split", "train"),
                 test_split=test.test_split,
             )
-    with progress_bar() as bar:
+    with hub.hub_session(hub_cfg), progress_bar() as bar:
         task = bar.add_task("load", total=1, info="")
-        train = load_source(SourceConfig(source=target, split="train"))
-        test_source = load_test_source(test_cfg, train.class_names)
+        train = load_source(set_cfg)
+        test_source = _load_test_source(test_cfg, train, target)
         baseline_source = load_source(test_cfg, class_names=train.class_names) if cfg.baseline else None
         bar.advance(task)
         ipc = int(round(len(train.labels) / train.num_classes))
         if baseline_source is not None:
             _check_ipc(baseline_source, ipc)
         block = _evaluate(train, test_source, baseline_source, ipc, dsco.get("seed", 0), cfg, bar)
-    if update_card:
-        if existing is None or not dsco:
-            raise SourceError(
-                f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
-                "evaluate without --update-card."
-            )
+    if published is not None:
+        block["commit"] = published.sha
+    if update_card and published is not None:
+        url, pr_url = hub.update_card_eval(published, block, hub_cfg)
+        if report is not None:
+            report(f"card pull request: {pr_url}" if pr_url else f"card updated: {url}")
+    elif update_card:
+        folder = Path(target).expanduser()
         dsco["eval"] = block
         yaml_data = existing.data.to_dict()
         grid_classes = min(dsco["source"]["num_classes"], GRID_CLASSES)
-        _write_card(folder, dsco, yaml_data, _citation_of(existing), str(folder), grid_classes)
+        _write_card(folder, dsco, yaml_data, card.citation_of(existing), str(folder), grid_classes)
     return block
 
 
-def _citation_of(existing: DatasetCard) -> str | None:
-    """The source citation block of a card we rendered (the first fenced block of the licence section)."""
-    text = existing.text
-    marker = "Cite the source dataset:"
-    if marker not in text:
-        return None
-    block = text.split(marker, 1)[1].split("```")
-    return block[1].strip() if len(block) > 2 else None
+def _reachable(recorded: dict) -> bool:
+    """Whether the source recorded in a card can be opened here (a Hub id, an existing folder, the embedded set)."""
+    if not recorded:
+        return False
+    source_id = str(recorded.get("id", ""))
+    return bool(recorded.get("is_hub")) or "embedded" in source_id or Path(source_id).expanduser().exists()
+
+
+def _load_test_source(test_cfg: SourceConfig, train: SourceData, target: str) -> SourceData:
+    """The test split with labels mapped onto the set's classes; refuses a test set with other classes.
+
+    Raises:
+        SourceError: the class names differ (lists the classes only in the set and only in the test dataset).
+    """
+    own = load_test_source(test_cfg, None)
+    if own.class_names == train.class_names:
+        return own
+    only_set = [name for name in train.class_names if name not in set(own.class_names)]
+    only_test = [name for name in own.class_names if name not in set(train.class_names)]
+    if only_set or only_test:
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(repr(n) for n in names[:10]) + (f" (+{len(names) - 10} more)" if len(names) > 10 else "")
+
+        raise SourceError(
+            f"--test-dataset={own.source_id!r} has other classes than the set {target}: only in the set: "
+            f"{listed(only_set) or 'none'}; only in the test dataset: {listed(only_test) or 'none'}. "
+            "Pass a test dataset with the same classes."
+        )
+    return load_test_source(test_cfg, train.class_names)  # same classes, another order
 
 
 def results_table(block: dict) -> list[tuple[str, str, str]]:

@@ -1,0 +1,456 @@
+"""Publishing on the Hub and evaluating published sets, against a Hub-compatible server started in the session.
+
+No test reaches huggingface.co: `tests/hub_server.py` (`FakeHub`) stands in for the Hub on 127.0.0.1, and the real
+`huggingface_hub` and `datasets` clients talk to it over HTTP, through `HfApi(endpoint=...)` in this process and
+through `HF_ENDPOINT` in subprocesses (both libraries read it at import time). Xet storage is disabled
+(`HF_HUB_DISABLE_XET`), so uploads use the LFS batch API the server implements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+import yaml
+from conftest import CLASS_NAMES, tiny_dataset, write_repo
+from hub_server import FakeHub
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from dsco_hub import hub, pipeline, writer
+from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
+from dsco_hub.errors import HubError, SourceError
+
+TOKEN = "hf_alice_S3CRET_token_0123456789"  # alice's valid token (must never show up in output or files)
+BOB = "hf_bob_token_9876543210"
+FAST_EVAL = EvalConfig(runs=1, epochs=1, baseline=False)
+
+
+@pytest.fixture(scope="session")
+def server():
+    fake = FakeHub({TOKEN: "alice", BOB: "bob"}).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_hub(server, monkeypatch, tmp_path):
+    """The session's fake Hub, with this process's clients isolated from any real login, cache or Xet."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    server.clear_failures()
+    server.reset_log()
+    yield server
+    server.clear_failures()
+
+
+def _cfg(fake: FakeHub, **kwargs) -> HubConfig:
+    kwargs.setdefault("token", TOKEN)
+    return HubConfig(endpoint=fake.url, retry_wait=0.01, **kwargs)
+
+
+def _make_set(source: Path, out: Path, ipc: int = 2, evaluate: bool = False) -> Path:
+    cfg = ConcentrateConfig(
+        source=SourceConfig(source=str(source)),
+        out=str(out),
+        method="random",
+        ipc=ipc,
+        evaluate=evaluate,
+        eval=EvalConfig(runs=1, epochs=1),
+    )
+    return pipeline.concentrate(cfg).out
+
+
+def _env(fake: FakeHub, tmp_path: Path, token: str | None = TOKEN) -> dict:
+    """Environment of a subprocess whose clients talk to the fake Hub (HF_ENDPOINT) with a fresh HF_HOME."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=fake.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1", OMP_NUM_THREADS="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def _run(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
+
+
+def _yaml(text: str) -> dict:
+    return yaml.safe_load(text.split("---")[1])
+
+
+LOAD_SCRIPT = """
+import hashlib, json, sys
+import datasets
+from huggingface_hub import DatasetCard
+out = {}
+for name in sys.argv[2:] or [None]:
+    ds = datasets.load_dataset(sys.argv[1], name, split="train")
+    out[str(name)] = {
+        "names": ds.features["label"].names,
+        "rows": [
+            [r["label"], r["source"], r["source_index"], hashlib.sha256(r["image"].tobytes()).hexdigest()] for r in ds
+        ],
+    }
+out["card"] = DatasetCard.load(sys.argv[1], repo_type="dataset").data.to_dict()
+print(json.dumps(out))
+"""
+
+
+def _rows(ds: datasets.Dataset) -> list:
+    import hashlib
+
+    return [[r["label"], r["source"], r["source_index"], hashlib.sha256(r["image"].tobytes()).hexdigest()] for r in ds]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Push
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_push_then_load_dataset_through_hf_endpoint(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set", evaluate=True)
+    result = pipeline.push(out, _cfg(fake_hub))  # no --repo-id: <user>/<source>-<method>-ipc<IPC>
+    assert (result.repo_id, result.config_name, result.commits) == ("alice/tiny-random-ipc2", "ipc2", 1)
+    assert set(fake_hub.files(result.repo_id)) == {
+        ".gitattributes",
+        "README.md",
+        "ipc2/train-00000-of-00001.parquet",
+        "ipc2/samples.png",
+        "ipc2/dsco_config.json",
+    }
+
+    loaded = _run("-c", LOAD_SCRIPT, result.repo_id, env=_env(fake_hub, tmp_path, token=None))
+    assert loaded.returncode == 0, loaded.stderr
+    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    local = datasets.load_dataset(str(out), split="train")
+    assert got["None"]["names"] == CLASS_NAMES == local.features["label"].names
+    assert got["None"]["rows"] == _rows(local)
+    local_dsco = _yaml((out / "README.md").read_text())["dsco"]
+    assert got["card"]["dsco"] == {"config": "ipc2", **local_dsco}
+    assert got["card"]["configs"] == [
+        {"config_name": "ipc2", "data_files": [{"split": "train", "path": "ipc2/train-*"}], "default": True}
+    ]
+    assert got["card"]["license"] == "cc-by-4.0"
+    text = fake_hub.read(result.repo_id, "README.md").decode()
+    assert 'load_dataset("alice/tiny-random-ipc2", split="train")' in text and "](ipc2/samples.png)" in text
+    assert "Tiny et al. 2026." in text  # the source citation carried over
+
+    again = pipeline.push(out, _cfg(fake_hub))  # nothing changed: nothing uploaded, no commit
+    assert again.commits == 0 and again.uploaded == [] and len(again.skipped) == 3
+
+
+def test_429_then_success_is_retried_honouring_retry_after(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    fake_hub.fail("POST", r"/api/datasets/alice/retry-set/commit/", 429, headers={"Retry-After": "1"})
+    start = time.monotonic()
+    result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/retry-set", private=True))
+    assert time.monotonic() - start >= 1.0  # waited as the server asked (not the 0.01 s backoff)
+    commits = [status for method, path, status in fake_hub.log if method == "POST" and "/commit/" in path]
+    assert commits == [429, 200] and result.commits == 1
+    assert fake_hub.repos["alice/retry-set"].private
+    assert HfApi(endpoint=fake_hub.url).repo_exists("alice/retry-set", repo_type="dataset") is False  # private
+
+
+def test_500_mid_upload_then_rerun_uploads_only_what_is_missing(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set", ipc=3)
+    ds = datasets.load_dataset(str(out), split="train")
+    for shard in (out / "data").glob("*.parquet"):
+        shard.unlink()
+    writer.write_parquet(ds, out, max_shard_bytes=1000)  # several shards, as a large set has
+    shards = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    assert len(shards) >= 3
+    cfg = _cfg(fake_hub, repo_id="alice/resume-set", commit_max_files=2, max_retries=1)
+
+    fake_hub.fail("POST", r"/api/datasets/alice/resume-set/commit/", 500, after=1, times=2)  # 2nd commit fails
+    with pytest.raises(HubError, match=r"HTTP 500, 2 attempts\); rerun the same command") as failed:
+        pipeline.push(out, cfg)
+    assert "\n" not in str(failed.value)
+    committed = {p for p in fake_hub.files("alice/resume-set") if p.startswith("ipc3/")}
+    assert committed == {f"ipc3/{shards[0]}", f"ipc3/{shards[1]}"}  # the first commit landed
+    failed_uploads = set(fake_hub.lfs_uploads)
+
+    fake_hub.clear_failures()
+    fake_hub.reset_log()
+    result = pipeline.push(out, cfg)
+    assert set(result.skipped) == committed
+    rerun_paths = [p for c in fake_hub.commits for p in c["paths"]]
+    expected = [f"ipc3/{s}" for s in shards[2:]] + ["ipc3/samples.png", "ipc3/dsco_config.json", "README.md"]
+    assert sorted(rerun_paths) == sorted(expected)  # only what was missing
+    assert not failed_uploads & set(fake_hub.lfs_uploads)  # LFS objects sent by the failed run are not sent again
+    on_hub = datasets.Dataset.from_parquet(
+        [str(fake_hub_file) for fake_hub_file in _download_all(fake_hub, "alice/resume-set", "ipc3/", tmp_path)]
+    )
+    assert len(on_hub) == 9
+
+
+def _download_all(fake: FakeHub, repo_id: str, prefix: str, tmp_path: Path) -> list[Path]:
+    paths = []
+    for name in sorted(fake.files(repo_id)):
+        if name.startswith(prefix) and name.endswith(".parquet"):
+            path = tmp_path / "downloaded" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(fake.read(repo_id, name))
+            paths.append(path)
+    return paths
+
+
+def test_401_fails_with_a_clear_message_and_the_token_appears_nowhere(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    bad = "hf_not_a_valid_S3CRET_0000"
+    env = _env(fake_hub, tmp_path, token=None)
+    result = _run("-m", "dsco_hub", "push", str(out), "--repo-id", "alice/denied", "--token", bad, env=env)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "rejected the token (HTTP 401)" in message and "datasets/alice/denied" in message
+    assert "hf auth login" in message and "Traceback" not in message
+    assert bad not in result.stdout + result.stderr
+
+    # an injected 401 on a valid token, in process: the same message, never the token
+    fake_hub.fail("POST", r"/api/repos/create", 401)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/denied"))
+    assert "rejected the token (HTTP 401)" in str(err.value) and TOKEN not in str(err.value)
+
+
+def test_push_refuses_bad_input_before_any_work(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    with pytest.raises(HubError, match="no Hugging Face token found.*hf auth login.*HF_TOKEN"):
+        pipeline.push(out, _cfg(fake_hub, token=None))
+    with pytest.raises(HubError, match=r"--repo-id='alice/a/b' is not a valid dataset repo id"):
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/a/b"))
+    with pytest.raises(HubError, match=r"no write access to datasets/bob/theirs \(HTTP 403\)"):
+        pipeline.push(out, _cfg(fake_hub, repo_id="bob/theirs"))
+    assert fake_hub.commits == [] and "bob/theirs" not in fake_hub.repos
+
+
+@pytest.mark.parametrize(
+    "repo_id, ok",
+    [("alice/set", True), ("set-1.2_x", True), ("a/b/c", False), ("alice/x--y", False), ("alice/-x", False)],
+)
+def test_repo_id_format(repo_id, ok):
+    if ok:
+        hub.check_repo_id(repo_id)
+    else:
+        with pytest.raises(HubError, match="is not a valid dataset repo id; use USER/NAME"):
+            hub.check_repo_id(repo_id)
+
+
+def test_default_repo_id_from_source_method_and_ipc():
+    dsco = {"source": {"id": "dsco-hub/fashion-mnist-subset (embedded)"}, "method": "herding", "ipc": 50}
+    assert hub.default_repo_id("alice", dsco) == "alice/fashion-mnist-subset-herding-ipc50"
+    dsco = {"source": {"id": "ILSVRC/imagenet-1k"}, "method": "random", "ipc": 10}
+    assert hub.default_repo_id("alice", dsco) == "alice/imagenet-1k-random-ipc10"
+
+
+def test_second_ipc_adds_a_config_without_breaking_the_first(fake_hub, tiny_repo, tmp_path):
+    cfg = _cfg(fake_hub, repo_id="alice/multi")
+    first = pipeline.push(_make_set(tiny_repo, tmp_path / "ipc2", ipc=2), cfg)
+    second = pipeline.push(_make_set(tiny_repo, tmp_path / "ipc3", ipc=3), cfg)
+    assert (first.config_name, second.config_name) == ("ipc2", "ipc3")
+    meta = _yaml(fake_hub.read("alice/multi", "README.md").decode())
+    assert meta["configs"] == [
+        {"config_name": "ipc2", "data_files": [{"split": "train", "path": "ipc2/train-*"}], "default": True},
+        {"config_name": "ipc3", "data_files": [{"split": "train", "path": "ipc3/train-*"}]},
+    ]
+    assert [i["config_name"] for i in meta["dataset_info"]] == ["ipc2", "ipc3"]
+    assert (meta["dsco"]["config"], meta["dsco"]["ipc"], meta["dsco_configs"]["ipc3"]["ipc"]) == ("ipc2", 2, 3)
+    assert {"ipc-2", "ipc-3"} <= set(meta["tags"])
+    assert "## Configurations" in fake_hub.read("alice/multi", "README.md").decode()
+
+    loaded = _run("-c", LOAD_SCRIPT, "alice/multi", "ipc3", env=_env(fake_hub, tmp_path, token=None))
+    assert loaded.returncode == 0, loaded.stderr
+    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert len(got["ipc3"]["rows"]) == 9
+    plain = _run("-c", LOAD_SCRIPT, "alice/multi", env=_env(fake_hub, tmp_path, token=None))
+    assert plain.returncode == 0, plain.stderr
+    assert len(json.loads(plain.stdout.strip().splitlines()[-1])["None"]["rows"]) == 6  # still the first IPC
+
+    again = pipeline.push(tmp_path / "ipc2", cfg)  # re-pushing the first IPC changes nothing
+    assert again.commits == 0
+
+
+def test_push_to_a_branch_and_as_a_pull_request(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    branch = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="dev"))
+    assert branch.revision == "dev" and "ipc2/samples.png" in fake_hub.files("alice/branches", "dev")
+    assert set(fake_hub.files("alice/branches", "main")) == {".gitattributes"}
+    proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", create_pr=True, commit_message="Add ipc2"))
+    assert proposed.pr_url.endswith("/datasets/alice/branches/discussions/1") and proposed.revision == "refs/pr/1"
+    assert "README.md" in fake_hub.files("alice/branches", "refs/pr/1")
+    assert fake_hub.repos["alice/branches"].discussions[1]["title"] == "Add ipc2"
+
+
+def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_path):
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/gated-source", repo_type="dataset")
+    source_card = (
+        "---\nlicense: other\nlicense_name: imagenet-terms\nlicense_link: https://image-net.org/download\n"
+        "extra_gated_prompt: Non-commercial research use only.\n---\n# source\n"
+    )
+    api.create_commit(
+        "alice/gated-source",
+        [CommitOperationAdd("README.md", source_card.encode())],
+        commit_message="card",
+        repo_type="dataset",
+    )
+    api.update_repo_settings("alice/gated-source", gated="manual", repo_type="dataset")
+    out = _make_set(tiny_repo, tmp_path / "set")
+    text = (out / "README.md").read_text()
+    meta = _yaml(text)
+    meta["dsco"]["source"].update(id="alice/gated-source", is_hub=True)  # as if concentrated from the Hub source
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---" + text.split("---", 2)[2])
+
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set"))
+    pushed = _yaml(fake_hub.read("alice/gated-set", "README.md").decode())
+    assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
+    assert pushed["extra_gated_prompt"] == "Non-commercial research use only."
+    assert fake_hub.repos["alice/gated-set"].gated == "manual"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluate published sets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_update_card_create_pr_records_results_and_evaluated_commit(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    pushed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/evaluated"))
+    main_before = fake_hub.read("alice/evaluated", "README.md")
+    env = _env(fake_hub, tmp_path)  # HF_ENDPOINT and HF_TOKEN, as in CI
+    args = ["-m", "dsco_hub", "evaluate", "alice/evaluated@main", "--test-dataset", str(tiny_repo)]
+    result = _run(*args, "--runs", "1", "--epochs", "1", "--no-baseline", "--update-card", "--create-pr", env=env)
+    assert result.returncode == 0, result.stderr
+    stdout = " ".join(result.stdout.split())
+    assert pushed.commit in stdout and "accuracy" in stdout
+    assert "card pull request: " + f"{fake_hub.url}/datasets/alice/evaluated/discussions/1" in stdout
+    assert TOKEN not in result.stdout + result.stderr
+
+    discussion = fake_hub.repos["alice/evaluated"].discussions[1]
+    assert discussion["isPullRequest"] and discussion["status"] == "open"
+    proposed = _yaml(fake_hub.read("alice/evaluated", "README.md", "refs/pr/1").decode())
+    evaluation = proposed["dsco"]["eval"]
+    assert evaluation["commit"] == pushed.commit  # the evaluated commit
+    assert evaluation["result"]["runs"] == 1 and evaluation["test"]["dataset"] == str(tiny_repo)
+    assert (
+        f"{evaluation['result']['accuracy_mean']:.2f} ±"
+        in fake_hub.read("alice/evaluated", "README.md", "refs/pr/1").decode()
+    )
+    assert fake_hub.read("alice/evaluated", "README.md") == main_before  # main untouched until the PR is merged
+
+
+def test_evaluate_a_set_another_tool_published_adds_an_eval_block(fake_hub, tiny_repo, tmp_path):
+    folder = write_repo(tmp_path / "foreign", tiny_dataset(per_class=(3, 3, 3), seed_offset=50))
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# Someone's set\n\nTheir own words.\n")
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/foreign", repo_type="dataset")
+    api.upload_folder(repo_id="alice/foreign", folder_path=str(folder), repo_type="dataset")
+    cfg = _cfg(fake_hub)
+    with pytest.raises(SourceError, match="--test-dataset is needed: alice/foreign records no source"):
+        pipeline.evaluate_set("alice/foreign", SourceConfig(), FAST_EVAL, hub_cfg=cfg)
+    block = pipeline.evaluate_set(
+        "alice/foreign", SourceConfig(source=str(tiny_repo)), FAST_EVAL, update_card=True, hub_cfg=cfg
+    )
+    assert block["result"]["num_train_images"] == 9 and len(block["commit"]) == 40
+    text = fake_hub.read("alice/foreign", "README.md").decode()
+    meta = _yaml(text)
+    assert meta["license"] == "mit" and meta["dsco"]["eval"]["commit"] == block["commit"]
+    assert "Their own words." in text and "## dsco-hub evaluation" in text
+
+    pipeline.evaluate_set(  # a second evaluation replaces the section, it does not add another
+        "alice/foreign", SourceConfig(source=str(tiny_repo)), FAST_EVAL, update_card=True, hub_cfg=cfg
+    )
+    assert fake_hub.read("alice/foreign", "README.md").decode().count("## dsco-hub evaluation") == 1
+
+
+def test_evaluate_refuses_a_repo_without_image_column(fake_hub, tiny_repo, tmp_path):
+    texts = datasets.Dataset.from_dict(
+        {"text": ["a", "b", "c"], "label": [0, 1, 2]},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=CLASS_NAMES)}
+        ),
+    )
+    path = tmp_path / "texts.parquet"
+    texts.to_parquet(str(path))
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/texts", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=str(path),
+        path_in_repo="data/train-00000-of-00001.parquet",
+        repo_id="alice/texts",
+        repo_type="dataset",
+    )
+    with pytest.raises(SourceError, match=r"alice/texts has no image column \(feature `Image`\); columns: text"):
+        pipeline.evaluate_set("alice/texts", SourceConfig(source=str(tiny_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
+
+
+def test_evaluate_refuses_a_test_dataset_with_other_classes(fake_hub, tiny_repo, tmp_path):
+    pipeline.push(_make_set(tiny_repo, tmp_path / "set"), _cfg(fake_hub, repo_id="alice/classes"))
+    other = tiny_dataset(per_class=(2, 2, 2)).cast_column(
+        "label", datasets.ClassLabel(names=["circle", "square", "star"])
+    )
+    test_repo = write_repo(tmp_path / "other-classes", other, other)
+    with pytest.raises(SourceError) as err:
+        pipeline.evaluate_set("alice/classes", SourceConfig(source=str(test_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
+    message = str(err.value)
+    assert "has other classes than the set alice/classes" in message
+    assert "only in the set: 'stripe'; only in the test dataset: 'star'" in message
+
+
+@pytest.mark.parametrize(
+    "target, kwargs, expected",
+    [
+        (
+            "alice/missing-set",
+            {},
+            r"datasets/alice/missing-set does not exist on http://127\.0\.0\.1:\d+ or is private",
+        ),
+        ("alice/revisions@v9", {}, r"revision 'v9' does not exist in datasets/alice/revisions; its branches: main\."),
+        ("alice/revisions", {"set_config": "ipc9"}, r"--set-config='ipc9' is not a config of .*; its configs: ipc2"),
+        ("alice/revisions", {"update_card": True}, r"no Hugging Face token found"),  # checked before any training
+        ("alice/x--y", {}, r"TARGET='alice/x--y' is not a valid dataset repo id"),
+    ],
+)
+def test_evaluate_bad_repo_revision_or_config(fake_hub, tiny_repo, tmp_path, monkeypatch, target, kwargs, expected):
+    if "alice/revisions" not in fake_hub.repos:
+        pipeline.push(_make_set(tiny_repo, tmp_path / "set"), _cfg(fake_hub, repo_id="alice/revisions"))
+    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(HubError, match=expected) as err:
+        pipeline.evaluate_set(
+            target, SourceConfig(source=str(tiny_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub, token=None), **kwargs
+        )
+    assert "\n" not in str(err.value)
+
+
+def test_concentrate_push_from_the_command_line_keeps_the_token_out(fake_hub, tiny_repo, tmp_path):
+    out = tmp_path / "cli-set"
+    env = _env(fake_hub, tmp_path, token=None)
+    args = ["concentrate", str(tiny_repo), "--method", "random", "--ipc", "2", "--out", str(out), "--no-eval"]
+    result = _run("-m", "dsco_hub", *args, "--push", "--repo-id", "alice/from-cli", "--token", TOKEN, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "alice/from-cli" in result.stdout and TOKEN not in result.stdout + result.stderr
+    for name, content in [(n, fake_hub.read("alice/from-cli", n)) for n in fake_hub.files("alice/from-cli")]:
+        assert TOKEN.encode() not in content, name
+    recorded = json.loads((out / "dsco_config.json").read_text())
+    assert "--token REDACTED" in recorded["command"] and "token" not in recorded["push"]
+
+
+def test_concentrate_push_without_token_is_refused_before_any_work(fake_hub, tiny_repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_source", lambda *a, **k: pytest.fail("loaded the source before refusing"))
+    cfg = ConcentrateConfig(
+        source=SourceConfig(source=str(tiny_repo)), out=str(tmp_path / "never"), push=_cfg(fake_hub, token=None)
+    )
+    with pytest.raises(HubError, match="no Hugging Face token found"):
+        pipeline.concentrate(cfg)
+    assert not (tmp_path / "never").exists()
