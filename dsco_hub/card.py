@@ -31,6 +31,9 @@ METHOD_DESCRIPTIONS = {
     "random": "a seeded random subset of real images per class, the baseline of the dataset condensation literature.",
     "diffusion": "plain class-conditional sampling of the diffusion prior (our DDIM loop with classifier-free "
     "guidance), the baseline every diffusion-based distillation paper reports.",
+    "dsco": "DsCo (Liu et al., arXiv 2603.27987): NOpt steers the diffusion prior's sampling noise so each class's "
+    "synthetic images match the class distribution (MMD in random ConvNet-3 feature spaces); doping adds real "
+    "images chosen by kernel herding where the synthetic ones cover the class worst.",
     "herding": "kernel herding: greedy selection of real images per class minimising the MMD to the class in a fixed "
     "random ConvNet-3 feature space (Chen, Welling and Smola, UAI 2010; docs/method.md §5).",
 }

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, NOptConfig, PriorTrainConfig, SourceConfig
 from dsco_hub.errors import ConfigError, DscoError
 
 app = typer.Typer(
@@ -87,7 +87,7 @@ def concentrate(
     source: SourceArg = None,
     ipc: Annotated[int, typer.Option(help="Images per class in the output.")] = 10,
     method: Annotated[
-        str, typer.Option(help="random, herding (real images) or diffusion (plain sampling).")
+        str, typer.Option(help="random, herding (real images), diffusion (plain sampling) or dsco (NOpt + doping).")
     ] = "herding",
     out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
@@ -115,6 +115,20 @@ def concentrate(
     scheduler: Annotated[str, typer.Option(help="Sampler (ddim).")] = "ddim",
     sample_batch_size: Annotated[int, typer.Option(help="Images per denoiser batch (memory only).")] = 64,
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
+    doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
+    data_free: Annotated[
+        bool,
+        typer.Option("--data-free", help="Only class names are known (SOURCE, if given, serves only the evaluation)."),
+    ] = False,
+    labels: Annotated[Optional[str], typer.Option(help="Data-free class names, comma-separated.")] = None,
+    labels_file: Annotated[Optional[str], typer.Option(help="Data-free class names, one per line.")] = None,
+    pool_size: Annotated[Optional[int], typer.Option(help="Data-free target pool per class (default 4 x n).")] = None,
+    nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
+    nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
+    nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.1,
+    nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
+    nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation.")] = False,
     runs: RunsOpt = 3,
     epochs: EpochsOpt = 300,
@@ -152,6 +166,14 @@ def concentrate(
         scheduler=scheduler,
         sample_batch_size=sample_batch_size,
         dtype=dtype,
+        nopt=NOptConfig(
+            window=nopt_window, iters=nopt_iters, lr=nopt_lr, targets=nopt_targets, kernel=kernel, width=nopt_width
+        ),
+        doping_ratio=doping_ratio,
+        doping_select=doping_select,
+        data_free=data_free,
+        labels=_labels(labels, labels_file),
+        pool_size=pool_size,
         out=out,
         overwrite=overwrite,
         evaluate=not no_eval,
@@ -266,6 +288,21 @@ def evaluate(
         report=Console().print,
     )
     _print_eval(block)
+
+
+def _labels(labels: str | None, labels_file: str | None) -> tuple[str, ...] | None:
+    """Class names from `--labels "a,b"` or `--labels-file` (one per line); None when neither is given."""
+    if labels is not None and labels_file is not None:
+        raise ConfigError("--labels and --labels-file are both given; pass one of them.")
+    if labels_file is not None:
+        try:
+            text = open(labels_file, encoding="utf-8").read()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"--labels-file={labels_file!r} does not exist; pass a file with one name per line."
+            ) from None
+        return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return tuple(name.strip() for name in labels.split(",")) if labels is not None else None
 
 
 def _print_eval(block) -> None:

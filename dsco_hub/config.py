@@ -15,7 +15,8 @@ from typing import Any
 
 from dsco_hub.errors import ConfigError
 
-METHODS = ("random", "herding", "diffusion")
+METHODS = ("random", "herding", "diffusion", "dsco")
+DOPING_SELECT = ("herding", "random")
 REAL_METHODS = ("random", "herding")  # methods that select real images only
 SCHEDULERS = ("ddim",)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -149,7 +150,9 @@ class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    method: str = "herding"  # "random" / "herding" (real images) or "diffusion" (plain sampling of the prior)
+    method: str = (
+        "herding"  # "random" / "herding" (real images), "diffusion" (plain sampling) or "dsco" (NOpt + doping)
+    )
     ipc: int = 10  # images per class in the output (synthetic and real)
     seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
     kernel: str = "gaussian"  # MMD kernel of herding: multi-bandwidth Gaussian or linear (mean matching)
@@ -164,6 +167,12 @@ class ConcentrateConfig:
     scheduler: str = "ddim"  # sampler; NOpt extends our own DDIM loop
     sample_batch_size: int = 64  # images per denoiser batch (memory only: results do not depend on it)
     dtype: str = "auto"  # denoiser dtype; auto = float32 on CPU, float16 on CUDA
+    nopt: NOptConfig = field(default_factory=NOptConfig)  # DsCo's noise optimization
+    doping_ratio: float = 0.0  # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only)
+    doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
+    data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
+    labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
+    pool_size: int | None = None  # data-free target pool per class; None = 4 x the synthetic images per class
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a non-empty output folder
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
@@ -186,6 +195,34 @@ class ConcentrateConfig:
         _check(self.sample_batch_size >= 1, f"--sample-batch-size={self.sample_batch_size} must be at least 1.")
         _check(self.dtype in DTYPES, f"--dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}.")
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
+        _check(
+            0 <= self.doping_ratio <= 1,
+            f"--doping-ratio={self.doping_ratio} must be in [0, 1] (0 = all synthetic, 1 = all real).",
+        )
+        _check(
+            self.doping_ratio == 0 or self.method == "dsco",
+            f"--doping-ratio={self.doping_ratio} needs --method dsco (doping mixes real images into NOpt's set).",
+        )
+        _check(
+            self.doping_select in DOPING_SELECT,
+            f"--doping-select={self.doping_select!r} is unknown; use one of {', '.join(DOPING_SELECT)}.",
+        )
+        if self.data_free:
+            _check(
+                self.method in ("dsco", "diffusion"),
+                f"--data-free works with --method dsco or diffusion, not {self.method!r} (it reads no real image).",
+            )
+            _check(
+                self.doping_ratio == 0,
+                f"--doping-ratio={self.doping_ratio}: doping needs real images, none with --data-free; use 0.",
+            )
+            _check(
+                bool(self.labels), "--data-free needs class names: pass --labels 'name1,name2,...' or --labels-file."
+            )
+            _check(all(n.strip() for n in self.labels), f"--labels={','.join(self.labels)!r} holds an empty name.")
+        _check(self.pool_size is None or self.pool_size >= 2, f"--pool-size={self.pool_size} must be at least 2.")
+        if self.method == "dsco":
+            self.nopt.validate()
         self.eval.validate()
         if self.push is not None:
             self.push.validate()

@@ -393,6 +393,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 
+def to_pil(image: torch.Tensor) -> PILImage.Image:
+    """One `uint8` image `(1 or 3, height, width)` in `[0, 255]` as a PIL image ("L" or "RGB")."""
+    array = image.permute(1, 2, 0).numpy()  # (H, W, C)
+    return PILImage.fromarray(
+        array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB"
+    )
+
+
 def encode_png(image: torch.Tensor, channels: int | None = None) -> bytes:
     """PNG bytes of one `uint8` image `(C, height, width)` in `[0, 255]`; deterministic for the same pixels.
 
@@ -400,10 +408,7 @@ def encode_png(image: torch.Tensor, channels: int | None = None) -> bytes:
         image (`torch.Tensor`): `(1 or 3, height, width)` uint8.
         channels (`int`, *optional*): store as 1 (L) or 3 (RGB) channels; defaults to the image's own.
     """
-    array = image.permute(1, 2, 0).numpy()
-    pil = PILImage.fromarray(
-        array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB"
-    )
+    pil = to_pil(image)
     if channels is not None:
         pil = to_mode(pil, channels)
     buffer = io.BytesIO()

@@ -6,6 +6,7 @@ source --data--> per-class index --doping--> selected rows --writer--> staged da
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import shlex
@@ -30,10 +31,14 @@ from dsco_hub.data import (
     image_grid,
     load_source,
     load_test_source,
+    pil_to_uint8,
+    to_model_range,
+    to_pil,
     to_uint8,
 )
 from dsco_hub.errors import ConfigError, HubError, ModelError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
+from dsco_hub.nopt import nopt_sample
 from dsco_hub.ui import progress_bar
 
 GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
@@ -60,18 +65,47 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _check_ipc(source: SourceData, ipc: int) -> None:
+def _check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
+    """Refuse needing more real images per class than the smallest class has (names the class and its size)."""
     sizes = [len(rows) for rows in source.class_index]
     k = int(np.argmin(sizes))
     if ipc > sizes[k]:
+        option = f"--ipc={ipc}" if what == "--ipc" else f"{what} (needs {ipc} real images per class)"
         raise ConfigError(
-            f"--ipc={ipc} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
+            f"{option} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
             f"{source.source_id} [{source.split}]; use --ipc {sizes[k]} or less."
         )
 
 
-def _load_model(cfg: ConcentrateConfig, source: SourceData) -> tuple[models.DiffusionPrior, list[int]]:
-    """The diffusion prior and the model class id of each source class (errors before any heavy work)."""
+def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str]) -> dict:
+    """The card's `dsco.source`: where the data came from (in data-free mode, only the class names)."""
+    if source is None:
+        return {
+            "id": "data-free",
+            "data_free": True,
+            "is_hub": False,
+            "config": None,
+            "split": None,
+            "revision": None,
+            "num_rows": 0,
+            "num_classes": len(class_names),
+            "license": None,
+        }
+    return {
+        "id": source.source_id,
+        "data_free": cfg.data_free,
+        "is_hub": cfg.source.source is not None and not Path(cfg.source.source).expanduser().exists(),
+        "config": cfg.source.config_name,
+        "split": source.split,
+        "revision": source.revision,
+        "num_rows": len(source.labels),
+        "num_classes": source.num_classes,
+        "license": source.license,
+    }
+
+
+def _load_model(cfg: ConcentrateConfig, class_names: list[str], name: str) -> tuple[models.DiffusionPrior, list[int]]:
+    """The diffusion prior and the model class id of each class of `name` (errors before any heavy work)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(cfg.dtype, device)
     class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
@@ -81,26 +115,23 @@ def _load_model(cfg: ConcentrateConfig, source: SourceData) -> tuple[models.Diff
             raise ModelError("no --model given and this install ships no prior; pass --model facebook/DiT-XL-2-256.")
         prior = models.load_prior(str(path), device=device, dtype=dtype)
         try:
-            class_ids = models.map_classes(source.class_names, prior.id2label, class_map)
+            class_ids = models.map_classes(class_names, prior.id2label, class_map)
         except ModelError:
             raise ModelError(
-                f"no --model given and the classes of {source.source_id} are not those of the shipped Fashion-MNIST "
+                f"no --model given and the classes of {name} are not those of the shipped Fashion-MNIST "
                 "prior; pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
             ) from None
     else:
         prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
-        class_ids = models.map_classes(source.class_names, prior.id2label, class_map)
+        class_ids = models.map_classes(class_names, prior.id2label, class_map)
     models.check_sampler_args(prior, cfg.steps, cfg.guidance_scale, cfg.eta, cfg.scheduler)
     return prior, class_ids
 
 
-def _synthesize(
-    cfg: ConcentrateConfig, source: SourceData, prior, class_ids: list[int], bar
-) -> writer.ConcentratedRows:
+def _synthesize(cfg: ConcentrateConfig, channels: int, prior, class_ids: list[int], bar) -> writer.ConcentratedRows:
     """Plain guided DDIM sampling of IPC images per class; image j of class k uses seed (seed, k, j)."""
     rows = writer.ConcentratedRows()
-    channels = source.image_shape[0]
-    slots = [(k, j) for k in range(source.num_classes) for j in range(cfg.ipc)]
+    slots = [(k, j) for k in range(len(class_ids)) for j in range(cfg.ipc)]
     task = bar.add_task("sample (diffusion)", total=len(slots), info=f"{cfg.steps} DDIM steps, w={cfg.guidance_scale}")
     for start in range(0, len(slots), cfg.sample_batch_size):
         chunk = slots[start : start + cfg.sample_batch_size]
@@ -120,12 +151,99 @@ def _synthesize(
     return rows
 
 
+def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, class_k: int, class_id: int, n: int):
+    """NOpt's targets for class k in the denoiser's space: real images (a seeded subset of at most
+    `nopt.targets`), or in data-free mode a pool of the model's own plain samples (`pool_size`, default 4n)."""
+    if source is None or cfg.data_free:
+        pool = cfg.pool_size or 4 * n
+        seeds = [derive_seed(cfg.seed, "pool", class_k, j) for j in range(pool)]
+        images = models.sample(
+            prior,
+            [class_id] * pool,
+            seeds,
+            steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            batch_size=cfg.sample_batch_size,
+        )  # (pool, C, H, W) in [-1, 1]
+    else:
+        rows = doping.select_random(source.class_index[class_k], cfg.nopt.targets, cfg.seed, class_k)
+        channels, size = prior.image_shape[0], prior.image_shape[1]
+        images = to_model_range(decode_images(source, np.sort(rows), channels, size))  # (M, C, H, W)
+    return torch.cat([prior.encode(images[i : i + 64]) for i in range(0, len(images), 64)])
+
+
+def _dsco(
+    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], bar
+) -> writer.ConcentratedRows:
+    """DsCo per class: NOpt synthesizes IPC - m images, doping adds m = round(rho * IPC) real ones."""
+    rows = writer.ConcentratedRows()
+    m = round(cfg.doping_ratio * cfg.ipc)
+    n = cfg.ipc - m
+    task = bar.add_task("NOpt + doping", total=len(class_ids), info=f"{n} synthetic + {m} real per class")
+    for k, class_id in enumerate(class_ids):
+        synthetic = None
+        if n:
+            targets = _nopt_targets(cfg, source, prior, k, class_id, n)
+            seeds = [derive_seed(cfg.seed, k, j) for j in range(n)]
+            images, _ = nopt_sample(
+                prior,
+                class_id,
+                seeds,
+                targets,
+                cfg.nopt,
+                steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                phi_seed=derive_seed(cfg.seed, "phi", k),
+            )
+            pixels = to_uint8(images)  # (n, C, H, W)
+            rows.add_synthetic([encode_png(image, channels) for image in pixels], seeds, k)
+            synthetic = pixels
+        if m:
+            if cfg.doping_select == "random":
+                picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
+            else:
+                side = min(source.image_shape[1:])
+                start = None
+                if synthetic is not None:  # synthetic images in the source's format, where herding measures
+                    start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
+                picks = doping.select_herding(
+                    source,
+                    k,
+                    m,
+                    cfg.seed,
+                    pool=cfg.herding_pool,
+                    kernel=cfg.kernel,
+                    feature_seed=cfg.feature_seed,
+                    synthetic=start,
+                )
+            rows.add_real(source.raw_images(picks), picks, k)
+        bar.update(task, advance=1, info=f"class {k}")
+    return rows
+
+
 def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> dict:
     """The method settings recorded in the card (only those the method uses)."""
     if cfg.method == "herding":
         return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
     if prior is None:
         return {}
+    if cfg.method == "dsco":
+        return {
+            **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
+            "doping_select": cfg.doping_select,
+            "data_free": cfg.data_free,
+            "pool_size": (cfg.pool_size or 4 * (cfg.ipc - round(cfg.doping_ratio * cfg.ipc)))
+            if cfg.data_free
+            else None,
+            "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
+            "model_revision": cfg.model_revision,
+            "class_map": cfg.class_map,
+            "scheduler": cfg.scheduler,
+            "steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+            "resolution": prior.image_shape[1],
+        }
     return {
         "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
         "model_revision": cfg.model_revision,
@@ -279,30 +397,37 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
         hub.preflight(cfg.push)  # repo id, token and its user checked before any heavy work
     with progress_bar() as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
-        source = load_source(cfg.source)
+        # In data-free mode SOURCE is optional and serves only the evaluation; synthesis reads no image
+        labels = list(cfg.labels) if cfg.data_free else None
+        source = load_source(cfg.source, class_names=labels) if not cfg.data_free or cfg.source.source else None
+        class_names = labels or source.class_names
+        name = source.source_id if source is not None else "data-free class names"
         prior = None
         if cfg.method in REAL_METHODS:
             _check_ipc(source, cfg.ipc)
         else:
-            prior, class_ids = _load_model(cfg, source)
+            prior, class_ids = _load_model(cfg, class_names, name)
+            if cfg.method == "dsco" and not cfg.data_free:
+                _check_ipc(source, max(round(cfg.doping_ratio * cfg.ipc), 2), what="--nopt-targets/--doping-ratio")
+        channels = source.image_shape[0] if source is not None else prior.image_shape[0]
         bar.advance(task)
-        test = load_test_source(cfg.source, source.class_names) if cfg.evaluate else None
-        bar.update(
-            task, completed=2 if cfg.evaluate else 1, info=f"{len(source.labels)} images, {source.num_classes} classes"
-        )
+        test = load_test_source(cfg.source, class_names) if cfg.evaluate and source is not None else None
+        bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(class_names)} classes")
         if prior is None:
             rows = _select(cfg, source, bar)
+        elif cfg.method == "diffusion":
+            rows = _synthesize(cfg, channels, prior, class_ids, bar)
         else:
-            rows = _synthesize(cfg, source, prior, class_ids, bar)
+            rows = _dsco(cfg, source, channels, prior, class_ids, bar)
 
         staging = writer.staging_dir(out)
         try:
             task = bar.add_task("write", total=3, info=str(out))
-            ds = writer.build_dataset(rows, source.class_names)
+            ds = writer.build_dataset(rows, class_names)
             split_info, download_size = writer.write_parquet(ds, staging)
             bar.advance(task)
-            view = _as_source(ds, str(out), source.class_names)
-            grid_classes = min(source.num_classes, GRID_CLASSES)
+            view = _as_source(ds, str(out), class_names)
+            grid_classes = min(len(class_names), GRID_CLASSES)
             grid_rows = [int(r) for k in range(grid_classes) for r in view.class_index[k][:GRID_PER_CLASS]]
             channels, h, w = view.image_shape
             grid = decode_images(view, grid_rows, channels, min(h, w, 128))
@@ -319,23 +444,15 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
                     "real": rows.source.count("real"),
                     "synthetic": rows.source.count("synthetic"),
                 },
-                "source": {
-                    "id": source.source_id,
-                    "is_hub": cfg.source.source is not None and not Path(cfg.source.source).expanduser().exists(),
-                    "config": cfg.source.config_name,
-                    "split": source.split,
-                    "revision": source.revision,
-                    "num_rows": len(source.labels),
-                    "num_classes": source.num_classes,
-                    "license": source.license,
-                },
+                "source": _source_block(cfg, source, class_names),
                 "versions": _versions(),
             }
             if test is not None:
                 dsco["eval"] = _evaluate(
                     view, test, source if cfg.eval.baseline else None, cfg.ipc, cfg.seed, cfg.eval, bar
                 )
-            _write_card(staging, dsco, None, source.citation, str(out), grid_classes, ds, split_info, download_size)
+            citation = source.citation if source is not None else None
+            _write_card(staging, dsco, None, citation, str(out), grid_classes, ds, split_info, download_size)
             writer.write_json(
                 staging / "dsco_config.json",
                 {

@@ -1,0 +1,108 @@
+"""`--method dsco` end to end on a tiny source and a tiny prior: NOpt, doping, data-free, provenance, errors."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from dsco_hub import pipeline
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.errors import ConfigError
+from dsco_hub.models import save_unet_prior
+from dsco_hub.prior import build_unet
+
+NO_EVAL = EvalConfig(runs=1, epochs=1, baseline=False)
+
+
+@pytest.fixture
+def tiny_prior(tmp_path):
+    torch.manual_seed(0)
+    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 3, 1, 16)
+    folder = tmp_path / "prior"
+    save_unet_prior(unet, DDIMScheduler(num_train_timesteps=50), {0: "circle", 1: "square", 2: "stripe"}, folder)
+    return folder
+
+
+def _cfg(source, out, model, **kwargs):
+    kwargs.setdefault("eval", NO_EVAL)
+    kwargs.setdefault("nopt", NOptConfig(window=0.5, iters=1, targets=4))
+    return ConcentrateConfig(
+        source=SourceConfig(source=str(source) if source else None),
+        out=str(out),
+        method="dsco",
+        model=str(model),
+        steps=4,
+        **kwargs,
+    )
+
+
+def test_dsco_with_doping_mixes_synthetic_and_real_rows(tiny_repo, tiny_prior, tmp_path):
+    result = pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", tiny_prior, ipc=4, doping_ratio=0.5))
+    ds = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    assert len(ds) == 12
+    for k in range(3):
+        rows = [r for r in ds if r["label"] == k]
+        assert sorted(r["source"] for r in rows) == ["real", "real", "synthetic", "synthetic"]
+    real = [r for r in ds if r["source"] == "real"]
+    source = datasets.load_dataset(str(tiny_repo), split="train")
+    assert all(source[r["source_index"]]["label"] == r["label"] for r in real)
+    assert all(r["seed"] is None for r in real) and all(r["seed"] is not None for r in ds if r["source"] != "real")
+    dsco = result.dsco
+    assert dsco["method"] == "dsco" and dsco["doping_ratio"] == 0.5
+    assert dsco["counts"] == {"rows": 12, "real": 6, "synthetic": 6}
+    assert dsco["settings"]["nopt_window"] == 0.5 and dsco["settings"]["doping_select"] == "herding"
+    assert "synthetic" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_dsco_is_deterministic(tiny_repo, tiny_prior, tmp_path):
+    for name in ("a", "b"):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / name, tiny_prior, ipc=2, doping_ratio=0.5, evaluate=False))
+    a = (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").read_bytes()
+
+
+def test_dsco_differs_from_plain_diffusion(tiny_repo, tiny_prior, tmp_path):
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "dsco", tiny_prior, ipc=2, evaluate=False))
+    plain = _cfg(tiny_repo, tmp_path / "plain", tiny_prior, ipc=2, evaluate=False)
+    plain.method = "diffusion"
+    pipeline.concentrate(plain)
+    a = datasets.load_dataset(str(tmp_path / "dsco"), split="train")
+    b = datasets.load_dataset(str(tmp_path / "plain"), split="train")
+    assert a["seed"] == b["seed"]  # the same initial noise ...
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["image"], b["image"]))  # ... steered
+
+
+def test_data_free_needs_no_source_and_refuses_doping(tiny_prior, tmp_path):
+    cfg = _cfg(None, tmp_path / "free", tiny_prior, ipc=2, data_free=True, labels=("Stripe", "circle"), pool_size=3)
+    result = pipeline.concentrate(cfg)
+    ds = datasets.load_dataset(str(tmp_path / "free"), split="train")
+    assert ds.features["label"].names == ["Stripe", "circle"] and set(ds["source"]) == {"synthetic"}
+    assert result.dsco["source"]["data_free"] and "eval" not in result.dsco
+    assert "No real image was used" in (tmp_path / "free" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="doping needs real images"):
+        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=("a",), doping_ratio=0.5))
+    with pytest.raises(ConfigError, match="--data-free needs class names"):
+        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=()))
+
+
+def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):
+    with pytest.raises(Exception, match=r"'strip' \(closest: 'stripe'"):
+        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=("strip",)))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(doping_ratio=1.5), "--doping-ratio=1.5 must be in"),
+        (dict(doping_select="best"), "--doping-select='best'"),
+        (dict(nopt=NOptConfig(window=2.0)), "--nopt-window=2.0"),
+        (dict(nopt=NOptConfig(targets=1)), "--nopt-targets=1"),
+    ],
+)
+def test_bad_dsco_settings_are_refused(tiny_repo, tiny_prior, tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", tiny_prior, **kwargs))
