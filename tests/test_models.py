@@ -155,3 +155,15 @@ def test_sampler_argument_checks(tiny_unet_prior, tmp_path):
     with pytest.raises(ConfigError, match="no null class"):
         check_sampler_args(no_null, 10, 0.5, 0.0)
     check_sampler_args(no_null, 10, 1.0, 0.0)  # unguided sampling is fine
+
+
+def test_shipped_prior_covers_the_embedded_fashion_mnist_classes():
+    from dsco_hub.config import SourceConfig
+    from dsco_hub.data import load_source
+    from dsco_hub.models import shipped_prior_path
+
+    prior = load_prior(str(shipped_prior_path()))
+    names = load_source(SourceConfig(source=None)).class_names
+    assert map_classes(names, prior.id2label) == list(range(10))
+    assert prior.image_shape == (1, 28, 28) and prior.null_class == 10
+    assert sample(prior, [9], [0], steps=2).shape == (1, 1, 28, 28)
