@@ -136,19 +136,24 @@ def _synthesize(cfg: ConcentrateConfig, channels: int, prior, class_ids: list[in
     for start in range(0, len(slots), cfg.sample_batch_size):
         chunk = slots[start : start + cfg.sample_batch_size]
         seeds = [derive_seed(cfg.seed, k, j) for k, j in chunk]
-        images = models.sample(
-            prior,
-            [class_ids[k] for k, _ in chunk],
-            seeds,
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            eta=cfg.eta,
-            batch_size=cfg.sample_batch_size,
-        )  # (b, C, H, W) in [-1, 1]
+        images = _plain_samples(cfg, prior, [class_ids[k] for k, _ in chunk], seeds)  # (b, C, H, W) in [-1, 1]
         for (k, _), seed, image in zip(chunk, seeds, to_uint8(images)):
             rows.add_synthetic([encode_png(image, channels)], [seed], k)
         bar.advance(task, len(chunk))
     return rows
+
+
+def _plain_samples(cfg: ConcentrateConfig, prior, labels: list[int], seeds: list[int]) -> torch.Tensor:
+    """Guided DDIM samples `(len(labels), C, H, W)` in `[-1, 1]` with the run's sampler settings."""
+    return models.sample(
+        prior,
+        labels,
+        seeds,
+        steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        batch_size=cfg.sample_batch_size,
+    )
 
 
 def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, class_k: int, class_id: int, n: int):
@@ -157,15 +162,7 @@ def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, clas
     if source is None or cfg.data_free:
         pool = cfg.pool_size or 4 * n
         seeds = [derive_seed(cfg.seed, "pool", class_k, j) for j in range(pool)]
-        images = models.sample(
-            prior,
-            [class_id] * pool,
-            seeds,
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            eta=cfg.eta,
-            batch_size=cfg.sample_batch_size,
-        )  # (pool, C, H, W) in [-1, 1]
+        images = _plain_samples(cfg, prior, [class_id] * pool, seeds)  # (pool, C, H, W) in [-1, 1]
     else:
         rows = doping.select_random(source.class_index[class_k], cfg.nopt.targets, cfg.seed, class_k)
         channels, size = prior.image_shape[0], prior.image_shape[1]
