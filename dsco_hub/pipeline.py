@@ -225,31 +225,24 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
     if prior is None:
         return {}
-    if cfg.method == "dsco":
-        return {
-            **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
-            "doping_select": cfg.doping_select,
-            "data_free": cfg.data_free,
-            "pool_size": (cfg.pool_size or 4 * (cfg.ipc - round(cfg.doping_ratio * cfg.ipc)))
-            if cfg.data_free
-            else None,
-            "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
-            "model_revision": cfg.model_revision,
-            "class_map": cfg.class_map,
-            "scheduler": cfg.scheduler,
-            "steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-            "resolution": prior.image_shape[1],
-        }
-    return {
+    sampler = {
         "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
         "model_revision": cfg.model_revision,
         "class_map": cfg.class_map,
         "scheduler": cfg.scheduler,
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance_scale,
-        "eta": cfg.eta,
         "resolution": prior.image_shape[1],
+    }
+    if cfg.method != "dsco":
+        return {**sampler, "eta": cfg.eta}
+    n = cfg.ipc - round(cfg.doping_ratio * cfg.ipc)  # synthetic images per class
+    return {
+        **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
+        "doping_select": cfg.doping_select,
+        "data_free": cfg.data_free,
+        "pool_size": (cfg.pool_size or 4 * n) if cfg.data_free else None,
+        **sampler,
     }
 
 
