@@ -87,8 +87,8 @@ def concentrate(
     source: SourceArg = None,
     ipc: Annotated[int, typer.Option(help="Images per class in the output.")] = 10,
     method: Annotated[
-        str, typer.Option(help="random, herding (real images), diffusion (plain sampling) or dsco (NOpt + doping).")
-    ] = "herding",
+        str, typer.Option(help="dsco (NOpt + doping), diffusion (plain sampling), random or herding (real images).")
+    ] = "dsco",
     out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     config: ConfigOpt = None,

@@ -150,9 +150,7 @@ class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    method: str = (
-        "herding"  # "random" / "herding" (real images), "diffusion" (plain sampling) or "dsco" (NOpt + doping)
-    )
+    method: str = "dsco"  # "dsco" (NOpt + doping), "diffusion" (plain sampling), "random" / "herding" (real images)
     ipc: int = 10  # images per class in the output (synthetic and real)
     seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
     kernel: str = "gaussian"  # MMD kernel of herding: multi-bandwidth Gaussian or linear (mean matching)

@@ -338,14 +338,26 @@ def _ddim_batch(prior, x_T, labels, seeds, steps, guidance_scale, eta) -> torch.
     device = prior.device
     x = x_T.to(device=device, dtype=torch.float32)
     y = torch.as_tensor([int(v) for v in labels], device=device, dtype=torch.long)
-    eta_gens = [torch.Generator().manual_seed(derive_seed(int(s), "eta")) for s in seeds] if eta > 0 else None
+    eta_gens = eta_generators(seeds, eta)
     for t in scheduler.timesteps:
         eps = prior.predict_noise(x, t.to(device), y, guidance_scale)
-        variance_noise = None
-        if eta_gens is not None:
-            variance_noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in eta_gens]).to(device)
-        x = scheduler.step(eps, t, x, eta=eta, variance_noise=variance_noise).prev_sample
+        x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise(eta_gens, x)).prev_sample
     return prior.decode(x).cpu()
+
+
+def eta_generators(seeds: Sequence[int], eta: float) -> list[torch.Generator] | None:
+    """Per-image CPU generators of the DDIM step noise (`eta > 0`), seeded from `derive_seed(seed, "eta")`.
+
+    Returns `None` when `eta == 0` (deterministic DDIM draws no step noise).
+    """
+    return [torch.Generator().manual_seed(derive_seed(int(s), "eta")) for s in seeds] if eta > 0 else None
+
+
+def step_noise(generators: list[torch.Generator] | None, x: torch.Tensor) -> torch.Tensor | None:
+    """One DDIM step's noise for the batch `x` `(n, C, H, W)`: image j from `generators[j]`; `None` without eta."""
+    if generators is None:
+        return None
+    return torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x.device)
 
 
 def _synonyms(label: str) -> list[str]:

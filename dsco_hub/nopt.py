@@ -27,7 +27,7 @@ from diffusers import DDIMScheduler
 from dsco_hub.config import NOptConfig, derive_seed
 from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import RandomFeatures, embed, mmd2
-from dsco_hub.models import DiffusionPrior, check_sampler_args, initial_noise
+from dsco_hub.models import DiffusionPrior, check_sampler_args, eta_generators, initial_noise, step_noise
 
 
 @dataclass
@@ -47,7 +47,9 @@ def nopt_sample(
     cfg: NOptConfig,
     steps: int = 25,
     guidance_scale: float = 2.0,
+    eta: float = 0.0,
     phi_seed: int = 0,
+    batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, NOptTrace]:
     """Sample the `n = len(seeds)` synthetic images of one class with noise optimization.
@@ -62,8 +64,14 @@ def nopt_sample(
         cfg (`NOptConfig`): window, iterations, step length, kernel, feature width.
         steps (`int`, *optional*, defaults to 25): DDIM steps.
         guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
+        eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity in `[0, 1]`; the step noise of image j
+            comes from the same per-image generator as in `models.sample`, so `cfg.iters == 0` reproduces it.
         phi_seed (`int`, *optional*, defaults to 0): seed of the feature maps; iteration `i` of DDIM step `s`
             uses `RandomFeatures(seed=derive_seed(phi_seed, s, i))`.
+        batch_size (`int`, *optional*, defaults to 64): images per denoiser call. With `n > batch_size` the
+            MMD gradient takes two passes (features of all n without autograd, then per-batch vector-Jacobian
+            products through the denoiser), so memory is bounded by the batch, not by n; the result equals
+            the one-pass gradient up to float rounding.
         progress (`callable`, *optional*): called with 1 after each DDIM step.
 
     Returns:
@@ -74,7 +82,7 @@ def nopt_sample(
         ConfigError: invalid settings, fewer than 2 targets, or targets not in the denoiser's shape.
     """
     cfg.validate()
-    check_sampler_args(prior, steps, guidance_scale, 0.0)
+    check_sampler_args(prior, steps, guidance_scale, eta)
     if len(targets) < 2:
         raise ConfigError(
             f"class {class_id} has {len(targets)} target image(s); NOpt needs at least 2 (--nopt-targets)."
@@ -91,6 +99,7 @@ def nopt_sample(
     labels = torch.full((len(seeds),), class_id, dtype=torch.long, device=device)
     targets = targets.to(device)
     x = initial_noise(prior.sample_shape, seeds).to(device)  # (n, C, H, W)
+    eta_gens = eta_generators(seeds, eta)
     first = last = None
     count = 0
     for s, t in enumerate(scheduler.timesteps):
@@ -99,11 +108,12 @@ def nopt_sample(
         for i in range(cfg.iters if s < optimized_steps else 0):
             phi = RandomFeatures(prior.sample_shape[0], derive_seed(phi_seed, s, i), width=cfg.width).to(device)
             target_features = embed(phi, targets)  # (M, D)
-            x = x.detach().requires_grad_(True)
-            eps = prior.predict_noise(x, t, labels, guidance_scale)
-            x0_hat = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()  # (n, C, H, W)
-            loss = mmd2(phi(x0_hat.float()), target_features, cfg.kernel)
-            (grad,) = torch.autograd.grad(loss, x)
+
+            def features(x_t: torch.Tensor) -> torch.Tensor:  # phi(x0_hat(x_t)) through one guided call
+                eps = prior.predict_noise(x_t, t, labels[: len(x_t)], guidance_scale)
+                return phi(((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float())
+
+            loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
                 g_norm = grad.flatten(1).norm(dim=1)[:, None, None, None].clamp_min(1e-12)
@@ -114,10 +124,42 @@ def nopt_sample(
             count += 1
         # The DDIM step, without gradients
         with torch.no_grad():
-            eps = prior.predict_noise(x.detach(), t, labels, guidance_scale)
-            x = scheduler.step(eps, t, x.detach()).prev_sample
+            eps = torch.cat(
+                [prior.predict_noise(xb, t, labels[: len(xb)], guidance_scale) for xb in x.split(batch_size)]
+            )
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise(eta_gens, x)).prev_sample
         if progress is not None:
             progress(1)
     with torch.no_grad():
-        images = prior.decode(x).cpu()
+        images = torch.cat([prior.decode(xb).cpu() for xb in x.split(batch_size)])
     return images, NOptTrace(first_mmd2=first, last_mmd2=last, iterations=count)
+
+
+def _mmd_gradient(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target_features: torch.Tensor,
+    kernel: str,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`MMD^2(features(x), target_features)` and its gradient with respect to `x` `(n, C, H, W)`.
+
+    One pass when `n <= batch_size`; otherwise the features of all n images without autograd, the
+    gradient of the MMD with respect to those features, then one vector-Jacobian product per batch
+    (each image's features depend on that image only, so the batches are independent).
+    """
+    if len(x) <= batch_size:
+        x = x.requires_grad_(True)
+        loss = mmd2(features(x), target_features, kernel)
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad
+    with torch.no_grad():
+        feats = torch.cat([features(xb) for xb in x.split(batch_size)])
+    feats.requires_grad_(True)
+    loss = mmd2(feats, target_features, kernel)
+    (feats_grad,) = torch.autograd.grad(loss, feats)
+    grads = []
+    for xb, gb in zip(x.split(batch_size), feats_grad.split(batch_size)):
+        xb = xb.detach().requires_grad_(True)
+        grads.append(torch.autograd.grad(features(xb), xb, grad_outputs=gb)[0])
+    return loss.detach(), torch.cat(grads)

@@ -191,7 +191,9 @@ def _dsco(
                 cfg.nopt,
                 steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
                 phi_seed=derive_seed(cfg.seed, "phi", k),
+                batch_size=cfg.sample_batch_size,
             )
             pixels = to_uint8(images)  # (n, C, H, W)
             rows.add_synthetic([encode_png(image, channels) for image in pixels], seeds, k)
@@ -234,8 +236,9 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "guidance_scale": cfg.guidance_scale,
         "resolution": prior.image_shape[1],
     }
+    sampler["eta"] = cfg.eta
     if cfg.method != "dsco":
-        return {**sampler, "eta": cfg.eta}
+        return sampler
     n = cfg.ipc - round(cfg.doping_ratio * cfg.ipc)  # synthetic images per class
     return {
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},

@@ -93,17 +93,26 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     ckpt_dir = out / "checkpoints"
     saved_cfg_path = out / "prior_config.json"
     wanted = json.loads(json.dumps(cfg.to_dict()))
+    extended_from: list[int] = []
     if saved_cfg_path.exists():
         saved = json.loads(saved_cfg_path.read_text())
+        extended_from = saved.pop("extended_from", [])
         diff = [k for k in wanted if k not in ("out",) and saved.get(k) != wanted[k]]
-        if diff:
+        if diff == ["max_steps"] and wanted["max_steps"] > saved["max_steps"]:
+            # Extension: continue a run past its old end; the cosine schedule restarts from its value at
+            # the saved step under the new length (a warm restart), so the result differs from a fresh run.
+            extended_from = [*extended_from, saved["max_steps"]]
+        elif diff:
             raise ConfigError(
                 f"--out={cfg.out!r} holds a prior run with different settings ({', '.join(diff)}: "
                 f"{saved.get(diff[0])!r} there, {wanted[diff[0]]!r} now); "
-                "rerun with the same options or use another --out."
+                "rerun with the same options, raise only --max-steps to train further, or use another --out."
             )
-        if (out / "model_index.json").exists():
-            raise OutputError(f"--out={cfg.out!r} already holds a finished prior; pass another --out to train again.")
+        elif (out / "model_index.json").exists():
+            raise OutputError(
+                f"--out={cfg.out!r} already holds a finished prior; raise --max-steps to train it further "
+                "or pass another --out to train again."
+            )
     elif out.exists() and any(out.iterdir()):
         raise OutputError(f"--out={cfg.out!r} exists and is not empty; pass an empty or new folder.")
 
@@ -114,7 +123,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     num_classes = source.num_classes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(saved_cfg_path, json.dumps(wanted, indent=2) + "\n")
+        _atomic_write(saved_cfg_path, json.dumps({**wanted, "extended_from": extended_from}, indent=2) + "\n")
     accelerator.wait_for_everyone()
 
     # Data: the whole split as uint8 (N, C, R, R); memory = N * C * R * R bytes
@@ -215,6 +224,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
             loss_ema,
             command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
             per_class,
+            extended_from,
         )
         for item in staging.iterdir():
             target = out / item.name
@@ -251,7 +261,7 @@ def _save_checkpoint(accelerator, ckpt_dir: Path, step: int, elapsed: float, los
 
 
 def _write_prior_card(
-    cfg, source, folder, unet, num_classes, channels, resolution, wall, loss_ema, command, per_class
+    cfg, source, folder, unet, num_classes, channels, resolution, wall, loss_ema, command, per_class, extended_from
 ):
     hours, rem = divmod(int(wall), 3600)
     minutes = rem // 60
@@ -281,6 +291,7 @@ def _write_prior_card(
         resolution=resolution,
         channels=channels,
         command=command,
+        extended_from=", ".join(map(str, extended_from)),
         steps=cfg.max_steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,

@@ -28,7 +28,7 @@ def test_help_lists_commands():
         (["concentrate", "--ipc", "0"], "--ipc=0 must be at least 1"),
         (["concentrate", "--method", "magic"], "--method='magic' is unknown; use one of random, herding"),
         (
-            ["concentrate", "--ipc", "501", "--no-eval"],
+            ["concentrate", "--ipc", "501", "--method", "herding", "--no-eval"],
             "--ipc=501 is larger than class 0 ('T-shirt/top'), which has 500",
         ),
         (["concentrate", "--split", "validation"], "--split='validation' does not exist"),

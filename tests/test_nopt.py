@@ -47,12 +47,30 @@ def test_nopt_lowers_mmd_to_targets_compared_with_plain_sampling(prior):
     assert _final_mmd(optimized, targets) < _final_mmd(plain, targets)
 
 
-def test_nopt_with_zero_iterations_is_plain_sampling(prior):
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_nopt_with_zero_iterations_is_plain_sampling(prior, eta):
     seeds = [5, 6, 7]
-    plain = sample(prior, [1] * 3, seeds, steps=6, guidance_scale=2.0)
-    same, trace = nopt_sample(prior, 1, seeds, _targets(), NOptConfig(iters=0), steps=6)
+    plain = sample(prior, [1] * 3, seeds, steps=6, guidance_scale=2.0, eta=eta)
+    same, trace = nopt_sample(prior, 1, seeds, _targets(), NOptConfig(iters=0), steps=6, eta=eta)
     torch.testing.assert_close(same, plain, rtol=0, atol=1e-6)
     assert trace.iterations == 0
+
+
+def test_nopt_in_batches_equals_one_batch(prior):
+    targets = (sample(prior, [1] * 40, list(range(100, 140)), steps=6) + 0.3).clamp(-1, 1)
+    cfg = NOptConfig(window=0.5, iters=2)
+    seeds = list(range(7))
+    whole, trace_whole = nopt_sample(prior, 1, seeds, targets, cfg, steps=6, batch_size=64)
+    batched, trace_batched = nopt_sample(prior, 1, seeds, targets, cfg, steps=6, batch_size=3)
+    torch.testing.assert_close(batched, whole, rtol=0, atol=1e-4)
+    assert trace_batched.last_mmd2 == pytest.approx(trace_whole.last_mmd2, rel=1e-5)
+
+
+def test_eta_changes_nopt_samples(prior):
+    cfg = NOptConfig(window=0.5, iters=1)
+    deterministic, _ = nopt_sample(prior, 0, [1, 2], _targets(), cfg, steps=6)
+    stochastic, _ = nopt_sample(prior, 0, [1, 2], _targets(), cfg, steps=6, eta=1.0)
+    assert (deterministic - stochastic).abs().max() > 1e-3
 
 
 def test_nopt_is_deterministic(prior):

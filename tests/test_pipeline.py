@@ -21,6 +21,7 @@ FAST_EVAL = EvalConfig(runs=2, epochs=2, batch_size=8)
 
 def _cfg(source: Path, out: Path, **kwargs) -> ConcentrateConfig:
     kwargs.setdefault("eval", FAST_EVAL)
+    kwargs.setdefault("method", "random")  # these tests are about sources and the writer, not a method
     return ConcentrateConfig(source=SourceConfig(source=str(source)), out=str(out), **kwargs)
 
 

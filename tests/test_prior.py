@@ -71,10 +71,25 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_repo, tmp_path, m
 
 def test_resume_with_other_settings_is_refused(tiny_repo, tmp_path):
     prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2))
-    with pytest.raises(OutputError, match="already holds a finished prior"):
+    with pytest.raises(OutputError, match="already holds a finished prior; raise --max-steps"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2))
-    with pytest.raises(ConfigError, match=r"different settings \(max_steps: 2 there, 6 now\)"):
-        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=6))
+    with pytest.raises(ConfigError, match=r"different settings \(batch_size: 8 there, 4 now\)"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2, batch_size=4))
+    with pytest.raises(ConfigError, match=r"different settings \(max_steps: 2 there, 1 now\)"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=1))
+
+
+def test_a_larger_max_steps_extends_a_finished_run(tiny_repo, tmp_path):
+    out = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2), command="first")
+    short = _weights(out)
+    prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=4), command="second")
+    assert json.loads((out / "prior_config.json").read_text())["extended_from"] == [2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    card = (out / "README.md").read_text()
+    assert "Command: `second` (the same run extended: it first finished at 2 steps" in card
+    assert "Steps: 4 x batch 8" in card
+    longer = _weights(out)
+    assert any(not torch.equal(short[key], longer[key]) for key in short)
 
 
 def test_bad_widths_are_refused_before_work(tiny_repo, tmp_path):

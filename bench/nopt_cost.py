@@ -1,0 +1,107 @@
+"""Benchmark: the cost of NOpt over plain guided DDIM sampling (wall time and peak memory).
+
+    python bench/nopt_cost.py --model dsco_hub/resources/prior_fashion_mnist \
+        --source ../shared/data/fashion_mnist --ipc 10 --steps 25 100
+
+For one class at a time, `--ipc` images are sampled in one batch, once plainly (`models.sample`) and
+once with NOpt (`nopt.nopt_sample`, default `NOptConfig`: window 0.5, 1 iteration per step, 500 real
+targets), from the same seeds. Each measurement runs in a fresh process so its peak resident memory
+(`ru_maxrss`) is its own. Targets: NOpt at most 3x the wall time of plain sampling, and the same peak
+memory at 25 and 100 steps (the gradient goes through one denoiser call per iteration). Writes
+`bench/results/nopt_cost.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsco_hub.config import NOptConfig, SourceConfig, derive_seed
+from dsco_hub.data import decode_images, load_source, to_model_range
+from dsco_hub.doping import select_random
+from dsco_hub.models import load_prior, sample
+from dsco_hub.nopt import nopt_sample
+
+
+def measure(args: dict) -> dict:
+    """One measurement in this process: seconds per class and peak RSS (MiB) for `args["mode"]`."""
+    torch.set_num_threads(args["threads"])
+    prior = load_prior(args["model"])
+    source = load_source(SourceConfig(source=args["source"]))
+    cfg = NOptConfig()
+    seconds = []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for k in args["classes"]:
+        seeds = [derive_seed(0, k, j) for j in range(args["ipc"])]
+        rows = np.sort(select_random(source.class_index[k], cfg.targets, 0, k))
+        targets = to_model_range(decode_images(source, rows, *prior.image_shape[:2]))  # (500, C, H, W)
+        t0 = time.perf_counter()
+        if args["mode"] == "plain":
+            sample(prior, [k] * len(seeds), seeds, steps=args["steps"], guidance_scale=2.0, batch_size=len(seeds))
+        else:
+            nopt_sample(prior, k, seeds, targets, cfg, steps=args["steps"], guidance_scale=2.0, phi_seed=k)
+        seconds.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**args, "seconds_per_class": float(np.mean(seconds)), "peak_mib": peak, "loaded_mib": before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="dsco_hub/resources/prior_fashion_mnist")
+    parser.add_argument("--source", default="../shared/data/fashion_mnist")
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--steps", type=int, nargs="+", default=[25, 100])
+    parser.add_argument("--classes", type=int, nargs="+", default=[0, 5, 9])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="bench/results/nopt_cost.md")
+    args = parser.parse_args()
+    jobs = [
+        {"mode": mode, "steps": steps, "model": args.model, "source": args.source, "ipc": args.ipc}
+        | {"classes": args.classes, "threads": args.threads}
+        for steps in args.steps
+        for mode in ("plain", "nopt")
+    ]
+    results = []
+    ctx = multiprocessing.get_context("spawn")
+    for job in jobs:
+        with ctx.Pool(1) as pool:  # a fresh process per measurement: its own peak RSS
+            result = pool.apply(measure, (job,))
+        results.append(result)
+        print(json.dumps({k: result[k] for k in ("mode", "steps", "seconds_per_class", "peak_mib")}))
+
+    by = {(r["mode"], r["steps"]): r for r in results}
+    lines = [
+        "# NOpt cost over plain guided DDIM sampling",
+        "",
+        f"Command: `python bench/nopt_cost.py --model {args.model} --source {args.source} --ipc {args.ipc} "
+        f"--steps {' '.join(map(str, args.steps))} --classes {' '.join(map(str, args.classes))} "
+        f"--threads {args.threads}`. Machine: {platform.machine()}, {args.threads} torch thread(s), "
+        f"torch {torch.__version__}, fp32.",
+        "",
+        f"Per class: {args.ipc} images in one batch, guidance 2.0; NOpt with the default settings "
+        f"({NOptConfig()}). Seconds are the mean over classes {args.classes}; peak memory is the measuring "
+        "process's peak resident set (model, source index and 500 targets included).",
+        "",
+        "| DDIM steps | plain (s / class) | NOpt (s / class) | NOpt / plain | peak MiB plain | peak MiB NOpt |",
+        "|---|---|---|---|---|---|",
+    ]
+    for steps in args.steps:
+        p, n = by[("plain", steps)], by[("nopt", steps)]
+        lines.append(
+            f"| {steps} | {p['seconds_per_class']:.2f} | {n['seconds_per_class']:.2f} | "
+            f"{n['seconds_per_class'] / p['seconds_per_class']:.2f}x | {p['peak_mib']:.0f} | {n['peak_mib']:.0f} |"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
