@@ -1,8 +1,13 @@
-"""Benchmark: concentration methods (random, herding, diffusion, ...) under the evaluation protocol.
+"""Benchmark: concentration methods (random, herding, diffusion, DsCo) under the evaluation protocol.
 
-    python bench/baselines.py --source ../shared/data/fashion_mnist --ipcs 1 10 50 --runs 3 --epochs 300
+    python bench/baselines.py --source ../shared/data/fashion_mnist --ipcs 1 10 50 --runs 3 --epochs 300 \
+        --methods random herding diffusion dsco dsco-doped dsco-datafree --doping-ratio 0.5
 
-Each (method, IPC) set is made with `dsco_hub.pipeline.concentrate` and evaluated with
+Methods: `random` / `herding` (real images), `diffusion` (plain guided DDIM sampling), `dsco` (NOpt,
+doping ratio 0), `dsco-doped` (NOpt + herding doping at `--doping-ratio`), `dsco-datafree` (NOpt with
+only the class names: targets are the model's own samples). Synthetic methods use `--model` (default:
+the shipped prior); their rows record the prior's weight digest, so results of different priors are
+never mixed. Each (method, IPC) set is made with `dsco_hub.pipeline.concentrate` and evaluated with
 `dsco_hub.pipeline.evaluate_set` (ConvNet-3, hard labels, DSA-style augmentation). Results are
 appended to a JSON-lines file as they finish (a rerun skips what is done) and the markdown table,
 beside the published figures of `docs/method.md` §6, is rewritten after each result.
@@ -11,6 +16,7 @@ beside the published figures of `docs/method.md` §6, is rewritten after each re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -20,6 +26,10 @@ import torch
 
 from dsco_hub import pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.data import load_source
+from dsco_hub.models import shipped_prior_path
+
+SYNTHETIC = ("diffusion", "dsco", "dsco-doped", "dsco-datafree")
 
 # ConvNet-3, hard labels (DC, ICLR 2021; DSA, ICML 2021), test accuracy in %
 PUBLISHED = {
@@ -33,34 +43,52 @@ PUBLISHED = {
 }
 
 
+def prior_digest(model: str | None) -> str:
+    """The first 12 hex digits of the SHA-256 of a local prior's weights (its identity in the results)."""
+    folder = Path(model) if model else shipped_prior_path()
+    weights = sorted(folder.glob("*/*.safetensors"))
+    return hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()[:12]
+
+
+def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
+    """The `ConcentrateConfig` of one benchmark row (no evaluation: `evaluate_set` runs it after)."""
+    source = SourceConfig(source=args.source)
+    common = dict(ipc=ipc, seed=args.seed, out=str(out), overwrite=True, evaluate=False)
+    if method not in SYNTHETIC:
+        return ConcentrateConfig(source=source, method=method, **common)
+    sampler = dict(model=args.model, **common)
+    if method == "diffusion":
+        return ConcentrateConfig(source=source, method="diffusion", **sampler)
+    if method == "dsco":
+        return ConcentrateConfig(source=source, method="dsco", **sampler)
+    if method == "dsco-doped":
+        return ConcentrateConfig(source=source, method="dsco", doping_ratio=args.doping_ratio, **sampler)
+    names = load_source(source).class_names
+    return ConcentrateConfig(source=source, method="dsco", data_free=True, labels=names, **sampler)
+
+
 def run(args) -> None:
     """Make and evaluate every (method, IPC) set not yet in `args.results`, rewriting the table after each."""
     torch.set_num_threads(args.threads)
     work, results = Path(args.work), Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
+    digest = prior_digest(args.model)
     done = {}
     if results.exists():
         for line in results.read_text().splitlines():
             row = json.loads(line)
-            done[(row["method"], row["ipc"])] = row
+            done[(row["method"], row["ipc"], row.get("prior", ""))] = row
     if args.table_only:
         write_table(done, args)
         return
     for ipc in args.ipcs:
         for method in args.methods:
-            if (method, ipc) in done:
+            prior = digest if method in SYNTHETIC else ""
+            if (method, ipc, prior) in done:
                 continue
             out = work / f"{method}-ipc{ipc}"
             started = time.time()
-            cfg = ConcentrateConfig(
-                source=SourceConfig(source=args.source),
-                method=method,
-                ipc=ipc,
-                seed=args.seed,
-                out=str(out),
-                overwrite=True,
-                evaluate=False,
-            )
+            cfg = method_config(method, ipc, out, args)
             pipeline.concentrate(cfg, command="bench/baselines.py")
             made = time.time() - started
             eval_cfg = EvalConfig(runs=args.runs, epochs=args.epochs, baseline=False)
@@ -68,6 +96,8 @@ def run(args) -> None:
             row = {
                 "method": method,
                 "ipc": ipc,
+                "prior": prior,
+                **({"doping_ratio": args.doping_ratio} if method == "dsco-doped" else {}),
                 **block["result"],
                 "select_seconds": round(made, 1),
                 "eval_seconds": round(time.time() - started - made, 1),
@@ -76,20 +106,21 @@ def run(args) -> None:
             }
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            done[(method, ipc)] = row
+            done[(method, ipc, prior)] = row
             write_table(done, args)
 
 
 def write_table(done: dict, args) -> None:
     """Write the markdown table of every finished (method, IPC) beside the published figures."""
     published = PUBLISHED["Fashion-MNIST"]
-    ipcs = sorted({ipc for _, ipc in done} | set(args.ipcs))
-    order = ["random", "herding", "diffusion", "dsco"]
-    methods = sorted({m for m, _ in done} | set(args.methods), key=lambda m: order.index(m) if m in order else 99)
+    ipcs = sorted({ipc for _, ipc, _ in done} | set(args.ipcs))
+    order = ["random", "herding", *SYNTHETIC]
+    variants = {(m, p) for m, _, p in done}
+    methods = sorted(variants, key=lambda mp: (mp[1] != "", order.index(mp[0]) if mp[0] in order else 99, mp[1]))
     lines = [
         "# Concentration methods on Fashion-MNIST (ConvNet-3, hard labels)",
         "",
-        f"Command: `python bench/baselines.py --source {args.source} --methods {' '.join(methods)} --ipcs "
+        f"Command: `python bench/baselines.py --source {args.source} --methods {' '.join(dict.fromkeys(m for m, _ in methods))} --ipcs "
         f"{' '.join(map(str, ipcs))} --runs {args.runs} --epochs {args.epochs}` (rows appended to "
         f"`{args.results}` as they finish; `--table-only` rewrites this table). Test accuracy (%) on the 10,000 test "
         f"images, mean ± std over "
@@ -99,17 +130,19 @@ def write_table(done: dict, args) -> None:
         "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
         "|---|" + "---|" * len(ipcs),
     ]
-    for method in methods:
+    for method, prior in methods:
         cells = []
         for ipc in ipcs:
-            row = done.get((method, ipc))
+            row = done.get((method, ipc, prior))
             cells.append(f"{row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f}" if row else "—")
-        lines.append(f"| dsco-hub {method} | " + " | ".join(cells) + " |")
+        name = f"{method} (prior {prior})" if prior else method
+        lines.append(f"| dsco-hub {name} | " + " | ".join(cells) + " |")
     for name in ("random", "herding", "DC", "DSA"):
         lines.append(f"| published {name} | " + " | ".join(str(published[name].get(i, "—")) for i in ipcs) + " |")
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
-    for (method, ipc), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        lines.append(f"- {method} IPC {ipc}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})")
+    for (method, ipc, prior), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        name = f"{method} (prior {prior})" if prior else method
+        lines.append(f"- {name} IPC {ipc}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})")
     Path(args.table).write_text("\n".join(lines) + "\n")
 
 
@@ -117,7 +150,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="../shared/data/fashion_mnist")
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--methods", nargs="+", default=["random", "herding"], help="random, herding, diffusion, dsco")
+    parser.add_argument(
+        "--methods", nargs="+", default=["random", "herding"], help=f"random, herding, {', '.join(SYNTHETIC)}"
+    )
+    parser.add_argument("--model", default=None, help="prior folder for synthetic methods (default: shipped)")
+    parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
