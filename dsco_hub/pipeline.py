@@ -234,6 +234,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "scheduler": cfg.scheduler,
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance_scale,
+        "sample_batch_size": cfg.sample_batch_size,
         "resolution": prior.image_shape[1],
     }
     sampler["eta"] = cfg.eta

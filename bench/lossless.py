@@ -1,0 +1,150 @@
+"""Benchmark: lossless concentration, accuracy against data volume (doped DsCo and random real subsets).
+
+    python bench/lossless.py --source ../shared/data/fashion_mnist --per-class 1000 \
+        --volumes 0.05 0.1 0.25 0.5 1.0 --doping-ratio 0.5 --train-steps 1000 --runs 2
+
+The source is a seeded random subset of `--per-class` training images per class (the full test split is
+kept), saved with `save_to_disk`: the data volume of a set is `IPC / per_class`. At every volume two
+sets are made with `dsco_hub.pipeline.concentrate`: a random real subset (`--method random`) and doped
+DsCo (`--method dsco --doping-ratio RHO`, herding doping); volume 1.0 of the random arm is the whole
+source (the "full" reference). Every student trains the same number of SGD steps (`--train-steps`,
+batch 256; epochs = steps / batches per epoch), so volumes differ only in data, not in training budget.
+Rows are appended to `bench/results/lossless.jsonl` (a rerun skips what is done) and the table
+`bench/results/lossless.md` reports the smallest volume at which doped DsCo matches the full source's
+accuracy within its standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from dsco_hub import pipeline
+from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.data import load_source
+from dsco_hub.doping import select_random
+
+
+def make_source(args) -> Path:
+    """A `save_to_disk` DatasetDict with `--per-class` training images per class and the full test split."""
+    folder = Path(args.work) / f"source-{args.per_class}pc"
+    if (folder / "dataset_dict.json").exists():
+        return folder
+    full = load_source(SourceConfig(source=args.source))
+    rows = np.sort(
+        np.concatenate([select_random(full.class_index[k], args.per_class, 0, k) for k in range(full.num_classes)])
+    )
+    train = datasets.load_dataset(args.source, split="train").select(rows.tolist())
+    test = datasets.load_dataset(args.source, split="test")
+    tmp = folder.with_name(folder.name + ".tmp")
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp))
+    tmp.rename(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="../shared/data/fashion_mnist")
+    parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--volumes", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--doping-ratio", type=float, default=0.5)
+    parser.add_argument("--model", default=None, help="prior folder (default: the shipped prior)")
+    parser.add_argument("--train-steps", type=int, default=1000, help="SGD steps of every student")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", default="runs/bench-lossless")
+    parser.add_argument("--results", default="bench/results/lossless.jsonl")
+    parser.add_argument("--table", default="bench/results/lossless.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    source = SourceConfig(source=str(make_source(args)))
+    results = Path(args.results)
+    done = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["arm"], row["volume"])] = row
+    arms = [("random", v) for v in args.volumes] + [("dsco-doped", v) for v in args.volumes if v < 1]
+    for arm, volume in arms:
+        if (arm, volume) in done:
+            continue
+        ipc = max(1, round(volume * args.per_class))
+        out = Path(args.work) / f"{arm}-v{volume}"
+        started = time.time()
+        extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model} if arm != "random" else {}
+        pipeline.concentrate(
+            ConcentrateConfig(
+                source=source, ipc=ipc, out=str(out), overwrite=True, evaluate=False, **{"method": "random", **extra}
+            ),
+            command="bench/lossless.py",
+        )
+        made = time.time() - started
+        batches = math.ceil(ipc * 10 / 256)
+        epochs = max(1, round(args.train_steps / batches))
+        block = pipeline.evaluate_set(str(out), source, EvalConfig(runs=args.runs, epochs=epochs, baseline=False))
+        row = {
+            "arm": arm,
+            "volume": volume,
+            "ipc": ipc,
+            "doping_ratio": args.doping_ratio if arm != "random" else 1.0,
+            "epochs": epochs,
+            "train_steps": epochs * batches,
+            **block["result"],
+            "make_seconds": round(made, 1),
+            "eval_seconds": round(time.time() - started - made, 1),
+            "machine": f"{platform.machine()}, {args.threads} threads",
+        }
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done[(arm, volume)] = row
+        write_table(done, args)
+    write_table(done, args)
+
+
+def write_table(done: dict, args) -> None:
+    """Accuracy against volume for both arms, and the smallest lossless volume of doped DsCo."""
+    full = done.get(("random", 1.0))
+    lines = [
+        "# Lossless concentration: accuracy against data volume (Fashion-MNIST, ConvNet-3, hard labels)",
+        "",
+        f"Command: `python bench/lossless.py --source {args.source} --per-class {args.per_class} --volumes "
+        f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio} --train-steps {args.train_steps} "
+        f"--runs {args.runs}`. Source: {args.per_class} training images per class (a seeded subset), the 10,000 "
+        f"test images; every student trains about {args.train_steps} SGD steps (batch 256).",
+        "",
+        "| volume | IPC | random real | doped DsCo (rho " + str(args.doping_ratio) + ") |",
+        "|---|---|---|---|",
+    ]
+
+    def cell(row):
+        return f"{row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f}" if row else "—"
+
+    for volume in sorted({v for _, v in done}):
+        r, d = done.get(("random", volume)), done.get(("dsco-doped", volume))
+        ipc = (r or d)["ipc"]
+        lines.append(f"| {volume:.0%} | {ipc} | {cell(r)} | {cell(d) if volume < 1 else '(full source)'} |")
+    if full:
+        lossless = [
+            v
+            for (arm, v), row in sorted(done.items(), key=lambda kv: kv[0][1])
+            if arm == "dsco-doped" and row["accuracy_mean"] >= full["accuracy_mean"] - full["accuracy_std"]
+        ]
+        lines += [
+            "",
+            f"Full source: {cell(full)}. Smallest volume where doped DsCo is within the full source's std: "
+            + (f"{lossless[0]:.0%}." if lossless else "none of the volumes measured."),
+        ]
+    Path(args.table).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
