@@ -97,6 +97,7 @@ def main() -> None:
             "doping_ratio": args.doping_ratio if arm != "random" else 1.0,
             "epochs": epochs,
             "train_steps": epochs * batches,
+            "test_images": block["test"]["num_images"],
             **block["result"],
             "make_seconds": round(made, 1),
             "eval_seconds": round(time.time() - started - made, 1),
@@ -113,13 +114,14 @@ def main() -> None:
 def write_table(done: dict, args) -> None:
     """Accuracy against volume for both arms, and the smallest lossless volume of doped DsCo."""
     full = done.get(("random", 1.0))
+    test_images = next(iter(done.values()))["test_images"] if done else "?"
     lines = [
         "# Lossless concentration: accuracy against data volume (Fashion-MNIST, ConvNet-3, hard labels)",
         "",
         f"Command: `python bench/lossless.py --source {args.source} --per-class {args.per_class} --volumes "
         f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio} --train-steps {args.train_steps} "
-        f"--runs {args.runs}`. Source: {args.per_class} training images per class (a seeded subset), the 10,000 "
-        f"test images; every student trains about {args.train_steps} SGD steps (batch 256).",
+        f"--runs {args.runs}`. Source: {args.per_class} training images per class (a seeded subset), the "
+        f"{test_images} test images; every student trains about {args.train_steps} SGD steps (batch 256).",
         "",
         "| volume | IPC | random real | doped DsCo (rho " + str(args.doping_ratio) + ") |",
         "|---|---|---|---|",
