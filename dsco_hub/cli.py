@@ -180,7 +180,9 @@ def concentrate(
         eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
         push=HubConfig(repo_id=repo_id, private=private, token=token, endpoint=endpoint) if push else None,
     )
-    result = run(cfg, command=_command_line())
+    result = run(cfg, command=_command_line(), report=err_console.print)
+    if not result.main:  # another process of a launch: its units are written, the main process reports
+        return
     _print_eval(result.dsco.get("eval"))
     Console().print(f"concentrated set written to [bold]{result.out}[/bold]")
     if result.push is not None:
