@@ -297,6 +297,8 @@ def _run_units(
     for unit in todo:
         writer.write_shard(folder, unit.index, compute(unit))
         bar.update(task, advance=1, info=f"unit {unit.index} (classes {unit.classes[0]}-{unit.classes[-1]})")
+    if not state.is_main:  # the main process has a progress bar; the others say what they did
+        say(f"rank {state.rank} of {state.world_size}: {len(todo)} of {len(mine)} units computed")
 
 
 def _as_source(ds: datasets.Dataset, name: str, class_names: list[str]) -> SourceData:
