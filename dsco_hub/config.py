@@ -57,6 +57,7 @@ class SourceConfig:
     revision: str | None = None  # Hub revision (branch, tag or commit) of the source
     image_column: str | None = None  # None = the column whose feature is `Image`
     label_column: str | None = None  # None = the column whose feature is `ClassLabel` (or "label")
+    classes: tuple[str, ...] | None = None  # keep only these classes (names or label indices), in this order
 
 
 @dataclass
@@ -150,6 +151,7 @@ class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
+    preset: str | None = None  # "imagenet-1k", "imagenette" or "imagewoof": source, model and class map (presets.py)
     method: str = "dsco"  # "dsco" (NOpt + doping), "diffusion" (plain sampling), "random" / "herding" (real images)
     ipc: int = 10  # images per class in the output (synthetic and real)
     seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
@@ -311,6 +313,8 @@ _OPTION_NAMES = {
     "source.split": "--split",
     "source.test_split": "--test-split",
     "source.revision": "--revision",
+    "source.classes": "--classes",
+    "preset": "SOURCE (preset)",
     "evaluate": "--eval/--no-eval",
     "eval.model": "--eval-model",
     "eval.seed": "--eval-seed",

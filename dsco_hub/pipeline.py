@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, distributed, doping, hub, models, writer
+from dsco_hub import __version__, card, distributed, doping, hub, models, plan, presets, writer
 from dsco_hub.config import (
     REAL_METHODS,
     ConcentrateConfig,
@@ -114,7 +114,9 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
     }
 
 
-def _load_model(cfg: ConcentrateConfig, class_names: list[str], name: str) -> tuple[models.DiffusionPrior, list[int]]:
+def _load_model(
+    cfg: ConcentrateConfig, class_names: list[str], name: str, source: SourceData | None = None
+) -> tuple[models.DiffusionPrior, list[int]]:
     """The diffusion prior and the model class id of each class of `name` (errors before any heavy work)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(cfg.dtype, device)
@@ -131,6 +133,10 @@ def _load_model(cfg: ConcentrateConfig, class_names: list[str], name: str) -> tu
                 f"no --model given and the classes of {name} are not those of the shipped Fashion-MNIST "
                 "prior; pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
             ) from None
+    elif cfg.preset is not None:  # ImageNet classes by position or WordNet id, never by (ambiguous) name
+        prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
+        presets.check_model(cfg.preset, cfg.model, prior.num_classes)
+        class_ids = presets.class_ids(cfg.preset, class_names, source.source_classes if source else None)
     else:
         prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
         class_ids = models.map_classes(class_names, prior.id2label, class_map)
@@ -327,8 +333,9 @@ def _evaluate(
     """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC."""
     channels, height, width = test.image_shape
     size = min(height, width)
-    test_images = decode_images(test, range(len(test.labels)), channels, size)
-    test_labels = torch.from_numpy(test.labels)
+    test_rows = np.flatnonzero(test.labels >= 0)  # with --classes, rows of other classes are labelled -1
+    test_images = decode_images(test, test_rows, channels, size)
+    test_labels = torch.from_numpy(test.labels[test_rows])
     sets = [("result", train, np.arange(len(train.labels)))]
     if baseline_source is not None:
         rows = np.concatenate(
@@ -340,7 +347,7 @@ def _evaluate(
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
         "protocol": {**_protocol(cfg, channels)},
-        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test.labels)},
+        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, source, rows in sets:
@@ -434,6 +441,7 @@ def concentrate(
         SourceError: the source or its test split cannot be used.
         ImageDecodeError: an image cannot be decoded (names the row).
     """
+    presets.apply_preset(cfg)
     cfg.validate()
     say = report or (lambda message: print(message, file=sys.stderr))
     state = distributed.process_state()
@@ -460,7 +468,7 @@ def concentrate(
         if cfg.method in REAL_METHODS:
             _check_ipc(source, cfg.ipc)
         else:
-            prior, class_ids = _load_model(cfg, class_names, name)
+            prior, class_ids = _load_model(cfg, class_names, name, source)
             if cfg.method == "dsco" and not cfg.data_free:
                 _check_ipc(source, max(round(cfg.doping_ratio * cfg.ipc), 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
@@ -542,6 +550,32 @@ def concentrate(
     shutil.rmtree(folder, ignore_errors=True)  # the set is complete: its units are no longer needed
     pushed = _push_written(final, cfg.push) if cfg.push is not None else None
     return ConcentrateResult(out=final, dsco=dsco, push=pushed)
+
+
+def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
+    """`dsco-hub concentrate --dry-run`: the plan of a run (classes, units, denoiser calls, size, time), no writes.
+
+    A preset needs no download (its classes and its model's FLOPs are known); otherwise the source's labels are
+    read to count classes and the model's configs to count FLOPs (`plan.model_cost`).
+
+    Raises:
+        ConfigError: invalid settings, or IPC larger than the smallest class.
+        SourceError, ModelError: the source or the model's configs cannot be read.
+    """
+    presets.apply_preset(cfg)
+    cfg.validate()
+    image_shape = None
+    if cfg.preset is not None:
+        wnids = presets.PRESETS[cfg.preset].wnids
+        num_classes = len(cfg.source.classes or wnids or range(presets.IMAGENET_CLASSES))
+    elif cfg.data_free:
+        num_classes = len(cfg.labels)
+    else:
+        source = load_source(cfg.source)
+        _check_ipc(source, cfg.ipc if cfg.method in REAL_METHODS else round(cfg.doping_ratio * cfg.ipc))
+        num_classes, image_shape = source.num_classes, source.image_shape
+    cost = None if cfg.method in REAL_METHODS else plan.model_cost(cfg.model, cfg.model_revision)
+    return plan.make_plan(cfg, num_classes, cost, image_shape)
 
 
 def _push_written(folder: Path, cfg: HubConfig) -> hub.PushResult:
