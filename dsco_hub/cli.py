@@ -90,7 +90,9 @@ def concentrate(
         str, typer.Option(help="dsco (NOpt + doping), diffusion (plain sampling), random or herding (real images).")
     ] = "dsco",
     out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace OUT; discard a saved run (OUT.partial) made with other settings.")
+    ] = False,
     config: ConfigOpt = None,
     split: SplitOpt = "train",
     test_split: TestSplitOpt = None,

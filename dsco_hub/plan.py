@@ -146,7 +146,7 @@ class RunPlan:
                 f"denoiser forwards (per image): {self.denoiser_calls_plain:,} plain sampling, "
                 f"{self.denoiser_calls_total:,} with NOpt (+{extra:,})",
                 f"VAE: {self.vae_decodes:,} decodes, {self.vae_encodes:,} encodes (NOpt targets)",
-                f"compute: {self.flops / 1e15:,.3g} PFLOP ({self.cost.denoiser / 1e9:,.1f} GFLOP per denoiser "
+                f"compute: {_pflop(self.flops)} PFLOP ({self.cost.denoiser / 1e9:,.1f} GFLOP per denoiser "
                 f"forward; {self.cost.source})",
             ]
             for gpu, by_count in self.hours.items():
@@ -155,6 +155,10 @@ class RunPlan:
         out.append(f"output: about {self.output_bytes / 2**20:,.0f} MiB of parquet (PNG ~{PNG_RATIO:.0%} of raw)")
         out.append("dry run: nothing was written")
         return out
+
+
+def _pflop(flops: float) -> str:
+    return f"{flops / 1e15:,.0f}" if flops >= 1e17 else f"{flops / 1e15:.3g}"
 
 
 def _duration(hours: float) -> str:
