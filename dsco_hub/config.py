@@ -360,8 +360,11 @@ def option_name(key: str) -> str:
 
 
 def first_difference(saved: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first option whose value differs between two `run_settings`: `(option, saved value, value now)`."""
+    """The first option whose value differs between two `run_settings`: `(option, saved value, value now)`.
+
+    An option missing on one side counts as None (its default when a run saved by an older version lacks it).
+    """
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key, "<unset>") != now.get(key, "<unset>"):
-            return option_name(key), saved.get(key, "<unset>"), now.get(key, "<unset>")
+        if saved.get(key) != now.get(key):
+            return option_name(key), saved.get(key), now.get(key)
     return None

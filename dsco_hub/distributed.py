@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -122,6 +122,9 @@ class ProcessState:
 
     rank: int = 0
     world_size: int = 1
+    device: torch.device = field(
+        default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )  # this process's device: its own GPU under a launcher
 
     @property
     def is_main(self) -> bool:
@@ -144,4 +147,4 @@ def process_state() -> ProcessState:
     if world_size <= 1:
         return ProcessState()
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
-    return ProcessState(rank=state.process_index, world_size=state.num_processes)
+    return ProcessState(rank=state.process_index, world_size=state.num_processes, device=state.device)

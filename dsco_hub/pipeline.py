@@ -115,10 +115,15 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
 
 
 def _load_model(
-    cfg: ConcentrateConfig, class_names: list[str], name: str, source: SourceData | None = None
+    cfg: ConcentrateConfig,
+    class_names: list[str],
+    name: str,
+    source: SourceData | None = None,
+    device: torch.device | None = None,
 ) -> tuple[models.DiffusionPrior, list[int]]:
-    """The diffusion prior and the model class id of each class of `name` (errors before any heavy work)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The diffusion prior on `device` (default: CUDA if available) and the model class id of each class of `name`
+    (errors before any heavy work)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(cfg.dtype, device)
     class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
     if cfg.model is None:
@@ -468,7 +473,7 @@ def concentrate(
         if cfg.method in REAL_METHODS:
             _check_ipc(source, cfg.ipc)
         else:
-            prior, class_ids = _load_model(cfg, class_names, name, source)
+            prior, class_ids = _load_model(cfg, class_names, name, source, state.device)
             if cfg.method == "dsco" and not cfg.data_free:
                 _check_ipc(source, max(round(cfg.doping_ratio * cfg.ipc), 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
