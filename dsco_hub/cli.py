@@ -117,6 +117,9 @@ def concentrate(
     scheduler: Annotated[str, typer.Option(help="Sampler (ddim).")] = "ddim",
     sample_batch_size: Annotated[int, typer.Option(help="Images per denoiser batch (memory only).")] = 64,
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="NOpt: recompute activations (less GPU memory).")
+    ] = False,
     doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
     doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
     data_free: Annotated[
@@ -187,6 +190,7 @@ def concentrate(
         nopt=NOptConfig(
             window=nopt_window, iters=nopt_iters, lr=nopt_lr, targets=nopt_targets, kernel=kernel, width=nopt_width
         ),
+        gradient_checkpointing=gradient_checkpointing,
         doping_ratio=doping_ratio,
         doping_select=doping_select,
         data_free=data_free,

@@ -168,6 +168,7 @@ class ConcentrateConfig:
     sample_batch_size: int = 64  # images per denoiser batch (memory only: results do not depend on it)
     dtype: str = "auto"  # denoiser dtype; auto = float32 on CPU, float16 on CUDA
     nopt: NOptConfig = field(default_factory=NOptConfig)  # DsCo's noise optimization
+    gradient_checkpointing: bool = False  # recompute denoiser activations in NOpt's backward: less memory, same images
     doping_ratio: float = 0.0  # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only)
     doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
@@ -302,9 +303,9 @@ class PriorTrainConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 # Never compared: where the set goes, whether an existing one may be replaced, the upload, and the denoiser batch
-# size (memory only: every image has its own generator, so rows do not depend on it and a resume may lower it
-# after running out of memory).
-_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size")
+# size and gradient checkpointing (memory only: every image has its own generator, so rows do not depend on them
+# and a resume may change them after running out of memory).
+_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size", "gradient_checkpointing")
 # Only in the card, not in the rows: the evaluation. A resume may change them; a finished set may not.
 _CARD_ONLY = ("evaluate", "eval", "source.test_split")
 _OPTION_NAMES = {

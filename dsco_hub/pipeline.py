@@ -146,6 +146,8 @@ def _load_model(
         prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
         class_ids = models.map_classes(class_names, prior.id2label, class_map)
     models.check_sampler_args(prior, cfg.steps, cfg.guidance_scale, cfg.eta, cfg.scheduler)
+    if cfg.gradient_checkpointing:  # NOpt's backward recomputes activations instead of storing them
+        prior.denoiser.enable_gradient_checkpointing()
     return prior, class_ids
 
 

@@ -267,3 +267,9 @@ def test_two_processes_give_byte_identical_output(tiny_repo, tiny_prior, tmp_pat
     done = "1 of 1 units computed" if method == "dsco" else "0 of 0 units computed"
     assert f"rank 1 of 2: {done}" in two.stderr  # the second process took its share (none for one unit)
     assert not writer.run_folder(tmp_path / "two").exists()
+
+
+def test_gradient_checkpointing_changes_nothing_on_cpu(tiny_repo, tiny_prior, tmp_path):
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "a", tiny_prior))
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "b", tiny_prior, gradient_checkpointing=True))
+    assert (tmp_path / "a" / DATA).read_bytes() == (tmp_path / "b" / DATA).read_bytes()
