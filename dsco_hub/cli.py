@@ -90,7 +90,9 @@ def concentrate(
         str, typer.Option(help="dsco (NOpt + doping), diffusion (plain sampling), random or herding (real images).")
     ] = "dsco",
     out: Annotated[Optional[str], typer.Option(help="Output folder (default: ./<source>-<method>-ipc<IPC>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace OUT; discard a saved run (OUT.partial) made with other settings.")
+    ] = False,
     config: ConfigOpt = None,
     split: SplitOpt = "train",
     test_split: TestSplitOpt = None,
@@ -115,6 +117,9 @@ def concentrate(
     scheduler: Annotated[str, typer.Option(help="Sampler (ddim).")] = "ddim",
     sample_batch_size: Annotated[int, typer.Option(help="Images per denoiser batch (memory only).")] = 64,
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="NOpt: recompute activations (less GPU memory).")
+    ] = False,
     doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
     doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
     data_free: Annotated[
@@ -129,6 +134,13 @@ def concentrate(
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.1,
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
     nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Keep only these classes: names or label indices, comma-separated.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan (classes, units, calls, size, time); write nothing."),
+    ] = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation.")] = False,
     runs: RunsOpt = 3,
     epochs: EpochsOpt = 300,
@@ -141,8 +153,16 @@ def concentrate(
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
 ):
-    """Concentrate SOURCE into a small `datasets` repo folder with a card, evaluated under the DC/DSA protocol."""
+    """Concentrate SOURCE into a small `datasets` repo folder with a card, evaluated under the DC/DSA protocol.
+
+    SOURCE may be a preset: imagenet-1k, imagenette or imagewoof (ImageNet classes on facebook/DiT-XL-2-256).
+    Under torchrun / accelerate launch, each process computes its share of the units; a rerun resumes.
+    """
     from dsco_hub.pipeline import concentrate as run
+    from dsco_hub.pipeline import dry_run as plan_run
+    from dsco_hub.presets import PRESETS
+
+    preset = source if source in PRESETS else None
 
     if not push and (repo_id or private or token or endpoint):
         raise ConfigError("--repo-id, --private, --token and --endpoint apply to the upload; add --push.")
@@ -150,7 +170,8 @@ def concentrate(
         stem = (source or "fashion-mnist-subset").rstrip("/").replace("\\", "/").split("/")[-1]
         out = f"{stem}-{method}-ipc{ipc}"
     cfg = ConcentrateConfig(
-        source=_source(source, config, split, revision, image_column, label_column, test_split),
+        source=_source(None if preset else source, config, split, revision, image_column, label_column, test_split),
+        preset=preset,
         method=method,
         ipc=ipc,
         seed=seed,
@@ -169,6 +190,7 @@ def concentrate(
         nopt=NOptConfig(
             window=nopt_window, iters=nopt_iters, lr=nopt_lr, targets=nopt_targets, kernel=kernel, width=nopt_width
         ),
+        gradient_checkpointing=gradient_checkpointing,
         doping_ratio=doping_ratio,
         doping_select=doping_select,
         data_free=data_free,
@@ -180,7 +202,15 @@ def concentrate(
         eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
         push=HubConfig(repo_id=repo_id, private=private, token=token, endpoint=endpoint) if push else None,
     )
-    result = run(cfg, command=_command_line())
+    if classes is not None:
+        cfg.source.classes = tuple(c.strip() for c in classes.split(",") if c.strip())
+    if dry_run:
+        for line in plan_run(cfg).lines():
+            Console().print(line, highlight=False, soft_wrap=True)
+        return
+    result = run(cfg, command=_command_line(), report=err_console.print)
+    if not result.main:  # another process of a launch: its units are written, the main process reports
+        return
     _print_eval(result.dsco.get("eval"))
     Console().print(f"concentrated set written to [bold]{result.out}[/bold]")
     if result.push is not None:

@@ -57,6 +57,7 @@ class SourceConfig:
     revision: str | None = None  # Hub revision (branch, tag or commit) of the source
     image_column: str | None = None  # None = the column whose feature is `Image`
     label_column: str | None = None  # None = the column whose feature is `ClassLabel` (or "label")
+    classes: tuple[str, ...] | None = None  # keep only these classes (names or label indices), in this order
 
 
 @dataclass
@@ -150,6 +151,7 @@ class ConcentrateConfig:
     """Everything `dsco-hub concentrate` needs; saved as `dsco_config.json` and in the card."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
+    preset: str | None = None  # "imagenet-1k", "imagenette" or "imagewoof": source, model and class map (presets.py)
     method: str = "dsco"  # "dsco" (NOpt + doping), "diffusion" (plain sampling), "random" / "herding" (real images)
     ipc: int = 10  # images per class in the output (synthetic and real)
     seed: int = 0  # run seed; every random choice derives from (seed, class, slot)
@@ -166,6 +168,7 @@ class ConcentrateConfig:
     sample_batch_size: int = 64  # images per denoiser batch (memory only: results do not depend on it)
     dtype: str = "auto"  # denoiser dtype; auto = float32 on CPU, float16 on CUDA
     nopt: NOptConfig = field(default_factory=NOptConfig)  # DsCo's noise optimization
+    gradient_checkpointing: bool = False  # recompute denoiser activations in NOpt's backward: less memory, same images
     doping_ratio: float = 0.0  # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only)
     doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
@@ -293,3 +296,76 @@ class PriorTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-serialisable data."""
         return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which settings a saved run must share with a rerun (resume, and the "already complete" no-op)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Never compared: where the set goes, whether an existing one may be replaced, the upload, and the denoiser batch
+# size and gradient checkpointing (memory only: every image has its own generator, so rows do not depend on them
+# and a resume may change them after running out of memory).
+_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size", "gradient_checkpointing")
+# Only in the card, not in the rows: the evaluation. A resume may change them; a finished set may not.
+_CARD_ONLY = ("evaluate", "eval", "source.test_split")
+_OPTION_NAMES = {
+    "source.source": "SOURCE",
+    "source.config_name": "--config",
+    "source.split": "--split",
+    "source.test_split": "--test-split",
+    "source.revision": "--revision",
+    "source.classes": "--classes",
+    "preset": "SOURCE (preset)",
+    "evaluate": "--eval/--no-eval",
+    "eval.model": "--eval-model",
+    "eval.seed": "--eval-seed",
+    "eval.batch_size": "--eval-batch-size",
+    "eval.lr": "--eval-lr",
+    "nopt.kernel": "--kernel",
+}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def run_settings(data: dict[str, Any], scope: str) -> dict[str, Any]:
+    """The settings of a `ConcentrateConfig.to_dict()` that a rerun must repeat, flattened to dotted keys.
+
+    Args:
+        data (`dict`): `ConcentrateConfig.to_dict()` (or the `dsco_config.json` of a finished set).
+        scope (`str`): "rows" (what the shards depend on: a resume) or "set" (rows plus the evaluation in the
+            card: a finished set).
+
+    Returns:
+        `dict[str, Any]`: e.g. `{"ipc": 10, "nopt.window": 0.5, ...}`.
+    """
+    skip = _NOT_COMPARED + (_CARD_ONLY if scope == "rows" else ())
+    flat = _flatten({k: v for k, v in data.items() if k not in ("command",)})
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+
+
+def option_name(key: str) -> str:
+    """The command-line option of a dotted settings key, e.g. "nopt.window" -> "--nopt-window"."""
+    if key in _OPTION_NAMES:
+        return _OPTION_NAMES[key]
+    if key.startswith(("eval.", "source.")):  # these options carry no prefix: --epochs, --image-column
+        key = key.split(".", 1)[1]
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+def first_difference(saved: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first option whose value differs between two `run_settings`: `(option, saved value, value now)`.
+
+    An option missing on one side counts as None (its default when a run saved by an older version lacks it).
+    """
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            return option_name(key), saved.get(key), now.get(key)
+    return None

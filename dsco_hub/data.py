@@ -52,6 +52,8 @@ class SourceData:
         labels (`np.ndarray`): `(num_rows,)` int64 in `[0, num_classes)`.
         license (`str`, *optional*): the source's licence identifier when the card states one.
         citation (`str`, *optional*): the source's citation when known.
+        source_classes (`list[int]`, *optional*): with `--classes`, the split's own label of each kept class
+            (rows of other classes have label -1 and belong to no class); None when every class is kept.
     """
 
     dataset: datasets.Dataset
@@ -65,6 +67,7 @@ class SourceData:
     license: str | None = None
     citation: str | None = None
     extra: dict = field(default_factory=dict)
+    source_classes: list[int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +76,7 @@ class SourceData:
 
     @cached_property
     def class_index(self) -> list[np.ndarray]:
-        """Row indices of each class: `class_index[k]` is a sorted int64 array."""
+        """Row indices of each class: `class_index[k]` is a sorted int64 array (rows labelled -1 are in none)."""
         order = np.argsort(self.labels, kind="stable")
         bounds = np.searchsorted(self.labels[order], np.arange(self.num_classes + 1))
         return [order[bounds[k] : bounds[k + 1]] for k in range(self.num_classes)]
@@ -271,7 +274,19 @@ def load_source(cfg: SourceConfig, split: str | None = None, class_names: list[s
     split = split or cfg.split
     ds = _open_split(source, cfg, split)
     image_column, label_column = _find_columns(ds, cfg, display)
-    labels, names = _labels(ds, label_column, class_names, f"{display} [{split}]")
+    where = f"{display} [{split}]"
+    picks = None
+    if cfg.classes:  # keep a subset: the split's own classes first, then (for a test split) the given names
+        labels, names = _labels(ds, label_column, None, where)
+        labels, names, picks = _keep_classes(labels, names, cfg.classes, where)
+        if class_names is not None and names != list(class_names):
+            lookup = {name: k for k, name in enumerate(class_names)}
+            if set(names) - set(lookup):
+                raise SourceError(f"{where}: --classes picks {names}, not the classes {list(class_names)}.")
+            labels = np.asarray([lookup[names[v]] if v >= 0 else -1 for v in labels], dtype=np.int64)
+            names = list(class_names)
+    else:
+        labels, names = _labels(ds, label_column, class_names, where)
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
     is_local = _is_local(source)
     license_, citation = _card_metadata(source, is_local, cfg.revision)
@@ -288,7 +303,34 @@ def load_source(cfg: SourceConfig, split: str | None = None, class_names: list[s
         labels=labels,
         license=license_,
         citation=citation,
+        source_classes=picks,
     )
+
+
+def _keep_classes(labels: np.ndarray, names: list[str], wanted, where: str) -> tuple[np.ndarray, list[str], list[int]]:
+    """`--classes`: relabel the kept classes 0..len(wanted)-1 in the order given, the other rows -1.
+
+    Raises:
+        SourceError: a wanted class is neither a class name (case-insensitive) nor a label index, or is repeated.
+    """
+    by_name = {name.lower(): k for k, name in enumerate(names)}
+    picks = []
+    for item in wanted:
+        key = str(item).strip()
+        if key.lower() in by_name:
+            picks.append(by_name[key.lower()])
+        elif key.isdigit() and int(key) < len(names):
+            picks.append(int(key))
+        else:
+            raise SourceError(
+                f"--classes: {key!r} is neither a class of {where} nor a label in [0, {len(names)}); "
+                f"closest names: {', '.join(repr(c) for c in closest(key, names))}."
+            )
+    if len(set(picks)) != len(picks):
+        raise SourceError(f"--classes={','.join(map(str, wanted))!r} names a class twice; list each class once.")
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[picks] = np.arange(len(picks))
+    return remap[labels], [names[k] for k in picks], picks
 
 
 def load_test_source(cfg: SourceConfig, class_names: list[str]) -> SourceData:

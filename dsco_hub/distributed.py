@@ -6,14 +6,19 @@ Launch lines (model: nanoGPT `train.py`):
     accelerate launch --num_processes 4 -m dsco_hub prior train SOURCE --out DIR
     # several processes on a CPU-only machine (accelerate 1.15's `launch --cpu` starts only one)
     torchrun --nproc_per_node 2 -m dsco_hub prior train SOURCE --out DIR
+    # concentration: each process computes its units (see `plan_units`), rank 0 assembles
+    accelerate launch --num_processes 8 -m dsco_hub concentrate imagenet-1k --ipc 50 --out DIR
+    torchrun --nproc_per_node 2 -m dsco_hub concentrate --ipc 10 --out DIR   # CPU
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+from dataclasses import dataclass, field
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 
 
@@ -42,3 +47,104 @@ def seed_everything(seed: int) -> None:
 def world() -> tuple[int, int]:
     """`(rank, world_size)` of this process from the launcher's environment, `(0, 1)` when not launched."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Work units of `concentrate`: explicit, defined by the settings only, assigned round-robin to processes
+# ---------------------------------------------------------------------------------------------------------------
+
+DIFFUSION_BLOCK = 64  # slots per unit for plain sampling (images are independent); fixed, never the process count
+BARRIER_TIMEOUT = datetime.timedelta(hours=48)  # ranks that finish early wait at most this long for the others
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work of `concentrate`: the slots `[start, stop)` of the flat slot order.
+
+    Slot `s` is image `s % ipc` of class `s // ipc` (class-major, the output row order). A unit is written as
+    one shard; the output is the units' rows concatenated in unit order.
+
+    Attributes:
+        index (`int`): position in the plan, from 0.
+        start (`int`): first flat slot.
+        stop (`int`): one past the last flat slot.
+        ipc (`int`): images per class (to turn slots into `(class, slot)` pairs).
+    """
+
+    index: int
+    start: int
+    stop: int
+    ipc: int
+
+    @property
+    def classes(self) -> list[int]:
+        """The classes this unit touches, in order."""
+        return list(range(self.start // self.ipc, (self.stop - 1) // self.ipc + 1))
+
+    def slots(self) -> list[tuple[int, int]]:
+        """`(class k, slot j)` of each image of the unit, in output order."""
+        return [divmod(s, self.ipc) for s in range(self.start, self.stop)]
+
+
+def plan_units(method: str, ipc: int, num_classes: int, block: int = DIFFUSION_BLOCK) -> list[Unit]:
+    """The work units of a run; they depend only on the settings, never on the number of processes.
+
+    - `dsco`: one unit per class. NOpt optimizes a class's synthetic images jointly (the MMD of the set) and
+      doping by herding depends on them, so a class cannot be split.
+    - `diffusion`: blocks of `block` consecutive slots (classes mixed), since images are independent.
+    - `random` / `herding`: one unit per class.
+
+    Args:
+        method (`str`): "dsco", "diffusion", "random" or "herding".
+        ipc (`int`): images per class, >= 1.
+        num_classes (`int`): K, >= 1.
+        block (`int`, *optional*, defaults to `DIFFUSION_BLOCK`): slots per unit for `diffusion`.
+
+    Returns:
+        `list[Unit]`: the units covering slots `[0, K * ipc)` in order.
+    """
+    total = ipc * num_classes
+    size = block if method == "diffusion" else ipc
+    return [Unit(i, start, min(start + size, total), ipc) for i, start in enumerate(range(0, total, size))]
+
+
+def assign(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
+    """The units process `rank` computes: `rank, rank + W, rank + 2W, ...` (no padding, no duplicate).
+
+    With more processes than units, the extra processes get none and just wait for the others.
+    """
+    return units[rank::world_size]
+
+
+@dataclass
+class ProcessState:
+    """This process in the launch: `rank` in `[0, world_size)`; rank 0 is the main process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(
+        default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )  # this process's device: its own GPU under a launcher
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that assembles, writes the card, evaluates and pushes."""
+        return self.rank == 0
+
+    def wait_for_everyone(self) -> None:
+        """Block until every process reaches this point (a no-op with one process)."""
+        if self.world_size > 1:
+            PartialState().wait_for_everyone()
+
+
+def process_state() -> ProcessState:
+    """Join the launch's process group, if any (torchrun or `accelerate launch`); one process otherwise.
+
+    On a machine without CUDA the group is gloo on CPU (`PartialState(cpu=True)`); with CUDA each process takes
+    its own GPU. Barriers wait up to `BARRIER_TIMEOUT` (a long run's ranks can finish hours apart).
+    """
+    _, world_size = world()
+    if world_size <= 1:
+        return ProcessState()
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    return ProcessState(rank=state.process_index, world_size=state.num_processes, device=state.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib.metadata
+import json
 import shlex
 import shutil
 import sys
@@ -22,8 +23,16 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, doping, hub, models, writer
-from dsco_hub.config import REAL_METHODS, ConcentrateConfig, EvalConfig, HubConfig, SourceConfig, derive_seed
+from dsco_hub import __version__, card, distributed, doping, hub, models, plan, presets, writer
+from dsco_hub.config import (
+    REAL_METHODS,
+    ConcentrateConfig,
+    EvalConfig,
+    HubConfig,
+    SourceConfig,
+    derive_seed,
+    run_settings,
+)
 from dsco_hub.data import (
     SourceData,
     decode_images,
@@ -36,7 +45,7 @@ from dsco_hub.data import (
     to_pil,
     to_uint8,
 )
-from dsco_hub.errors import ConfigError, HubError, ModelError, SourceError
+from dsco_hub.errors import ConfigError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.nopt import nopt_sample
 from dsco_hub.ui import progress_bar
@@ -52,6 +61,7 @@ class ConcentrateResult:
     out: Path
     dsco: dict
     push: hub.PushResult | None = None  # with `cfg.push`: the repo, commits and files uploaded
+    main: bool = True  # False on the other processes of a launch (they only computed their units)
 
 
 def _versions() -> dict[str, str]:
@@ -104,9 +114,16 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
     }
 
 
-def _load_model(cfg: ConcentrateConfig, class_names: list[str], name: str) -> tuple[models.DiffusionPrior, list[int]]:
-    """The diffusion prior and the model class id of each class of `name` (errors before any heavy work)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _load_model(
+    cfg: ConcentrateConfig,
+    class_names: list[str],
+    name: str,
+    source: SourceData | None = None,
+    device: torch.device | None = None,
+) -> tuple[models.DiffusionPrior, list[int]]:
+    """The diffusion prior on `device` (default: CUDA if available) and the model class id of each class of `name`
+    (errors before any heavy work)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(cfg.dtype, device)
     class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
     if cfg.model is None:
@@ -121,25 +138,28 @@ def _load_model(cfg: ConcentrateConfig, class_names: list[str], name: str) -> tu
                 f"no --model given and the classes of {name} are not those of the shipped Fashion-MNIST "
                 "prior; pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
             ) from None
+    elif cfg.preset is not None:  # ImageNet classes by position or WordNet id, never by (ambiguous) name
+        prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
+        presets.check_model(cfg.preset, cfg.model, prior.num_classes)
+        class_ids = presets.class_ids(cfg.preset, class_names, source.source_classes if source else None)
     else:
         prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
         class_ids = models.map_classes(class_names, prior.id2label, class_map)
     models.check_sampler_args(prior, cfg.steps, cfg.guidance_scale, cfg.eta, cfg.scheduler)
+    if cfg.gradient_checkpointing:  # NOpt's backward recomputes activations instead of storing them
+        prior.denoiser.enable_gradient_checkpointing()
     return prior, class_ids
 
 
-def _synthesize(cfg: ConcentrateConfig, channels: int, prior, class_ids: list[int], bar) -> writer.ConcentratedRows:
-    """Plain guided DDIM sampling of IPC images per class; image j of class k uses seed (seed, k, j)."""
+def _synthesize(cfg: ConcentrateConfig, channels: int, prior, class_ids: list[int], slots) -> writer.ConcentratedRows:
+    """Plain guided DDIM samples of the `(class k, slot j)` pairs `slots`; image j of class k has seed (seed, k, j)."""
     rows = writer.ConcentratedRows()
-    slots = [(k, j) for k in range(len(class_ids)) for j in range(cfg.ipc)]
-    task = bar.add_task("sample (diffusion)", total=len(slots), info=f"{cfg.steps} DDIM steps, w={cfg.guidance_scale}")
     for start in range(0, len(slots), cfg.sample_batch_size):
         chunk = slots[start : start + cfg.sample_batch_size]
         seeds = [derive_seed(cfg.seed, k, j) for k, j in chunk]
         images = _plain_samples(cfg, prior, [class_ids[k] for k, _ in chunk], seeds)  # (b, C, H, W) in [-1, 1]
         for (k, _), seed, image in zip(chunk, seeds, to_uint8(images)):
             rows.add_synthetic([encode_png(image, channels)], [seed], k)
-        bar.advance(task, len(chunk))
     return rows
 
 
@@ -171,53 +191,51 @@ def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, clas
 
 
 def _dsco(
-    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], bar
+    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], k: int
 ) -> writer.ConcentratedRows:
-    """DsCo per class: NOpt synthesizes IPC - m images, doping adds m = round(rho * IPC) real ones."""
+    """DsCo for class k: NOpt synthesizes IPC - m images, doping adds m = round(rho * IPC) real ones."""
     rows = writer.ConcentratedRows()
     m = round(cfg.doping_ratio * cfg.ipc)
     n = cfg.ipc - m
-    task = bar.add_task("NOpt + doping", total=len(class_ids), info=f"{n} synthetic + {m} real per class")
-    for k, class_id in enumerate(class_ids):
-        synthetic = None
-        if n:
-            targets = _nopt_targets(cfg, source, prior, k, class_id, n)
-            seeds = [derive_seed(cfg.seed, k, j) for j in range(n)]
-            images, _ = nopt_sample(
-                prior,
-                class_id,
-                seeds,
-                targets,
-                cfg.nopt,
-                steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                phi_seed=derive_seed(cfg.seed, "phi", k),
-                batch_size=cfg.sample_batch_size,
+    class_id = class_ids[k]
+    synthetic = None
+    if n:
+        targets = _nopt_targets(cfg, source, prior, k, class_id, n)
+        seeds = [derive_seed(cfg.seed, k, j) for j in range(n)]
+        images, _ = nopt_sample(
+            prior,
+            class_id,
+            seeds,
+            targets,
+            cfg.nopt,
+            steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            phi_seed=derive_seed(cfg.seed, "phi", k),
+            batch_size=cfg.sample_batch_size,
+        )
+        pixels = to_uint8(images)  # (n, C, H, W)
+        rows.add_synthetic([encode_png(image, channels) for image in pixels], seeds, k)
+        synthetic = pixels
+    if m:
+        if cfg.doping_select == "random":
+            picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
+        else:
+            side = min(source.image_shape[1:])
+            start = None
+            if synthetic is not None:  # synthetic images in the source's format, where herding measures
+                start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
+            picks = doping.select_herding(
+                source,
+                k,
+                m,
+                cfg.seed,
+                pool=cfg.herding_pool,
+                kernel=cfg.kernel,
+                feature_seed=cfg.feature_seed,
+                synthetic=start,
             )
-            pixels = to_uint8(images)  # (n, C, H, W)
-            rows.add_synthetic([encode_png(image, channels) for image in pixels], seeds, k)
-            synthetic = pixels
-        if m:
-            if cfg.doping_select == "random":
-                picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
-            else:
-                side = min(source.image_shape[1:])
-                start = None
-                if synthetic is not None:  # synthetic images in the source's format, where herding measures
-                    start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
-                picks = doping.select_herding(
-                    source,
-                    k,
-                    m,
-                    cfg.seed,
-                    pool=cfg.herding_pool,
-                    kernel=cfg.kernel,
-                    feature_seed=cfg.feature_seed,
-                    synthetic=start,
-                )
-            rows.add_real(source.raw_images(picks), picks, k)
-        bar.update(task, advance=1, info=f"class {k}")
+        rows.add_real(source.raw_images(picks), picks, k)
     return rows
 
 
@@ -250,19 +268,51 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
     }
 
 
-def _select(cfg: ConcentrateConfig, source: SourceData, bar) -> writer.ConcentratedRows:
+def _select(cfg: ConcentrateConfig, source: SourceData, k: int) -> writer.ConcentratedRows:
+    """`random` or `herding`: IPC real images of class k."""
     rows = writer.ConcentratedRows()
-    task = bar.add_task(f"select ({cfg.method})", total=source.num_classes, info="")
-    for k in range(source.num_classes):
-        if cfg.method == "random":
-            picks = doping.select_random(source.class_index[k], cfg.ipc, cfg.seed, k)
-        else:
-            picks = doping.select_herding(
-                source, k, cfg.ipc, cfg.seed, pool=cfg.herding_pool, kernel=cfg.kernel, feature_seed=cfg.feature_seed
-            )
-        rows.add_real(source.raw_images(picks), picks, k)
-        bar.update(task, advance=1, info=source.class_names[k])
+    if cfg.method == "random":
+        picks = doping.select_random(source.class_index[k], cfg.ipc, cfg.seed, k)
+    else:
+        picks = doping.select_herding(
+            source, k, cfg.ipc, cfg.seed, pool=cfg.herding_pool, kernel=cfg.kernel, feature_seed=cfg.feature_seed
+        )
+    rows.add_real(source.raw_images(picks), picks, k)
     return rows
+
+
+def _compute_unit(
+    unit: distributed.Unit, cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids
+) -> writer.ConcentratedRows:
+    """The rows of one work unit (its slots, in output order); the same whatever process computes it."""
+    if prior is None:
+        return _select(cfg, source, unit.classes[0])
+    if cfg.method == "diffusion":
+        return _synthesize(cfg, channels, prior, class_ids, unit.slots())
+    return _dsco(cfg, source, channels, prior, class_ids, unit.classes[0])
+
+
+def _run_units(
+    units: list[distributed.Unit], state: distributed.ProcessState, folder: Path, compute, bar, say, label: str
+) -> None:
+    """Compute this process's units that have no valid shard yet, writing each as a shard when it is done."""
+    mine = distributed.assign(units, state.rank, state.world_size)
+    todo = []
+    for unit in mine:
+        if writer.shard_path(folder, unit.index).exists():
+            try:
+                writer.read_shard(folder, unit.index, unit.stop - unit.start)
+                continue
+            except OutputError as err:
+                say(f"warning: {err}; recomputing unit {unit.index}")
+        todo.append(unit)
+    what = f"{len(todo)} of {len(mine)} units" + (f" on rank {state.rank}" if state.world_size > 1 else "")
+    task = bar.add_task(label, total=len(todo), info=what)
+    for unit in todo:
+        writer.write_shard(folder, unit.index, compute(unit))
+        bar.update(task, advance=1, info=f"unit {unit.index} (classes {unit.classes[0]}-{unit.classes[-1]})")
+    if not state.is_main:  # the main process has a progress bar; the others say what they did
+        say(f"rank {state.rank} of {state.world_size}: {len(todo)} of {len(mine)} units computed")
 
 
 def _as_source(ds: datasets.Dataset, name: str, class_names: list[str]) -> SourceData:
@@ -291,8 +341,9 @@ def _evaluate(
     """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC."""
     channels, height, width = test.image_shape
     size = min(height, width)
-    test_images = decode_images(test, range(len(test.labels)), channels, size)
-    test_labels = torch.from_numpy(test.labels)
+    test_rows = np.flatnonzero(test.labels >= 0)  # with --classes, rows of other classes are labelled -1
+    test_images = decode_images(test, test_rows, channels, size)
+    test_labels = torch.from_numpy(test.labels[test_rows])
     sets = [("result", train, np.arange(len(train.labels)))]
     if baseline_source is not None:
         rows = np.concatenate(
@@ -304,7 +355,7 @@ def _evaluate(
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
         "protocol": {**_protocol(cfg, channels)},
-        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test.labels)},
+        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, source, rows in sets:
@@ -369,50 +420,95 @@ def _write_card(
     tmp.replace(folder / "README.md")
 
 
-def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> ConcentrateResult:
-    """`dsco-hub concentrate`: select, write, evaluate and card a concentrated set into `cfg.out`.
+def concentrate(
+    cfg: ConcentrateConfig, command: str | None = None, report: Callable[[str], Any] | None = None
+) -> ConcentrateResult:
+    """`dsco-hub concentrate`: select or synthesize, write, evaluate and card a concentrated set into `cfg.out`.
+
+    The work is a list of units (`distributed.plan_units`: a class for `dsco`, `random` and `herding`, blocks of
+    slots for `diffusion`), fixed by the settings. Under `torchrun` / `accelerate launch` each process computes the
+    units `rank, rank + W, ...`; every finished unit is a shard in `OUT.partial/`, so rerunning the same command
+    after a crash skips finished units. The main process then assembles the set in unit order, writes the card,
+    evaluates and pushes; the other processes return once their units are written. Seeds derive from
+    `(seed, class, slot)`, so the output does not depend on the number of processes.
 
     Args:
         cfg (`ConcentrateConfig`): the run settings.
         command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv`).
+        report (`Callable[[str], Any]`, *optional*): called with one-line status messages (resume, corrupt shard
+            recomputed, already complete).
 
     Returns:
-        `ConcentrateResult`: the output folder and its `dsco:` card block.
+        `ConcentrateResult`: the output folder and its `dsco:` card block (`main=False` and an empty block on the
+        other processes of a launch).
 
     Raises:
-        ConfigError: invalid settings, or IPC larger than the smallest class.
-        OutputError: `cfg.out` is not empty and `cfg.overwrite` is False.
+        ConfigError: invalid settings, IPC larger than the smallest class, or settings that differ from the saved
+            run or the finished set in `cfg.out` (without `cfg.overwrite`).
+        OutputError: `cfg.out` is a non-empty folder not written by dsco-hub and `cfg.overwrite` is False.
         SourceError: the source or its test split cannot be used.
         ImageDecodeError: an image cannot be decoded (names the row).
     """
+    presets.apply_preset(cfg)
     cfg.validate()
-    out = writer.check_output(cfg.out, cfg.overwrite)
-    if cfg.push is not None:
+    say = report or (lambda message: print(message, file=sys.stderr))
+    state = distributed.process_state()
+    out = Path(cfg.out)
+    plain = json.loads(json.dumps(cfg.to_dict(), default=str))  # as saved in JSON (tuples become lists)
+    if writer.check_output(out, cfg.overwrite, run_settings(plain, "set")):
+        if state.is_main:
+            say(f"{out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
+        dsco = dict(DatasetCard.load(out / "README.md").data.get("dsco") or {})
+        pushed = _push_written(out.resolve(), cfg.push) if cfg.push is not None and state.is_main else None
+        return ConcentrateResult(out=out.resolve(), dsco=dsco, push=pushed, main=state.is_main)
+    settings = run_settings(plain, "rows")
+    folder, discard = writer.check_run(out, settings, cfg.overwrite)
+    if cfg.push is not None and state.is_main:
         hub.preflight(cfg.push)  # repo id, token and its user checked before any heavy work
-    with progress_bar() as bar:
+    with progress_bar(disable=not state.is_main) as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
         # In data-free mode SOURCE is optional and serves only the evaluation; synthesis reads no image
         labels = list(cfg.labels) if cfg.data_free else None
         source = load_source(cfg.source, class_names=labels) if not cfg.data_free or cfg.source.source else None
         class_names = labels or source.class_names
         name = source.source_id if source is not None else "data-free class names"
-        prior = None
+        prior, class_ids = None, None
         if cfg.method in REAL_METHODS:
             _check_ipc(source, cfg.ipc)
         else:
-            prior, class_ids = _load_model(cfg, class_names, name)
+            prior, class_ids = _load_model(cfg, class_names, name, source, state.device)
             if cfg.method == "dsco" and not cfg.data_free:
                 _check_ipc(source, max(round(cfg.doping_ratio * cfg.ipc), 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
         bar.advance(task)
-        test = load_test_source(cfg.source, class_names) if cfg.evaluate and source is not None else None
+        evaluate = cfg.evaluate and source is not None and state.is_main
+        test = load_test_source(cfg.source, class_names) if evaluate else None
         bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(class_names)} classes")
-        if prior is None:
-            rows = _select(cfg, source, bar)
-        elif cfg.method == "diffusion":
-            rows = _synthesize(cfg, channels, prior, class_ids, bar)
-        else:
-            rows = _dsco(cfg, source, channels, prior, class_ids, bar)
+
+        # Units: each process computes its own, each finished unit is a shard in OUT.partial
+        units = distributed.plan_units(cfg.method, cfg.ipc, len(class_names))
+        if state.is_main:
+            writer.prepare_run(folder, settings, len(units), discard)
+        state.wait_for_everyone()
+        done = sum(writer.shard_path(folder, unit.index).exists() for unit in units)
+        if done and state.is_main:
+            say(f"resuming {folder}: {done} of {len(units)} units done")
+        label = {"dsco": "NOpt + doping", "diffusion": "sample (diffusion)"}.get(cfg.method, f"select ({cfg.method})")
+        _run_units(
+            units,
+            state,
+            folder,
+            lambda unit: _compute_unit(unit, cfg, source, channels, prior, class_ids),
+            bar,
+            say,
+            label,
+        )
+        state.wait_for_everyone()
+        if not state.is_main:
+            return ConcentrateResult(out=out.resolve(), dsco={}, main=False)
+        rows = writer.ConcentratedRows()
+        for unit in units:
+            rows.extend(writer.read_shard(folder, unit.index, unit.stop - unit.start))
 
         staging = writer.staging_dir(out)
         try:
@@ -459,8 +555,35 @@ def concentrate(cfg: ConcentrateConfig, command: str | None = None) -> Concentra
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    shutil.rmtree(folder, ignore_errors=True)  # the set is complete: its units are no longer needed
     pushed = _push_written(final, cfg.push) if cfg.push is not None else None
     return ConcentrateResult(out=final, dsco=dsco, push=pushed)
+
+
+def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
+    """`dsco-hub concentrate --dry-run`: the plan of a run (classes, units, denoiser calls, size, time), no writes.
+
+    A preset needs no download (its classes and its model's FLOPs are known); otherwise the source's labels are
+    read to count classes and the model's configs to count FLOPs (`plan.model_cost`).
+
+    Raises:
+        ConfigError: invalid settings, or IPC larger than the smallest class.
+        SourceError, ModelError: the source or the model's configs cannot be read.
+    """
+    presets.apply_preset(cfg)
+    cfg.validate()
+    image_shape = None
+    if cfg.preset is not None:
+        wnids = presets.PRESETS[cfg.preset].wnids
+        num_classes = len(cfg.source.classes or wnids or range(presets.IMAGENET_CLASSES))
+    elif cfg.data_free:
+        num_classes = len(cfg.labels)
+    else:
+        source = load_source(cfg.source)
+        _check_ipc(source, cfg.ipc if cfg.method in REAL_METHODS else round(cfg.doping_ratio * cfg.ipc))
+        num_classes, image_shape = source.num_classes, source.image_shape
+    cost = None if cfg.method in REAL_METHODS else plan.model_cost(cfg.model, cfg.model_revision)
+    return plan.make_plan(cfg, num_classes, cost, image_shape)
 
 
 def _push_written(folder: Path, cfg: HubConfig) -> hub.PushResult:

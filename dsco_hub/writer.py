@@ -10,6 +10,13 @@ Layout (what `push_to_hub` would produce, plus our extras):
 
 Everything is written into a staging folder beside `OUT` and moved into place only when complete,
 so a failed run never leaves a half-written folder that looks finished.
+
+While a run is under way, its finished work units live in a run folder beside `OUT`, so a rerun of
+the same command resumes (removed once `OUT` is complete):
+
+    OUT.partial/
+      run_config.json                 the settings the shards depend on (`config.run_settings(..., "rows")`)
+      units/unit-000000.parquet       one shard per finished unit (written to a temp file, then renamed)
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets.table import embed_table_storage
 
-from dsco_hub.errors import OutputError
+from dsco_hub.config import first_difference, run_settings
+from dsco_hub.errors import ConfigError, OutputError
 
 PROVENANCE = ("source", "source_index", "seed")
 
@@ -69,6 +79,11 @@ class ConcentratedRows:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def extend(self, other: ConcentratedRows) -> None:
+        """Append the rows of `other` (e.g. the next unit's shard)."""
+        for name in ("images", "labels", "source", "source_index", "seed"):
+            getattr(self, name).extend(getattr(other, name))
+
 
 def features(class_names: list[str]) -> datasets.Features:
     """The output schema: `image` (Image), `label` (ClassLabel with the source's names) and provenance."""
@@ -98,20 +113,156 @@ def build_dataset(rows: ConcentratedRows, class_names: list[str]) -> datasets.Da
     return ds.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True).with_format(None)
 
 
-def check_output(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty output folder unless `overwrite`; called before any heavy work.
+def check_output(out: str | Path, overwrite: bool, settings: dict | None = None) -> bool:
+    """Check `--out` before any heavy work; tell whether it already holds this very set.
+
+    A finished set (with `dsco_config.json`) made with the same `settings` makes the rerun a no-op; with other
+    settings it is refused (naming the first differing option) unless `overwrite`. Any other non-empty folder is
+    refused unless `overwrite`.
+
+    Args:
+        out (`str` or `Path`): the output folder.
+        overwrite (`bool`): replace what is there.
+        settings (`dict`, *optional*): `config.run_settings(cfg.to_dict(), "set")` of this run.
+
+    Returns:
+        `bool`: True when `out` is already complete with the same settings (and not `overwrite`).
 
     Raises:
-        OutputError: `out` is a file, or a non-empty folder and `overwrite` is False.
+        OutputError: `out` is a file, or a non-empty folder not written by dsco-hub and `overwrite` is False.
+        ConfigError: `out` is a finished set made with other settings and `overwrite` is False.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out={str(out)!r} is a file; pass a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(
-            f"--out={str(out)!r} exists and is not empty; pass --overwrite to replace it, or another --out."
+    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+        return False
+    saved = out / "dsco_config.json"
+    if settings is not None and saved.exists() and (out / "README.md").exists():
+        try:
+            diff = first_difference(run_settings(json.loads(saved.read_text()), "set"), settings)
+        except (ValueError, AttributeError):
+            diff = ("dsco_config.json", "unreadable", "-")
+        if diff is None:
+            return True
+        option, there, now = diff
+        raise ConfigError(
+            f"{option} differs from the finished set in {out} ({there} there, {now} now); rerun with the same "
+            "options, pass --overwrite to replace it, or choose another --out."
         )
-    return out
+    raise OutputError(f"--out={str(out)!r} exists and is not empty; pass --overwrite to replace it, or another --out.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run folder: one shard per finished unit, so that a rerun resumes
+# ---------------------------------------------------------------------------------------------------------------
+
+RUN_CONFIG = "run_config.json"
+_SHARD_SCHEMA = pa.schema(
+    [
+        ("image_bytes", pa.binary()),
+        ("image_path", pa.string()),
+        ("label", pa.int64()),
+        ("source", pa.string()),
+        ("source_index", pa.int64()),
+        ("seed", pa.int64()),
+    ]
+)
+
+
+def run_folder(out: str | Path) -> Path:
+    """`OUT.partial`, the run folder beside `out` where finished units wait for the assembly."""
+    out = Path(out).resolve()
+    return out.with_name(out.name + ".partial")
+
+
+def check_run(out: str | Path, settings: dict, overwrite: bool) -> tuple[Path, bool]:
+    """Compare a saved run (if any) with this run's settings; read-only, so every process can call it.
+
+    Args:
+        out (`str` or `Path`): the output folder.
+        settings (`dict`): `config.run_settings(cfg.to_dict(), "rows")` of this run.
+        overwrite (`bool`): a saved run with other settings is to be discarded instead of refused.
+
+    Returns:
+        `tuple[Path, bool]`: the run folder, and whether it must be discarded (other settings and `overwrite`).
+
+    Raises:
+        ConfigError: a saved run has other settings and `overwrite` is False (names the first differing option).
+    """
+    folder = run_folder(out)
+    saved = folder / RUN_CONFIG
+    if not saved.exists():
+        return folder, False
+    try:
+        diff = first_difference(json.loads(saved.read_text())["settings"], settings)
+    except (ValueError, KeyError, TypeError):
+        diff = (RUN_CONFIG, "unreadable", "-")
+    if diff is None:
+        return folder, False
+    if overwrite:
+        return folder, True
+    option, there, now = diff
+    raise ConfigError(
+        f"{option} differs from the saved run in {folder} ({there} there, {now} now); rerun with the same "
+        "options to resume it, or pass --overwrite to start over."
+    )
+
+
+def prepare_run(folder: Path, settings: dict, num_units: int, discard: bool) -> None:
+    """Create (or, with `discard`, recreate) the run folder and save the settings; main process only."""
+    if discard:
+        shutil.rmtree(folder, ignore_errors=True)
+    (folder / "units").mkdir(parents=True, exist_ok=True)
+    if not (folder / RUN_CONFIG).exists():
+        write_json(folder / RUN_CONFIG, {"settings": settings, "num_units": num_units})
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    """Where unit `index` is stored: `folder/units/unit-XXXXXX.parquet`."""
+    return folder / "units" / f"unit-{index:06d}.parquet"
+
+
+def write_shard(folder: Path, index: int, rows: ConcentratedRows) -> Path:
+    """Write unit `index`'s rows as a parquet shard, atomically (temp file + rename) so a kill never leaves half."""
+    table = pa.table(
+        {
+            "image_bytes": [im.get("bytes") for im in rows.images],
+            "image_path": [im.get("path") for im in rows.images],
+            "label": rows.labels,
+            "source": rows.source,
+            "source_index": rows.source_index,
+            "seed": rows.seed,
+        },
+        schema=_SHARD_SCHEMA.with_metadata({"dsco_hub_unit": str(index)}),
+    )
+    path = shard_path(folder, index)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_shard(folder: Path, index: int, num_rows: int) -> ConcentratedRows:
+    """Read unit `index`'s shard back.
+
+    Raises:
+        OutputError: the shard is missing, unreadable, of another unit or has not `num_rows` rows.
+    """
+    path = shard_path(folder, index)
+    try:
+        table = pq.read_table(path, schema=_SHARD_SCHEMA)
+        unit = (pq.read_schema(path).metadata or {}).get(b"dsco_hub_unit")
+    except Exception as err:  # pyarrow raises several types for truncated or garbled files
+        raise OutputError(f"shard {path} is unreadable ({type(err).__name__}: {err})") from err
+    if unit != str(index).encode() or table.num_rows != num_rows:
+        raise OutputError(f"shard {path} holds {table.num_rows} rows of unit {unit!r}, not {num_rows} of {index}")
+    data = table.to_pydict()
+    rows = ConcentratedRows()
+    rows.images = [{"bytes": b, "path": p} for b, p in zip(data["image_bytes"], data["image_path"])]
+    rows.labels, rows.source = data["label"], data["source"]
+    rows.source_index, rows.seed = data["source_index"], data["seed"]
+    return rows
 
 
 def staging_dir(out: str | Path) -> Path:
