@@ -117,10 +117,11 @@ def write_table(done: dict, args) -> None:
     order = ["random", "herding", *SYNTHETIC]
     variants = {(m, p) for m, _, p in done}
     methods = sorted(variants, key=lambda mp: (mp[1] != "", order.index(mp[0]) if mp[0] in order else 99, mp[1]))
+    method_names = " ".join(dict.fromkeys(m for m, _ in methods))
     lines = [
         "# Concentration methods on Fashion-MNIST (ConvNet-3, hard labels)",
         "",
-        f"Command: `python bench/baselines.py --source {args.source} --methods {' '.join(dict.fromkeys(m for m, _ in methods))} --ipcs "
+        f"Command: `python bench/baselines.py --source {args.source} --methods {method_names} --ipcs "
         f"{' '.join(map(str, ipcs))} --runs {args.runs} --epochs {args.epochs}` (rows appended to "
         f"`{args.results}` as they finish; `--table-only` rewrites this table). Test accuracy (%) on the 10,000 test "
         f"images, mean ± std over "

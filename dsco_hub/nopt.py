@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from diffusers import DDIMScheduler
@@ -108,11 +109,7 @@ def nopt_sample(
         for i in range(cfg.iters if s < optimized_steps else 0):
             phi = RandomFeatures(prior.sample_shape[0], derive_seed(phi_seed, s, i), width=cfg.width).to(device)
             target_features = embed(phi, targets)  # (M, D)
-
-            def features(x_t: torch.Tensor) -> torch.Tensor:  # phi(x0_hat(x_t)) through one guided call
-                eps = prior.predict_noise(x_t, t, labels[: len(x_t)], guidance_scale)
-                return phi(((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float())
-
+            features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
             loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
@@ -133,6 +130,13 @@ def nopt_sample(
     with torch.no_grad():
         images = torch.cat([prior.decode(xb).cpu() for xb in x.split(batch_size)])
     return images, NOptTrace(first_mmd2=first, last_mmd2=last, iterations=count)
+
+
+def _x0_features(prior, phi, t, alpha, class_id: int, guidance_scale: float, x_t: torch.Tensor) -> torch.Tensor:
+    """`phi(x0_hat(x_t))` `(n, D)`: the x0 prediction of one guided denoiser call at timestep `t`, embedded."""
+    labels = torch.full((len(x_t),), class_id, dtype=torch.long, device=x_t.device)
+    eps = prior.predict_noise(x_t, t, labels, guidance_scale)
+    return phi(((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float())
 
 
 def _mmd_gradient(
