@@ -252,10 +252,10 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "scheduler": cfg.scheduler,
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance_scale,
+        "eta": cfg.eta,
         "sample_batch_size": cfg.sample_batch_size,
         "resolution": prior.image_shape[1],
     }
-    sampler["eta"] = cfg.eta
     if cfg.method != "dsco":
         return sampler
     n = cfg.ipc - round(cfg.doping_ratio * cfg.ipc)  # synthetic images per class

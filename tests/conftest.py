@@ -8,7 +8,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
+from diffusers import DDIMScheduler
 from PIL import Image
+
+from dsco_hub.config import PriorTrainConfig
+from dsco_hub.models import save_unet_prior
+from dsco_hub.prior import build_unet
 
 CLASS_NAMES = ["circle", "square", "stripe"]
 
@@ -81,3 +87,13 @@ def tiny_repo(tmp_path) -> Path:
     train = tiny_dataset(modes=("L", "RGB", "P", "RGBA"))
     test = tiny_dataset(per_class=(4, 4, 4), seed_offset=100)
     return write_repo(tmp_path / "tiny", train, test)
+
+
+@pytest.fixture
+def tiny_prior(tmp_path):
+    """A tiny untrained class-conditional UNet prior (1 channel, 16 px, CLASS_NAMES) saved as a diffusers folder."""
+    torch.manual_seed(0)
+    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), len(CLASS_NAMES), 1, 16)
+    folder = tmp_path / "prior"
+    save_unet_prior(unet, DDIMScheduler(num_train_timesteps=50), dict(enumerate(CLASS_NAMES)), folder)
+    return folder

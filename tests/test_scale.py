@@ -11,26 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from diffusers import DDIMScheduler
 
 from dsco_hub import distributed, pipeline, writer
-from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.errors import ConfigError
-from dsco_hub.models import save_unet_prior
-from dsco_hub.prior import build_unet
 
 DATA = Path("data") / "train-00000-of-00001.parquet"
 COMPUTE_UNIT = pipeline._compute_unit
-
-
-@pytest.fixture
-def tiny_prior(tmp_path):
-    torch.manual_seed(0)
-    unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 3, 1, 16)
-    folder = tmp_path / "prior"
-    save_unet_prior(unet, DDIMScheduler(num_train_timesteps=50), {0: "circle", 1: "square", 2: "stripe"}, folder)
-    return folder
 
 
 def _cfg(source, out, model, **kwargs) -> ConcentrateConfig:
