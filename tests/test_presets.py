@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_cli import dsco
 from test_models import tiny_dit  # noqa: F401 (fixture)
-from test_scale import _cfg, tiny_prior  # noqa: F401 (fixture)
+from test_scale import _cfg
 
 from dsco_hub import pipeline, plan, presets
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
