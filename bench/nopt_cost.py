@@ -1,13 +1,14 @@
 """Benchmark: the cost of NOpt over plain guided DDIM sampling (wall time and peak memory).
 
     python bench/nopt_cost.py --model dsco_hub/resources/prior_fashion_mnist \
-        --source ../shared/data/fashion_mnist --ipc 10 --steps 25 100
+        --source ../shared/data/fashion_mnist --ipc 10 --steps 25 100 --target-batch 0 128
 
-For one class at a time, `--ipc` images are sampled in one batch, once plainly (`models.sample`) and
-once with NOpt (`nopt.nopt_sample`, default `NOptConfig`: window 0.5, 1 iteration per step, 500 real
-targets), from the same seeds. Each measurement runs in a fresh process so its peak resident memory
-(`ru_maxrss`) is its own. Targets: NOpt at most 3x the wall time of plain sampling, and the same peak
-memory at 25 and 100 steps (the gradient goes through one denoiser call per iteration). Writes
+For one class at a time, `--ipc` images are sampled in one batch, once plainly (`models.sample`)
+and once with NOpt (`nopt.nopt_sample`, default `NOptConfig`: window 0.5, 1 iteration per step,
+500 real targets) for each `--target-batch` (targets embedded per iteration, 0 = all 500), from
+the same seeds. Each measurement runs in a fresh process so its peak resident memory (`ru_maxrss`)
+is its own. Targets: NOpt at most 3x the wall time of plain sampling, and the same peak memory at
+25 and 100 steps (the gradient goes through one denoiser call per iteration). Writes
 `bench/results/nopt_cost.md`.
 """
 
@@ -36,7 +37,7 @@ def measure(args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     prior = load_prior(args["model"])
     source = load_source(SourceConfig(source=args["source"]))
-    cfg = NOptConfig()
+    cfg = NOptConfig(target_batch=args.get("target_batch") or None)
     seconds = []
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for k in args["classes"]:
@@ -57,17 +58,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dsco_hub/resources/prior_fashion_mnist")
     parser.add_argument("--source", default="../shared/data/fashion_mnist")
-    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--ipc", type=int, nargs="+", default=[10])
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 100])
+    parser.add_argument("--target-batch", type=int, nargs="+", default=[0], help="0 = all targets")
     parser.add_argument("--classes", type=int, nargs="+", default=[0, 5, 9])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results/nopt_cost.md")
     args = parser.parse_args()
+    modes = [("plain", 0)] + [("nopt", b) for b in args.target_batch]
     jobs = [
-        {"mode": mode, "steps": steps, "model": args.model, "source": args.source, "ipc": args.ipc}
-        | {"classes": args.classes, "threads": args.threads}
+        {"mode": mode, "target_batch": batch, "steps": steps, "ipc": ipc}
+        | {"model": args.model, "source": args.source, "classes": args.classes, "threads": args.threads}
+        for ipc in args.ipc
         for steps in args.steps
-        for mode in ("plain", "nopt")
+        for mode, batch in modes
     ]
     results = []
     ctx = multiprocessing.get_context("spawn")
@@ -75,30 +79,37 @@ def main() -> None:
         with ctx.Pool(1) as pool:  # a fresh process per measurement: its own peak RSS
             result = pool.apply(measure, (job,))
         results.append(result)
-        print(json.dumps({k: result[k] for k in ("mode", "steps", "seconds_per_class", "peak_mib")}))
+        print(json.dumps({k: result[k] for k in ("mode", "target_batch", "ipc", "steps", "seconds_per_class")}))
 
-    by = {(r["mode"], r["steps"]): r for r in results}
+    by = {(r["mode"], r["target_batch"], r["ipc"], r["steps"]): r for r in results}
+    ipcs, steps_list, batches = " ".join(map(str, args.ipc)), " ".join(map(str, args.steps)), args.target_batch
     lines = [
         "# NOpt cost over plain guided DDIM sampling",
         "",
-        f"Command: `python bench/nopt_cost.py --model {args.model} --source {args.source} --ipc {args.ipc} "
-        f"--steps {' '.join(map(str, args.steps))} --classes {' '.join(map(str, args.classes))} "
-        f"--threads {args.threads}`. Machine: {platform.machine()}, {args.threads} torch thread(s), "
-        f"torch {torch.__version__}, fp32.",
+        f"Command: `python bench/nopt_cost.py --model {args.model} --source {args.source} --ipc {ipcs} "
+        f"--steps {steps_list} --target-batch {' '.join(map(str, batches))} "
+        f"--classes {' '.join(map(str, args.classes))} --threads {args.threads}`. Machine: {platform.machine()}, "
+        f"{args.threads} torch thread(s), torch {torch.__version__}, fp32.",
         "",
-        f"Per class: {args.ipc} images in one batch, guidance 2.0; NOpt with the default settings "
-        f"({NOptConfig()}). Seconds are the mean over classes {args.classes}; peak memory is the measuring "
-        "process's peak resident set (model, source index and 500 targets included).",
+        f"Per class: IPC images in one batch, guidance 2.0; NOpt with the default settings ({NOptConfig()}) "
+        "except the targets embedded per iteration (target batch; all = the 500 targets). Seconds are the mean "
+        f"over classes {args.classes}; peak memory is the measuring process's peak resident set (model, source "
+        "index and 500 targets included).",
         "",
-        "| DDIM steps | plain (s / class) | NOpt (s / class) | NOpt / plain | peak MiB plain | peak MiB NOpt |",
-        "|---|---|---|---|---|---|",
+        "| IPC | DDIM steps | target batch | plain (s / class) | NOpt (s / class) | NOpt / plain "
+        "| peak MiB plain | peak MiB NOpt |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for steps in args.steps:
-        p, n = by[("plain", steps)], by[("nopt", steps)]
-        lines.append(
-            f"| {steps} | {p['seconds_per_class']:.2f} | {n['seconds_per_class']:.2f} | "
-            f"{n['seconds_per_class'] / p['seconds_per_class']:.2f}x | {p['peak_mib']:.0f} | {n['peak_mib']:.0f} |"
-        )
+    for ipc in args.ipc:
+        for steps in args.steps:
+            p = by[("plain", 0, ipc, steps)]
+            for batch in batches:
+                n = by[("nopt", batch, ipc, steps)]
+                lines.append(
+                    f"| {ipc} | {steps} | {batch or 'all'} | {p['seconds_per_class']:.2f} | "
+                    f"{n['seconds_per_class']:.2f} | {n['seconds_per_class'] / p['seconds_per_class']:.2f}x | "
+                    f"{p['peak_mib']:.0f} | {n['peak_mib']:.0f} |"
+                )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 

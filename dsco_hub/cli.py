@@ -134,6 +134,10 @@ def concentrate(
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.1,
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
     nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
+    nopt_target_batch: Annotated[
+        Optional[int],
+        typer.Option(help="Targets embedded per NOpt iteration, a fresh random subset (default: all; set: faster)."),
+    ] = None,
     classes: Annotated[
         Optional[str], typer.Option(help="Keep only these classes: names or label indices, comma-separated.")
     ] = None,
@@ -188,7 +192,13 @@ def concentrate(
         sample_batch_size=sample_batch_size,
         dtype=dtype,
         nopt=NOptConfig(
-            window=nopt_window, iters=nopt_iters, lr=nopt_lr, targets=nopt_targets, kernel=kernel, width=nopt_width
+            window=nopt_window,
+            iters=nopt_iters,
+            lr=nopt_lr,
+            targets=nopt_targets,
+            kernel=kernel,
+            width=nopt_width,
+            target_batch=nopt_target_batch,
         ),
         gradient_checkpointing=gradient_checkpointing,
         doping_ratio=doping_ratio,

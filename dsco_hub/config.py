@@ -97,6 +97,9 @@ class NOptConfig:
     targets: int = 500  # real images per class whose features are the MMD target (a seeded subset)
     kernel: str = "gaussian"  # multi-bandwidth Gaussian (median heuristic) or linear (mean matching)
     width: int = 128  # channels of the random ConvNet-3 feature map, resampled at every iteration
+    # targets embedded per iteration: a fresh seeded subset of the `targets` (None = all of them), the real batch
+    # that Zhao and Bilen's distribution matching draws per iteration; the target embedding dominates NOpt's cost
+    target_batch: int | None = None
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
@@ -106,6 +109,10 @@ class NOptConfig:
         _check(self.targets >= 2, f"--nopt-targets={self.targets} must be at least 2 (the MMD needs a set).")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.width >= 1, f"--nopt-width={self.width} must be at least 1.")
+        _check(
+            self.target_batch is None or self.target_batch >= 2,
+            f"--nopt-target-batch={self.target_batch} must be at least 2 (the MMD needs a set); omit it to use all.",
+        )
 
 
 @dataclass

@@ -62,7 +62,8 @@ def nopt_sample(
         targets (`torch.Tensor`): `(M, *prior.sample_shape)` target samples in the denoiser's space (pixels in
             `[-1, 1]`, or latents from `prior.encode`), `M >= 2`: real images of the class, or a pool of the
             model's own samples in data-free mode.
-        cfg (`NOptConfig`): window, iterations, step length, kernel, feature width.
+        cfg (`NOptConfig`): window, iterations, step length, kernel, feature width, and the targets embedded per
+            iteration (`cfg.target_batch`: a subset drawn with the feature map's seed, or all M).
         steps (`int`, *optional*, defaults to 25): DDIM steps.
         guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
         eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity in `[0, 1]`; the step noise of image j
@@ -108,7 +109,7 @@ def nopt_sample(
         # Noise optimization: normalised gradient steps on x_t, then back to its per-image norm
         for i in range(cfg.iters if s < optimized_steps else 0):
             phi = RandomFeatures(prior.sample_shape[0], derive_seed(phi_seed, s, i), width=cfg.width).to(device)
-            target_features = embed(phi, targets)  # (M, D)
+            target_features = embed(phi, _target_batch(targets, cfg.target_batch, derive_seed(phi_seed, s, i)))
             features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
             loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():
@@ -130,6 +131,14 @@ def nopt_sample(
     with torch.no_grad():
         images = torch.cat([prior.decode(xb).cpu() for xb in x.split(batch_size)])
     return images, NOptTrace(first_mmd2=first, last_mmd2=last, iterations=count)
+
+
+def _target_batch(targets: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
+    """A seeded random subset of `size` rows of `targets` `(M, ...)` (all of them when `size` is None or >= M)."""
+    if size is None or size >= len(targets):
+        return targets
+    rows = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))[:size]
+    return targets[rows.to(targets.device)]
 
 
 def _x0_features(prior, phi, t, alpha, class_id: int, guidance_scale: float, x_t: torch.Tensor) -> torch.Tensor:

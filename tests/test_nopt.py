@@ -80,6 +80,23 @@ def test_nopt_is_deterministic(prior):
     assert a.numpy().tobytes() == b.numpy().tobytes()
 
 
+def test_a_target_batch_draws_seeded_subsets_and_still_lowers_the_mmd(prior):
+    targets = (sample(prior, [0] * 40, list(range(100, 140)), steps=10) + 0.3).clamp(-1, 1)
+    seeds = list(range(6))
+    plain = sample(prior, [0] * 6, seeds, steps=10, guidance_scale=2.0)
+    full, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2), steps=10)
+    # a batch as large as the target set is the full set
+    whole, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2, target_batch=40), steps=10)
+    assert whole.numpy().tobytes() == full.numpy().tobytes()
+    cfg = NOptConfig(window=0.6, iters=2, target_batch=8)
+    subset, trace = nopt_sample(prior, 0, seeds, targets, cfg, steps=10)
+    again, _ = nopt_sample(prior, 0, seeds, targets, cfg, steps=10)
+    assert subset.numpy().tobytes() == again.numpy().tobytes()
+    assert (subset - full).abs().max() > 1e-3  # the MMD saw other targets
+    assert trace.iterations == 12
+    assert _final_mmd(subset, targets) < _final_mmd(plain, targets)
+
+
 @pytest.mark.parametrize(
     "cfg, match",
     [
@@ -87,6 +104,7 @@ def test_nopt_is_deterministic(prior):
         (NOptConfig(lr=0), "--nopt-lr=0"),
         (NOptConfig(targets=1), "--nopt-targets=1"),
         (NOptConfig(kernel="cosine"), "--kernel='cosine'"),
+        (NOptConfig(target_batch=1), "--nopt-target-batch=1"),
     ],
 )
 def test_bad_settings_are_refused(prior, cfg, match):
