@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dsco_hub import pipeline
-from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.models import shipped_prior_path
 
@@ -57,6 +57,8 @@ def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     if method not in SYNTHETIC:
         return ConcentrateConfig(source=source, method=method, **common)
     sampler = dict(model=args.model, **common)
+    if args.nopt_target_batch is not None:
+        sampler["nopt"] = NOptConfig(target_batch=args.nopt_target_batch)
     if method == "diffusion":
         return ConcentrateConfig(source=source, method="diffusion", **sampler)
     if method == "dsco":
@@ -77,16 +79,17 @@ def run(args) -> None:
     if results.exists():
         for line in results.read_text().splitlines():
             row = json.loads(line)
-            done[(row["method"], row["ipc"], row.get("prior", ""))] = row
+            done[(row["method"], row["ipc"], row.get("prior", ""), row.get("variant", ""))] = row
     if args.table_only:
         write_table(done, args)
         return
     for ipc in args.ipcs:
         for method in args.methods:
             prior = digest if method in SYNTHETIC else ""
-            if (method, ipc, prior) in done:
+            variant = variant_name(method, args)
+            if (method, ipc, prior, variant) in done:
                 continue
-            out = work / f"{method}-ipc{ipc}"
+            out = work / f"{method}-ipc{ipc}{'-' + variant.replace(' ', '') if variant else ''}"
             started = time.time()
             cfg = method_config(method, ipc, out, args)
             pipeline.concentrate(cfg, command="bench/baselines.py")
@@ -97,6 +100,7 @@ def run(args) -> None:
                 "method": method,
                 "ipc": ipc,
                 "prior": prior,
+                **({"variant": variant} if variant else {}),
                 **({"doping_ratio": args.doping_ratio} if method == "dsco-doped" else {}),
                 **block["result"],
                 "select_seconds": round(made, 1),
@@ -106,18 +110,31 @@ def run(args) -> None:
             }
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            done[(method, ipc, prior)] = row
+            done[(method, ipc, prior, variant)] = row
             write_table(done, args)
+
+
+def variant_name(method: str, args) -> str:
+    """The row's settings that differ from the defaults (part of its identity), e.g. "target batch 128"."""
+    if method in SYNTHETIC and method != "diffusion" and args.nopt_target_batch is not None:
+        return f"target batch {args.nopt_target_batch}"
+    return ""
+
+
+def row_name(method: str, prior: str, variant: str) -> str:
+    """How a row is named in the table: the method, then the prior's digest and non-default settings."""
+    details = ", ".join(d for d in (f"prior {prior}" if prior else "", variant) if d)
+    return f"{method} ({details})" if details else method
 
 
 def write_table(done: dict, args) -> None:
     """Write the markdown table of every finished (method, IPC) beside the published figures."""
     published = PUBLISHED["Fashion-MNIST"]
-    ipcs = sorted({ipc for _, ipc, _ in done} | set(args.ipcs))
+    ipcs = sorted({ipc for _, ipc, _, _ in done} | set(args.ipcs))
     order = ["random", "herding", *SYNTHETIC]
-    variants = {(m, p) for m, _, p in done}
-    methods = sorted(variants, key=lambda mp: (mp[1] != "", order.index(mp[0]) if mp[0] in order else 99, mp[1]))
-    method_names = " ".join(dict.fromkeys(m for m, _ in methods))
+    variants = {(m, p, v) for m, _, p, v in done}
+    methods = sorted(variants, key=lambda m: (m[1] != "", order.index(m[0]) if m[0] in order else 99, m[1], m[2]))
+    method_names = " ".join(dict.fromkeys(m for m, _, _ in methods))
     lines = [
         "# Concentration methods on Fashion-MNIST (ConvNet-3, hard labels)",
         "",
@@ -131,18 +148,18 @@ def write_table(done: dict, args) -> None:
         "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
         "|---|" + "---|" * len(ipcs),
     ]
-    for method, prior in methods:
+    for method, prior, variant in methods:
         cells = []
         for ipc in ipcs:
-            row = done.get((method, ipc, prior))
+            row = done.get((method, ipc, prior, variant))
             cells.append(f"{row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f}" if row else "—")
-        name = f"{method} (prior {prior})" if prior else method
+        name = row_name(method, prior, variant)
         lines.append(f"| dsco-hub {name} | " + " | ".join(cells) + " |")
     for name in ("random", "herding", "DC", "DSA"):
         lines.append(f"| published {name} | " + " | ".join(str(published[name].get(i, "—")) for i in ipcs) + " |")
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
-    for (method, ipc, prior), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
-        name = f"{method} (prior {prior})" if prior else method
+    for (method, ipc, prior, variant), row in sorted(done.items(), key=lambda kv: (kv[0][1], *kv[0][::2], kv[0][3])):
+        name = row_name(method, prior, variant)
         lines.append(f"- {name} IPC {ipc}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})")
     Path(args.table).write_text("\n".join(lines) + "\n")
 
@@ -156,6 +173,9 @@ def main() -> None:
     )
     parser.add_argument("--model", default=None, help="prior folder for synthetic methods (default: shipped)")
     parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
+    parser.add_argument(
+        "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration (default: all)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
