@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler
 
 from dsco_hub import pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
@@ -44,10 +45,14 @@ PUBLISHED = {
 
 
 def prior_digest(model: str | None) -> str:
-    """The first 12 hex digits of the SHA-256 of a local prior's weights (its identity in the results)."""
+    """The first 12 hex digits of the SHA-256 of a local prior's weights and scheduler config (its identity in the
+    results: the same weights sampled with another scheduler config, e.g. x0 clipping, are another prior)."""
     folder = Path(model) if model else shipped_prior_path()
     weights = sorted(folder.glob("*/*.safetensors"))
-    return hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights))
+    scheduler = dict(DDIMScheduler.load_config(folder / "scheduler"))
+    digest.update(json.dumps({k: v for k, v in scheduler.items() if not k.startswith("_")}, sort_keys=True).encode())
+    return digest.hexdigest()[:12]
 
 
 def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:

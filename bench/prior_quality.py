@@ -6,7 +6,9 @@
 A ConvNet-3 (the evaluation student) is trained on the real training split with hard labels and
 tested on the real test split; it then labels `--per-class` samples of each class drawn from the
 prior (DDIM, `--steps`, seeds (0, class, slot)) at each guidance scale. The figure is the fraction
-of samples it labels as the class they were conditioned on. Writes `bench/results/prior_quality.md`.
+of samples it labels as the class they were conditioned on, with each class's most frequent wrong
+label. `--scheduler KEY=VALUE` overrides the prior's DDIM scheduler config for the whole run (e.g.
+`clip_sample=false`, `timestep_spacing=trailing`). Writes `bench/results/prior_quality.md`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
 from dsco_hub.config import SourceConfig, derive_seed
@@ -96,6 +99,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="bench/results/prior_quality.md")
+    parser.add_argument(
+        "--scheduler", nargs="*", default=[], metavar="KEY=VALUE", help="DDIM scheduler config overrides (JSON values)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,6 +113,8 @@ def main() -> None:
     if args.classifier_only:
         return
     prior = load_prior(args.model)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.scheduler)}
+    prior.scheduler = DDIMScheduler.from_config({**prior.scheduler.config, **overrides})
     class_ids = map_classes(source.class_names, prior.id2label)
     labels = [k for k in range(source.num_classes) for _ in range(args.per_class)]
     seeds = [derive_seed(0, k, j) for k in range(source.num_classes) for j in range(args.per_class)]
@@ -123,7 +131,9 @@ def main() -> None:
         pred = predict(classifier, images)
         agree = (pred == torch.tensor(labels)).float()
         per_class = agree.view(source.num_classes, args.per_class).mean(1)
-        rows.append((w, agree.mean().item(), per_class.numpy(), seconds))
+        confusion = torch.zeros(source.num_classes, source.num_classes, dtype=torch.long)
+        confusion.index_put_((torch.tensor(labels), pred), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+        rows.append((w, agree.mean().item(), per_class.numpy(), seconds, confusion))
         print(f"guidance {w}: {100 * agree.mean():.1f} % ({seconds:.0f} s)")
 
     lines = [
@@ -131,7 +141,7 @@ def main() -> None:
         "",
         f"Command: `python bench/prior_quality.py --model {args.model} --source {args.source} "
         f"--guidance {' '.join(map(str, args.guidance))} --steps {args.steps} --per-class {args.per_class} "
-        f"--epochs {args.epochs}`",
+        f"--epochs {args.epochs}" + (f" --scheduler {' '.join(args.scheduler)}" if args.scheduler else "") + "`",
         "",
         f"Classifier: ConvNet-3 trained {args.epochs} epochs on the {len(source.labels)} real training images, "
         f"{100 * real_acc:.1f} % on the {len(test.labels)} real test images ({classifier_seconds:.0f} s).",
@@ -140,11 +150,28 @@ def main() -> None:
         "| guidance scale | samples labelled as their class (%) | worst class | sampling time (s) |",
         "|---|---|---|---|",
     ]
-    for w, acc, per_class, seconds in rows:
+    for w, acc, per_class, seconds, _ in rows:
         worst = int(np.argmin(per_class))
         lines.append(
             f"| {w} | {100 * acc:.1f} | {source.class_names[worst]} ({100 * per_class[worst]:.0f} %) | {seconds:.0f} |"
         )
+    lines += [
+        "",
+        "Per class: % labelled as the class, then the most frequent wrong label (its %).",
+        "",
+        "| class | " + " | ".join(f"guidance {w}" for w, *_ in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k, name in enumerate(source.class_names):
+        cells = []
+        for _, _, per_class, _, confusion in rows:
+            wrong = confusion[k].clone()
+            wrong[k] = -1
+            other = int(wrong.argmax())
+            share = 100 * confusion[k, other].item() / args.per_class
+            mistaken = f" (→ {source.class_names[other]} {share:.0f})" if share else ""
+            cells.append(f"{100 * per_class[k]:.0f}{mistaken}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 

@@ -43,6 +43,7 @@ def test_train_saves_a_loadable_prior_with_card(tiny_repo, tmp_path):
         prior.num_classes == 3 and prior.null_class == 3 and prior.image_shape == (3, 16, 16)
     )  # the first row is RGB
     assert sample(prior, [2], [0], steps=2).shape == (1, 3, 16, 16)
+    assert prior.scheduler.config.clip_sample is False  # clipping x0 in DDIM erased classes under guidance
     card = (out / "README.md").read_text()
     assert "dsco-hub prior train tiny" in card and "Wall time" in card and "license: cc-by-4.0" in card
     assert (out / "samples.png").exists()
