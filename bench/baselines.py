@@ -44,6 +44,14 @@ PUBLISHED = {
 }
 
 
+# What the digests of priors measured here stand for (rows of other priors are listed by digest only)
+PRIORS = {
+    "572c2ad7dd07": "the shipped Fashion-MNIST prior, DDIM without x0 clipping (since 2026-11-22)",
+    "adfb977c86bd": "the same weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of the "
+    "weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
+}
+
+
 def prior_digest(model: str | None) -> str:
     """The first 12 hex digits of the SHA-256 of a local prior's weights and scheduler config (its identity in the
     results: the same weights sampled with another scheduler config, e.g. x0 clipping, are another prior)."""
@@ -138,7 +146,12 @@ def write_table(done: dict, args) -> None:
     ipcs = sorted({ipc for _, ipc, _, _ in done} | set(args.ipcs))
     order = ["random", "herding", *SYNTHETIC]
     variants = {(m, p, v) for m, _, p, v in done}
-    methods = sorted(variants, key=lambda m: (m[1] != "", order.index(m[0]) if m[0] in order else 99, m[1], m[2]))
+    known = list(PRIORS)  # the current shipped prior first, superseded ones after
+
+    def rank(m):
+        return (m[1] != "", known.index(m[1]) if m[1] in known else -1, order.index(m[0]) if m[0] in order else 99, m)
+
+    methods = sorted(variants, key=rank)
     method_names = " ".join(dict.fromkeys(m for m, _, _ in methods))
     lines = [
         "# Concentration methods on Fashion-MNIST (ConvNet-3, hard labels)",
@@ -162,6 +175,9 @@ def write_table(done: dict, args) -> None:
         lines.append(f"| dsco-hub {name} | " + " | ".join(cells) + " |")
     for name in ("random", "herding", "DC", "DSA"):
         lines.append(f"| published {name} | " + " | ".join(str(published[name].get(i, "—")) for i in ipcs) + " |")
+    priors = list(dict.fromkeys(p for _, p, _ in methods if p))
+    if priors:
+        lines += ["", "Priors:", ""] + [f"- {p}: {PRIORS.get(p, 'a prior passed with --model')}" for p in priors]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
     for (method, ipc, prior, variant), row in sorted(done.items(), key=lambda kv: (kv[0][1], *kv[0][::2], kv[0][3])):
         name = row_name(method, prior, variant)
