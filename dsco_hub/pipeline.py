@@ -253,6 +253,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance_scale,
         "eta": cfg.eta,
+        "clip_sample": bool(prior.scheduler.config.get("clip_sample", False)),  # the model's own DDIM x0 clipping
         "sample_batch_size": cfg.sample_batch_size,
         "resolution": prior.image_shape[1],
     }

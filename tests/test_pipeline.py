@@ -198,6 +198,7 @@ def test_diffusion_method_writes_synthetic_rows_with_seeds(tiny_repo, tmp_path):
     dsco = result.dsco
     assert dsco["doping_ratio"] == 0 and dsco["counts"]["synthetic"] == 6
     assert dsco["settings"]["steps"] == 3 and dsco["settings"]["guidance_scale"] == 2.0
+    assert dsco["settings"]["clip_sample"] is True  # recorded from the model's scheduler (DDIMScheduler default)
     # same command, same bytes; another batch size, the same images up to float rounding
     a = (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").read_bytes()
     assert a == (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").read_bytes()
