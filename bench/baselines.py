@@ -179,7 +179,9 @@ def write_table(done: dict, args) -> None:
     if priors:
         lines += ["", "Priors:", ""] + [f"- {p}: {PRIORS.get(p, 'a prior passed with --model')}" for p in priors]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
-    for (method, ipc, prior, variant), row in sorted(done.items(), key=lambda kv: (kv[0][1], *kv[0][::2], kv[0][3])):
+    # keys are (method, ipc, prior, variant): list by IPC, then method, prior and variant
+    by_ipc = sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2], kv[0][3]))
+    for (method, ipc, prior, variant), row in by_ipc:
         name = row_name(method, prior, variant)
         lines.append(f"- {name} IPC {ipc}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})")
     Path(args.table).write_text("\n".join(lines) + "\n")

@@ -82,6 +82,20 @@ def cached_classifier(args, source, test, channels: int, size: int):
     return model, real_acc, seconds
 
 
+def scheduler_overrides(parser: argparse.ArgumentParser, args) -> dict:
+    """`--scheduler KEY=VALUE ...` as a dict: JSON values (`false`, `1.5`), other values as strings (`trailing`)."""
+    overrides = {}
+    for item in args.scheduler:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--scheduler {item!r} is not KEY=VALUE; e.g. --scheduler clip_sample=false")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dsco_hub/resources/prior_fashion_mnist")
@@ -103,6 +117,7 @@ def main() -> None:
         "--scheduler", nargs="*", default=[], metavar="KEY=VALUE", help="DDIM scheduler config overrides (JSON values)"
     )
     args = parser.parse_args()
+    overrides = scheduler_overrides(parser, args)  # before any work
     torch.set_num_threads(args.threads)
 
     source = load_source(SourceConfig(source=args.source))
@@ -113,7 +128,6 @@ def main() -> None:
     if args.classifier_only:
         return
     prior = load_prior(args.model)
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.scheduler)}
     prior.scheduler = DDIMScheduler.from_config({**prior.scheduler.config, **overrides})
     class_ids = map_classes(source.class_names, prior.id2label)
     labels = [k for k in range(source.num_classes) for _ in range(args.per_class)]
@@ -131,8 +145,8 @@ def main() -> None:
         pred = predict(classifier, images)
         agree = (pred == torch.tensor(labels)).float()
         per_class = agree.view(source.num_classes, args.per_class).mean(1)
-        confusion = torch.zeros(source.num_classes, source.num_classes, dtype=torch.long)
-        confusion.index_put_((torch.tensor(labels), pred), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+        k = source.num_classes
+        confusion = torch.bincount(torch.tensor(labels) * k + pred, minlength=k * k).view(k, k)  # (true, predicted)
         rows.append((w, agree.mean().item(), per_class.numpy(), seconds, confusion))
         print(f"guidance {w}: {100 * agree.mean():.1f} % ({seconds:.0f} s)")
 

@@ -108,8 +108,9 @@ def nopt_sample(
         alpha = scheduler.alphas_cumprod[int(t)].to(device)
         # Noise optimization: normalised gradient steps on x_t, then back to its per-image norm
         for i in range(cfg.iters if s < optimized_steps else 0):
-            phi = RandomFeatures(prior.sample_shape[0], derive_seed(phi_seed, s, i), width=cfg.width).to(device)
-            target_features = embed(phi, _target_batch(targets, cfg.target_batch, derive_seed(phi_seed, s, i)))
+            seed = derive_seed(phi_seed, s, i)  # the feature map's weights and the target subset
+            phi = RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device)
+            target_features = embed(phi, _target_batch(targets, cfg.target_batch, seed))  # (min(M, batch), D)
             features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
             loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():
