@@ -66,12 +66,14 @@ def prior_digest(model: str | None) -> str:
 def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     """The `ConcentrateConfig` of one benchmark row (no evaluation: `evaluate_set` runs it after)."""
     source = SourceConfig(source=args.source)
-    common = dict(ipc=ipc, seed=args.seed, out=str(out), overwrite=True, evaluate=False)
+    # a finished set with the same settings is reused (its folder name carries the prior's digest), so a rerun
+    # after a crash or a new row only makes what is missing
+    common = dict(ipc=ipc, seed=args.seed, out=str(out), overwrite=False, evaluate=False)
     if method not in SYNTHETIC:
         return ConcentrateConfig(source=source, method=method, **common)
     sampler = dict(model=args.model, **common)
-    if args.nopt_target_batch is not None:
-        sampler["nopt"] = NOptConfig(target_batch=args.nopt_target_batch)
+    if method != "diffusion":
+        sampler["nopt"] = NOptConfig(**nopt_overrides(args))
     if method == "diffusion":
         return ConcentrateConfig(source=source, method="diffusion", **sampler)
     if method == "dsco":
@@ -80,6 +82,12 @@ def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
         return ConcentrateConfig(source=source, method="dsco", doping_ratio=args.doping_ratio, **sampler)
     names = load_source(source).class_names
     return ConcentrateConfig(source=source, method="dsco", data_free=True, labels=names, **sampler)
+
+
+def nopt_overrides(args) -> dict:
+    """The NOpt settings given on the command line (`--nopt-lr`, `--nopt-target-batch`); the rest are defaults."""
+    given = {"lr": args.nopt_lr, "target_batch": args.nopt_target_batch}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def run(args) -> None:
@@ -102,7 +110,7 @@ def run(args) -> None:
             variant = variant_name(method, args)
             if (method, ipc, prior, variant) in done:
                 continue
-            out = work / f"{method}-ipc{ipc}{'-' + variant.replace(' ', '') if variant else ''}"
+            out = work / "-".join(filter(None, (f"{method}-ipc{ipc}", variant.replace(" ", ""), prior)))
             started = time.time()
             cfg = method_config(method, ipc, out, args)
             pipeline.concentrate(cfg, command="bench/baselines.py")
@@ -129,9 +137,11 @@ def run(args) -> None:
 
 def variant_name(method: str, args) -> str:
     """The row's settings that differ from the defaults (part of its identity), e.g. "target batch 128"."""
-    if method in SYNTHETIC and method != "diffusion" and args.nopt_target_batch is not None:
-        return f"target batch {args.nopt_target_batch}"
-    return ""
+    if method not in SYNTHETIC or method == "diffusion":
+        return ""
+    defaults, given = NOptConfig(), nopt_overrides(args)
+    names = {"lr": "NOpt lr", "target_batch": "target batch"}
+    return ", ".join(f"{names[k]} {v}" for k, v in given.items() if v != getattr(defaults, k))
 
 
 def row_name(method: str, prior: str, variant: str) -> str:
@@ -196,6 +206,7 @@ def main() -> None:
     )
     parser.add_argument("--model", default=None, help="prior folder for synthetic methods (default: shipped)")
     parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
+    parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt step length (default: NOptConfig's)")
     parser.add_argument(
         "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration (default: all)"
     )

@@ -128,10 +128,10 @@ def concentrate(
     ] = False,
     labels: Annotated[Optional[str], typer.Option(help="Data-free class names, comma-separated.")] = None,
     labels_file: Annotated[Optional[str], typer.Option(help="Data-free class names, one per line.")] = None,
-    pool_size: Annotated[Optional[int], typer.Option(help="Data-free target pool per class (default 4 x n).")] = None,
+    pool_size: Annotated[Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 64)).")] = None,
     nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
-    nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.1,
+    nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
     nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
     nopt_target_batch: Annotated[

@@ -178,9 +178,9 @@ def _plain_samples(cfg: ConcentrateConfig, prior, labels: list[int], seeds: list
 
 def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, class_k: int, class_id: int, n: int):
     """NOpt's targets for class k in the denoiser's space: real images (a seeded subset of at most
-    `nopt.targets`), or in data-free mode a pool of the model's own plain samples (`pool_size`, default 4n)."""
+    `nopt.targets`), or in data-free mode a pool of the model's own plain samples (`cfg.pool_for(n)`)."""
     if source is None or cfg.data_free:
-        pool = cfg.pool_size or 4 * n
+        pool = cfg.pool_for(n)
         seeds = [derive_seed(cfg.seed, "pool", class_k, j) for j in range(pool)]
         images = _plain_samples(cfg, prior, [class_id] * pool, seeds)  # (pool, C, H, W) in [-1, 1]
     else:
@@ -264,7 +264,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
         "doping_select": cfg.doping_select,
         "data_free": cfg.data_free,
-        "pool_size": (cfg.pool_size or 4 * n) if cfg.data_free else None,
+        "pool_size": cfg.pool_for(n) if cfg.data_free else None,
         **sampler,
     }
 

@@ -190,7 +190,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         per_iter = 3 + (1 if n > cfg.sample_batch_size else 0)
         total += synthetic * optimized * cfg.nopt.iters * per_iter * g
         if cfg.data_free:
-            pools = num_classes * (cfg.pool_size or 4 * n)
+            pools = num_classes * cfg.pool_for(n)
             total += pools * cfg.steps * g
         else:
             encodes = num_classes * cfg.nopt.targets
