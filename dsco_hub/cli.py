@@ -128,7 +128,9 @@ def concentrate(
     ] = False,
     labels: Annotated[Optional[str], typer.Option(help="Data-free class names, comma-separated.")] = None,
     labels_file: Annotated[Optional[str], typer.Option(help="Data-free class names, one per line.")] = None,
-    pool_size: Annotated[Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 64)).")] = None,
+    pool_size: Annotated[
+        Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 64)).")
+    ] = None,
     nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,
