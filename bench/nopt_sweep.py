@@ -58,7 +58,7 @@ def proxies(folder: Path, source: SourceConfig, classifier: str) -> dict:
         "fidelity": round(100 * (model(x).argmax(1) == y).float().mean().item(), 1),
         "saturated": round((pixels >= 250).float().mean().item(), 3),
         "mmd2": round(float(np.mean(mmds)), 4),
-        "spread": round(float(np.mean(spreads)), 3),
+        "spread": round(float(np.mean(spreads)), 3) if len(x) > test.num_classes else None,  # IPC 1: undefined
     }
 
 
@@ -85,7 +85,7 @@ def write_table(rows: list[dict], path: Path) -> None:
         settings = ", ".join(f"{k} {v}" for k, v in given.items())
         lines.append(
             f"| {row['ipc']} | {row['name']} | {settings} | {row['fidelity']} | {row['saturated']} | "
-            f"{row['mmd2']} | {row['spread']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} "
+            f"{row['mmd2']} | {row['spread'] or '—'} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} "
             f"({row['runs']}) |"
         )
     path.write_text("\n".join(lines) + "\n")
