@@ -188,6 +188,12 @@ def write_table(done: dict, args) -> None:
     priors = list(dict.fromkeys(p for _, p, _ in methods if p))
     if priors:
         lines += ["", "Priors:", ""] + [f"- {p}: {PRIORS.get(p, 'a prior passed with --model')}" for p in priors]
+    if any("NOpt lr" in v for _, _, v in methods):
+        lines += [
+            "",
+            "Rows named `NOpt lr 0.1` were made before NOpt's step length moved to 0.05, and `pool 4n` before the "
+            "data-free pool's floor of 64 (`bench/results/nopt_sweep.md`).",
+        ]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
     # keys are (method, ipc, prior, variant): list by IPC, then method, prior and variant
     by_ipc = sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2], kv[0][3]))
