@@ -72,10 +72,9 @@ def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     if method not in SYNTHETIC:
         return ConcentrateConfig(source=source, method=method, **common)
     sampler = dict(model=args.model, **common)
-    if method != "diffusion":
-        sampler["nopt"] = NOptConfig(**nopt_overrides(args))
     if method == "diffusion":
         return ConcentrateConfig(source=source, method="diffusion", **sampler)
+    sampler["nopt"] = NOptConfig(**nopt_overrides(args))
     if method == "dsco":
         return ConcentrateConfig(source=source, method="dsco", **sampler)
     if method == "dsco-doped":

@@ -40,7 +40,11 @@ from dsco_hub.kernels import mmd2, sq_dists
 
 @torch.no_grad()
 def proxies(folder: Path, source: SourceConfig, classifier: str) -> dict:
-    """Fidelity (%), saturated pixel fraction, mean MMD^2 and spread of a written set (see the module docstring)."""
+    """Fidelity (%), saturated pixel fraction, mean MMD^2 and spread of a written set (see the module docstring).
+
+    The set's images are read as `(N, 1, 28, 28)` (Fashion-MNIST, the classifier's input); returns a dict of floats,
+    `spread` None when the set has one image per class.
+    """
     ds = datasets.load_dataset("parquet", data_files=str(folder / "data" / "*.parquet"), split="train")
     pixels = pil_to_uint8(ds["image"], 1, 28)  # (N, 1, 28, 28) uint8
     x, y = to_model_range(pixels), torch.tensor(ds["label"])
@@ -120,9 +124,18 @@ def main() -> None:
         overrides.setdefault("labels", tuple(load_source(source).class_names))
     out = Path(args.work) / args.name
     started = time.time()
-    cfg = ConcentrateConfig(
-        source=source, ipc=args.ipc, out=str(out), overwrite=True, evaluate=False, nopt=NOptConfig(**nopt), **overrides
-    )
+    try:
+        cfg = ConcentrateConfig(
+            source=source,
+            ipc=args.ipc,
+            out=str(out),
+            overwrite=True,
+            evaluate=False,
+            nopt=NOptConfig(**nopt),
+            **overrides,
+        )
+    except TypeError as err:  # an unknown key in --nopt or --config
+        parser.error(f"--nopt / --config: {err}; use NOptConfig / ConcentrateConfig field names, e.g. lr, pool_size")
     pipeline.concentrate(cfg, command="bench/nopt_sweep.py")
     made = time.time() - started
     block = pipeline.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
