@@ -140,7 +140,10 @@ def variant_name(method: str, args) -> str:
         return ""
     defaults, given = NOptConfig(), nopt_overrides(args)
     names = {"lr": "NOpt lr", "target_batch": "target batch"}
-    return ", ".join(f"{names[k]} {v}" for k, v in given.items() if v != getattr(defaults, k))
+    values = {"target_batch": {0: "all"}}
+    return ", ".join(
+        f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in given.items() if v != getattr(defaults, k)
+    )
 
 
 def row_name(method: str, prior: str, variant: str) -> str:
@@ -213,7 +216,7 @@ def main() -> None:
     parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
     parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt step length (default: NOptConfig's)")
     parser.add_argument(
-        "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration (default: all)"
+        "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration, 0 = all (default: 128)"
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=300)

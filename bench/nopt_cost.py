@@ -37,7 +37,7 @@ def measure(args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     prior = load_prior(args["model"])
     source = load_source(SourceConfig(source=args["source"]))
-    cfg = NOptConfig(target_batch=args.get("target_batch") or None)
+    cfg = NOptConfig(target_batch=args.get("target_batch", 0))
     seconds = []
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for k in args["classes"]:

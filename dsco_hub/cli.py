@@ -129,7 +129,7 @@ def concentrate(
     labels: Annotated[Optional[str], typer.Option(help="Data-free class names, comma-separated.")] = None,
     labels_file: Annotated[Optional[str], typer.Option(help="Data-free class names, one per line.")] = None,
     pool_size: Annotated[
-        Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 64)).")
+        Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 128)).")
     ] = None,
     nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
@@ -137,9 +137,8 @@ def concentrate(
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
     nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
     nopt_target_batch: Annotated[
-        Optional[int],
-        typer.Option(help="Targets embedded per NOpt iteration, a fresh random subset (default: all; set: faster)."),
-    ] = None,
+        int, typer.Option(help="Targets embedded per NOpt iteration, a fresh random subset each time (0 = all).")
+    ] = 128,
     classes: Annotated[
         Optional[str], typer.Option(help="Keep only these classes: names or label indices, comma-separated.")
     ] = None,

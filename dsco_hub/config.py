@@ -97,9 +97,10 @@ class NOptConfig:
     targets: int = 500  # real images per class whose features are the MMD target (a seeded subset)
     kernel: str = "gaussian"  # multi-bandwidth Gaussian (median heuristic) or linear (mean matching)
     width: int = 128  # channels of the random ConvNet-3 feature map, resampled at every iteration
-    # targets embedded per iteration: a fresh seeded subset of the `targets` (None = all of them), the real batch
-    # that Zhao and Bilen's distribution matching draws per iteration; the target embedding dominates NOpt's cost
-    target_batch: int | None = None
+    # targets embedded per iteration: a fresh seeded subset of the `targets` (0 = all of them), the real batch that
+    # Zhao and Bilen's distribution matching draws per iteration; embedding all 500 targets dominates NOpt's cost on
+    # small priors (6.5x plain sampling at IPC 10 against 3.0x with 128, at no loss: bench/results/nopt_cost.md)
+    target_batch: int = 128
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
@@ -110,8 +111,8 @@ class NOptConfig:
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.width >= 1, f"--nopt-width={self.width} must be at least 1.")
         _check(
-            self.target_batch is None or self.target_batch >= 2,
-            f"--nopt-target-batch={self.target_batch} must be at least 2 (the MMD needs a set); omit it to use all.",
+            self.target_batch == 0 or self.target_batch >= 2,
+            f"--nopt-target-batch={self.target_batch} must be at least 2 (the MMD needs a set), or 0 for all targets.",
         )
 
 
@@ -180,7 +181,7 @@ class ConcentrateConfig:
     doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
     labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
-    pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 64)
+    pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 128)
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a non-empty output folder
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
@@ -188,13 +189,14 @@ class ConcentrateConfig:
     push: HubConfig | None = None  # publish the finished folder on the Hub (`--push`); None = do not push
 
     def pool_for(self, n: int) -> int:
-        """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 64)`.
+        """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 128)`.
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
-        scored 53.6 % with a pool of 4 and 61.3 % with 64 (bench/results/baselines.md, nopt_sweep.md). The pool
+        scored 53.6 % with a pool of 4 and 61.3 % with 64, and at IPC 10 75.7 % with 64 against 76.2 % with 128
+        (bench/results/baselines.md, nopt_sweep.md). The pool
         costs `pool_for(n)` plain samples per class (`--dry-run` counts them).
         """
-        return self.pool_size or max(4 * n, 64)
+        return self.pool_size or max(4 * n, 128)
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option (class-size checks happen once the source is loaded)."""

@@ -134,9 +134,9 @@ def nopt_sample(
     return images, NOptTrace(first_mmd2=first, last_mmd2=last, iterations=count)
 
 
-def _target_batch(targets: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
-    """A seeded random subset of `size` rows of `targets` `(M, ...)` (all of them when `size` is None or >= M)."""
-    if size is None or size >= len(targets):
+def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """A seeded random subset of `size` rows of `targets` `(M, ...)` (all of them when `size` is 0 or >= M)."""
+    if size == 0 or size >= len(targets):
         return targets
     rows = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))[:size]
     return targets[rows.to(targets.device)]

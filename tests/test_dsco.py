@@ -76,10 +76,10 @@ def test_data_free_needs_no_source_and_refuses_doping(tiny_prior, tmp_path):
 
 
 def test_data_free_pool_defaults_to_four_per_image_with_a_floor_and_is_recorded(tiny_prior, tmp_path):
-    assert [ConcentrateConfig().pool_for(n) for n in (1, 16, 50)] == [64, 64, 200]
+    assert [ConcentrateConfig().pool_for(n) for n in (1, 32, 50)] == [128, 128, 200]
     assert ConcentrateConfig(pool_size=3).pool_for(50) == 3
     cfg = _cfg(None, tmp_path / "free", tiny_prior, ipc=1, data_free=True, labels=("Stripe", "circle"))
-    assert pipeline.concentrate(cfg).dsco["settings"]["pool_size"] == 64
+    assert pipeline.concentrate(cfg).dsco["settings"]["pool_size"] == 128
 
 
 def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):

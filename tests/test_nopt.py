@@ -84,10 +84,11 @@ def test_a_target_batch_draws_seeded_subsets_and_still_lowers_the_mmd(prior):
     targets = (sample(prior, [0] * 40, list(range(100, 140)), steps=10) + 0.3).clamp(-1, 1)
     seeds = list(range(6))
     plain = sample(prior, [0] * 6, seeds, steps=10, guidance_scale=2.0)
-    full, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2), steps=10)
-    # a batch as large as the target set is the full set
-    whole, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2, target_batch=40), steps=10)
-    assert whole.numpy().tobytes() == full.numpy().tobytes()
+    full, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2, target_batch=0), steps=10)
+    # a batch as large as the target set, or the default 128 > 40, is the full set
+    for batch in (40, NOptConfig().target_batch):
+        whole, _ = nopt_sample(prior, 0, seeds, targets, NOptConfig(window=0.6, iters=2, target_batch=batch), steps=10)
+        assert whole.numpy().tobytes() == full.numpy().tobytes()
     cfg = NOptConfig(window=0.6, iters=2, target_batch=8)
     subset, trace = nopt_sample(prior, 0, seeds, targets, cfg, steps=10)
     again, _ = nopt_sample(prior, 0, seeds, targets, cfg, steps=10)
@@ -105,6 +106,7 @@ def test_a_target_batch_draws_seeded_subsets_and_still_lowers_the_mmd(prior):
         (NOptConfig(targets=1), "--nopt-targets=1"),
         (NOptConfig(kernel="cosine"), "--kernel='cosine'"),
         (NOptConfig(target_batch=1), "--nopt-target-batch=1"),
+        (NOptConfig(target_batch=-5), "--nopt-target-batch=-5"),
     ],
 )
 def test_bad_settings_are_refused(prior, cfg, match):
