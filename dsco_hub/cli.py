@@ -131,6 +131,9 @@ def concentrate(
     pool_size: Annotated[
         Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 128)).")
     ] = None,
+    pool_guidance_scale: Annotated[
+        Optional[float], typer.Option(help="Guidance of the data-free pool's samples (default: --guidance-scale).")
+    ] = None,
     nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,
@@ -207,6 +210,7 @@ def concentrate(
         data_free=data_free,
         labels=_labels(labels, labels_file),
         pool_size=pool_size,
+        pool_guidance_scale=pool_guidance_scale,
         out=out,
         overwrite=overwrite,
         evaluate=not no_eval,

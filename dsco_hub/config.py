@@ -182,6 +182,9 @@ class ConcentrateConfig:
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
     labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
     pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 128)
+    # classifier-free guidance of the data-free pool's samples; None = `guidance_scale`. The pool stands in for the
+    # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class))
+    pool_guidance_scale: float | None = None
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a non-empty output folder
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
@@ -197,6 +200,11 @@ class ConcentrateConfig:
         costs `pool_for(n)` plain samples per class (`--dry-run` counts them).
         """
         return self.pool_size or max(4 * n, 128)
+
+    @property
+    def pool_guidance(self) -> float:
+        """Classifier-free guidance scale of the data-free pool's samples: `pool_guidance_scale`, else the run's."""
+        return self.guidance_scale if self.pool_guidance_scale is None else self.pool_guidance_scale
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option (class-size checks happen once the source is loaded)."""
@@ -240,6 +248,10 @@ class ConcentrateConfig:
             )
             _check(all(n.strip() for n in self.labels), f"--labels={','.join(self.labels)!r} holds an empty name.")
         _check(self.pool_size is None or self.pool_size >= 2, f"--pool-size={self.pool_size} must be at least 2.")
+        _check(
+            self.pool_guidance_scale is None or self.pool_guidance_scale >= 0,
+            f"--pool-guidance-scale={self.pool_guidance_scale} must be >= 0; 1 disables guidance.",
+        )
         if self.method == "dsco":
             self.nopt.validate()
         self.eval.validate()

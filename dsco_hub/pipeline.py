@@ -163,14 +163,17 @@ def _synthesize(cfg: ConcentrateConfig, channels: int, prior, class_ids: list[in
     return rows
 
 
-def _plain_samples(cfg: ConcentrateConfig, prior, labels: list[int], seeds: list[int]) -> torch.Tensor:
-    """Guided DDIM samples `(len(labels), C, H, W)` in `[-1, 1]` with the run's sampler settings."""
+def _plain_samples(
+    cfg: ConcentrateConfig, prior, labels: list[int], seeds: list[int], guidance_scale: float | None = None
+) -> torch.Tensor:
+    """Guided DDIM samples `(len(labels), C, H, W)` in `[-1, 1]` with the run's sampler settings (and its guidance
+    scale unless `guidance_scale` is given)."""
     return models.sample(
         prior,
         labels,
         seeds,
         steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale,
+        guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
         eta=cfg.eta,
         batch_size=cfg.sample_batch_size,
     )
@@ -178,11 +181,12 @@ def _plain_samples(cfg: ConcentrateConfig, prior, labels: list[int], seeds: list
 
 def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, class_k: int, class_id: int, n: int):
     """NOpt's targets for class k in the denoiser's space: real images (a seeded subset of at most
-    `nopt.targets`), or in data-free mode a pool of the model's own plain samples (`cfg.pool_for(n)`)."""
+    `nopt.targets`), or in data-free mode a pool of the model's own plain samples (`cfg.pool_for(n)`, guidance
+    `cfg.pool_guidance`)."""
     if source is None or cfg.data_free:
         pool = cfg.pool_for(n)
         seeds = [derive_seed(cfg.seed, "pool", class_k, j) for j in range(pool)]
-        images = _plain_samples(cfg, prior, [class_id] * pool, seeds)  # (pool, C, H, W) in [-1, 1]
+        images = _plain_samples(cfg, prior, [class_id] * pool, seeds, cfg.pool_guidance)  # (pool, C, H, W), [-1, 1]
     else:
         rows = doping.select_random(source.class_index[class_k], cfg.nopt.targets, cfg.seed, class_k)
         channels, size = prior.image_shape[0], prior.image_shape[1]
@@ -265,6 +269,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "doping_select": cfg.doping_select,
         "data_free": cfg.data_free,
         "pool_size": cfg.pool_for(n) if cfg.data_free else None,
+        "pool_guidance_scale": cfg.pool_guidance if cfg.data_free else None,
         **sampler,
     }
 

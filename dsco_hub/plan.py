@@ -191,7 +191,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         total += synthetic * optimized * cfg.nopt.iters * per_iter * g
         if cfg.data_free:
             pools = num_classes * cfg.pool_for(n)
-            total += pools * cfg.steps * g
+            total += pools * cfg.steps * (2 if cfg.pool_guidance != 1.0 else 1)
         else:
             encodes = num_classes * cfg.nopt.targets
     decodes = synthetic + pools

@@ -82,6 +82,20 @@ def test_data_free_pool_defaults_to_four_per_image_with_a_floor_and_is_recorded(
     assert pipeline.concentrate(cfg).dsco["settings"]["pool_size"] == 128
 
 
+def test_data_free_pool_guidance_steers_the_targets_and_is_recorded(tiny_prior, tmp_path):
+    free = dict(ipc=2, data_free=True, labels=("Stripe", "circle"), pool_size=6, evaluate=False)
+    default = pipeline.concentrate(_cfg(None, tmp_path / "a", tiny_prior, **free))
+    unguided = pipeline.concentrate(_cfg(None, tmp_path / "b", tiny_prior, pool_guidance_scale=1.0, **free))
+    assert default.dsco["settings"]["pool_guidance_scale"] == 2.0  # the run's guidance scale
+    assert unguided.dsco["settings"]["pool_guidance_scale"] == 1.0
+    a = datasets.load_dataset(str(tmp_path / "a"), split="train")
+    b = datasets.load_dataset(str(tmp_path / "b"), split="train")
+    assert a["seed"] == b["seed"]  # the same initial noise, steered towards other targets
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["image"], b["image"]))
+    with pytest.raises(ConfigError, match=r"--pool-guidance-scale=-1\.0 must be >= 0"):
+        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, pool_guidance_scale=-1.0, **free))
+
+
 def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):
     with pytest.raises(Exception, match=r"'strip' \(closest: 'stripe'"):
         pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=("strip",)))
