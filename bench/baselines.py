@@ -106,7 +106,7 @@ def run(args) -> None:
     for ipc in args.ipcs:
         for method in args.methods:
             prior = digest if method in SYNTHETIC else ""
-            variant = variant_name(method, args)
+            variant = variant_name(method, ipc, args)
             if (method, ipc, prior, variant) in done:
                 continue
             out = work / "-".join(filter(None, (f"{method}-ipc{ipc}", variant.replace(" ", ""), prior)))
@@ -134,15 +134,16 @@ def run(args) -> None:
             write_table(done, args)
 
 
-def variant_name(method: str, args) -> str:
-    """The row's settings that differ from the defaults (part of its identity), e.g. "target batch 128"."""
+def variant_name(method: str, ipc: int, args) -> str:
+    """The row's settings that differ from the defaults at this IPC (part of its identity), e.g. "NOpt lr 0.1"."""
     if method not in SYNTHETIC or method == "diffusion":
         return ""
-    defaults, given = NOptConfig(), nopt_overrides(args)
+    n = ipc - round(args.doping_ratio * ipc) if method == "dsco-doped" else ipc  # synthetic images per class
+    defaults = {"lr": NOptConfig().lr, "target_batch": NOptConfig().batch_for(n)}
     names = {"lr": "NOpt lr", "target_batch": "target batch"}
     values = {"target_batch": {0: "all"}}
     return ", ".join(
-        f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in given.items() if v != getattr(defaults, k)
+        f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in nopt_overrides(args).items() if v != defaults[k]
     )
 
 
@@ -190,11 +191,13 @@ def write_table(done: dict, args) -> None:
     priors = list(dict.fromkeys(p for _, p, _ in methods if p))
     if priors:
         lines += ["", "Priors:", ""] + [f"- {p}: {PRIORS.get(p, 'a prior passed with --model')}" for p in priors]
-    if any("NOpt lr" in v for _, _, v in methods):
+    if any(v for _, _, v in methods):
         lines += [
             "",
-            "Rows named `NOpt lr 0.1` were made before NOpt's step length moved to 0.05, and `pool 4n` before the "
-            "data-free pool's floor of 64 (`bench/results/nopt_sweep.md`).",
+            "Rows with settings in their name differ from today's defaults in those settings: NOpt's step length "
+            "is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds 128 of the 500 targets per iteration, all of "
+            "them when a class has one synthetic image (`NOptConfig.batch_for`, `bench/results/nopt_cost.md`); "
+            "the data-free pool holds max(4 IPC, 128) of the model's own samples per class.",
         ]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
     # keys are (method, ipc, prior, variant): list by IPC, then method, prior and variant

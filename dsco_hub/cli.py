@@ -140,8 +140,11 @@ def concentrate(
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,
     nopt_width: Annotated[int, typer.Option(help="Channels of NOpt's random ConvNet-3 feature maps.")] = 128,
     nopt_target_batch: Annotated[
-        int, typer.Option(help="Targets embedded per NOpt iteration, a fresh random subset each time (0 = all).")
-    ] = 128,
+        Optional[int],
+        typer.Option(
+            help="Targets embedded per NOpt iteration, a fresh random subset (0 = all; default: 128, all if n=1)."
+        ),
+    ] = None,
     classes: Annotated[
         Optional[str], typer.Option(help="Keep only these classes: names or label indices, comma-separated.")
     ] = None,

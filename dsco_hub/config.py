@@ -98,9 +98,8 @@ class NOptConfig:
     kernel: str = "gaussian"  # multi-bandwidth Gaussian (median heuristic) or linear (mean matching)
     width: int = 128  # channels of the random ConvNet-3 feature map, resampled at every iteration
     # targets embedded per iteration: a fresh seeded subset of the `targets` (0 = all of them), the real batch that
-    # Zhao and Bilen's distribution matching draws per iteration; embedding all 500 targets dominates NOpt's cost on
-    # small priors (6.5x plain sampling at IPC 10 against 3.0x with 128, at no loss: bench/results/nopt_cost.md)
-    target_batch: int = 128
+    # Zhao and Bilen's distribution matching draws per iteration; None = `batch_for(n)`: 128, or all for n = 1
+    target_batch: int | None = None
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
@@ -111,9 +110,23 @@ class NOptConfig:
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.width >= 1, f"--nopt-width={self.width} must be at least 1.")
         _check(
-            self.target_batch == 0 or self.target_batch >= 2,
+            self.target_batch is None or self.target_batch == 0 or self.target_batch >= 2,
             f"--nopt-target-batch={self.target_batch} must be at least 2 (the MMD needs a set), or 0 for all targets.",
         )
+
+    def batch_for(self, n: int) -> int:
+        """Targets embedded per iteration for `n` synthetic images of a class: `target_batch`, else 128 for n >= 2
+        and all (0) for n = 1.
+
+        Embedding all 500 targets with each iteration's fresh feature map dominates NOpt's cost on small priors:
+        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 %,
+        bench/results/nopt_cost.md, baselines.md). A single image's MMD has no repulsion term: its gradient only
+        climbs the targets' kernel density, which a subset estimates noisily, and 128 lost 1.3 points at IPC 1 over
+        3 seeds; at n = 1 all targets also cost little in absolute terms.
+        """
+        if self.target_batch is not None:
+            return self.target_batch
+        return 0 if n == 1 else 128
 
 
 @dataclass

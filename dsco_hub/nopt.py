@@ -63,7 +63,7 @@ def nopt_sample(
             `[-1, 1]`, or latents from `prior.encode`), `M >= 2`: real images of the class, or a pool of the
             model's own samples in data-free mode.
         cfg (`NOptConfig`): window, iterations, step length, kernel, feature width, and the targets embedded per
-            iteration (`cfg.target_batch`: a subset drawn with the feature map's seed, or all M).
+            iteration (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
         steps (`int`, *optional*, defaults to 25): DDIM steps.
         guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
         eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity in `[0, 1]`; the step noise of image j
@@ -110,7 +110,7 @@ def nopt_sample(
         for i in range(cfg.iters if s < optimized_steps else 0):
             seed = derive_seed(phi_seed, s, i)  # the feature map's weights and the target subset
             phi = RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device)
-            target_features = embed(phi, _target_batch(targets, cfg.target_batch, seed))  # (min(M, batch), D)
+            target_features = embed(phi, _target_batch(targets, cfg.batch_for(len(seeds)), seed))  # (min(M, batch), D)
             features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
             loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():

@@ -98,6 +98,18 @@ def test_a_target_batch_draws_seeded_subsets_and_still_lowers_the_mmd(prior):
     assert _final_mmd(subset, targets) < _final_mmd(plain, targets)
 
 
+def test_the_default_target_batch_is_128_but_all_targets_for_a_single_image(prior):
+    assert [NOptConfig().batch_for(n) for n in (1, 2, 50)] == [0, 128, 128]
+    assert [NOptConfig(target_batch=64).batch_for(n) for n in (1, 50)] == [64, 64]
+    targets = (sample(prior, [0] * 140, list(range(100, 240)), steps=4) + 0.3).clamp(-1, 1)  # M = 140 > 128
+    cfg = dict(window=0.6, iters=2)
+    one = [nopt_sample(prior, 0, [7], targets, NOptConfig(**cfg, target_batch=b), steps=6)[0] for b in (None, 0, 128)]
+    assert one[0].numpy().tobytes() == one[1].numpy().tobytes()  # n = 1: every target
+    assert (one[0] - one[2]).abs().max() > 1e-4
+    two = [nopt_sample(prior, 0, [7, 8], targets, NOptConfig(**cfg, target_batch=b), steps=6)[0] for b in (None, 128)]
+    assert two[0].numpy().tobytes() == two[1].numpy().tobytes()  # n >= 2: 128 of them
+
+
 @pytest.mark.parametrize(
     "cfg, match",
     [
