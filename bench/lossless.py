@@ -80,7 +80,7 @@ def main() -> None:
         out = Path(args.work) / f"{arm}-v{volume}"
         started = time.time()
         extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model} if arm != "random" else {}
-        pipeline.concentrate(
+        made_set = pipeline.concentrate(
             ConcentrateConfig(
                 source=source, ipc=ipc, out=str(out), overwrite=True, evaluate=False, **{"method": "random", **extra}
             ),
@@ -95,6 +95,7 @@ def main() -> None:
             "volume": volume,
             "ipc": ipc,
             "doping_ratio": args.doping_ratio if arm != "random" else 1.0,
+            **({"nopt_target_batch": made_set.dsco["settings"]["nopt_target_batch"]} if arm != "random" else {}),
             "epochs": epochs,
             "train_steps": epochs * batches,
             "test_images": block["test"]["num_images"],
@@ -122,6 +123,13 @@ def write_table(done: dict, args) -> None:
         f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio} --train-steps {args.train_steps} "
         f"--runs {args.runs}`. Source: {args.per_class} training images per class (a seeded subset), the "
         f"{test_images} test images; every student trains about {args.train_steps} SGD steps (batch 256).",
+        "",
+        "NOpt targets embedded per iteration in the doped sets (0 = all): "
+        + (
+            ", ".join(sorted({str(r.get("nopt_target_batch", "?")) for (a, _), r in done.items() if a != "random"}))
+            or "—"
+        )
+        + ".",
         "",
         "| volume | IPC | random real | doped DsCo (rho " + str(args.doping_ratio) + ") |",
         "|---|---|---|---|",

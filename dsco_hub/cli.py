@@ -142,7 +142,7 @@ def concentrate(
     nopt_target_batch: Annotated[
         Optional[int],
         typer.Option(
-            help="Targets embedded per NOpt iteration, a fresh random subset (0 = all; default: 128, all if n=1)."
+            help="NOpt targets embedded per iteration, a fresh subset (0 = all; default max(128, 10 n), all at n=1)."
         ),
     ] = None,
     classes: Annotated[

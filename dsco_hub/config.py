@@ -98,7 +98,7 @@ class NOptConfig:
     kernel: str = "gaussian"  # multi-bandwidth Gaussian (median heuristic) or linear (mean matching)
     width: int = 128  # channels of the random ConvNet-3 feature map, resampled at every iteration
     # targets embedded per iteration: a fresh seeded subset of the `targets` (0 = all of them), the real batch that
-    # Zhao and Bilen's distribution matching draws per iteration; None = `batch_for(n)`: 128, or all for n = 1
+    # Zhao and Bilen's distribution matching draws per iteration; None = `batch_for(n)`: max(128, 10 n), all for n = 1
     target_batch: int | None = None
 
     def validate(self) -> None:
@@ -115,18 +115,20 @@ class NOptConfig:
         )
 
     def batch_for(self, n: int) -> int:
-        """Targets embedded per iteration for `n` synthetic images of a class: `target_batch`, else 128 for n >= 2
-        and all (0) for n = 1.
+        """Targets embedded per iteration for `n` synthetic images of a class: `target_batch`, else all (0) for
+        n = 1 and max(128, 10 n) from n = 2 on (all of them once that reaches the `targets`).
 
         Embedding all 500 targets with each iteration's fresh feature map dominates NOpt's cost on small priors:
-        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 %,
-        bench/results/nopt_cost.md, baselines.md). A single image's MMD has no repulsion term: its gradient only
-        climbs the targets' kernel density, which a subset estimates noisily, and 128 lost 1.3 points at IPC 1 over
-        3 seeds; at n = 1 all targets also cost little in absolute terms.
+        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 %). The
+        target side of the MMD needs many more samples than the n synthetic ones: at IPC 50, 128 targets lost
+        0.5 points to all 500 (83.5 % against 84.0 %), at 2.8x the cost of plain sampling. A single image's MMD
+        has no repulsion term: its gradient only climbs the targets' kernel density, which a subset estimates
+        noisily; 128 lost 1.3 points at IPC 1 over 3 seeds, where all targets cost 16 s per class
+        (bench/results/baselines.md, defaults_checks.md, nopt_cost*.md).
         """
         if self.target_batch is not None:
             return self.target_batch
-        return 0 if n == 1 else 128
+        return 0 if n == 1 else max(128, 10 * n)
 
 
 @dataclass

@@ -266,7 +266,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
     n = cfg.ipc - round(cfg.doping_ratio * cfg.ipc)  # synthetic images per class
     return {
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
-        "nopt_target_batch": cfg.nopt.batch_for(n),  # the resolved default: 128, or 0 (all) for one image per class
+        "nopt_target_batch": cfg.nopt.batch_for(n),  # the resolved default: max(128, 10 n), or 0 (all) for n = 1
         "doping_select": cfg.doping_select,
         "data_free": cfg.data_free,
         "pool_size": cfg.pool_for(n) if cfg.data_free else None,

@@ -98,8 +98,8 @@ def test_a_target_batch_draws_seeded_subsets_and_still_lowers_the_mmd(prior):
     assert _final_mmd(subset, targets) < _final_mmd(plain, targets)
 
 
-def test_the_default_target_batch_is_128_but_all_targets_for_a_single_image(prior):
-    assert [NOptConfig().batch_for(n) for n in (1, 2, 50)] == [0, 128, 128]
+def test_the_default_target_batch_grows_with_n_and_is_all_targets_for_a_single_image(prior):
+    assert [NOptConfig().batch_for(n) for n in (1, 2, 12, 13, 50)] == [0, 128, 128, 130, 500]
     assert [NOptConfig(target_batch=64).batch_for(n) for n in (1, 50)] == [64, 64]
     targets = (sample(prior, [0] * 140, list(range(100, 240)), steps=4) + 0.3).clamp(-1, 1)  # M = 140 > 128
     cfg = dict(window=0.6, iters=2)
