@@ -198,7 +198,8 @@ class ConcentrateConfig:
     labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
     pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 128)
     # classifier-free guidance of the data-free pool's samples; None = `guidance_scale`. The pool stands in for the
-    # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class))
+    # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class));
+    # on the shipped prior 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
     pool_guidance_scale: float | None = None
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a non-empty output folder
@@ -211,8 +212,8 @@ class ConcentrateConfig:
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
         scored 53.6 % with a pool of 4 and 61.3 % with 64, and at IPC 10 75.7 % with 64 against 76.2 % with 128
-        (bench/results/baselines.md, nopt_sweep.md). The pool
-        costs `pool_for(n)` plain samples per class (`--dry-run` counts them).
+        (bench/results/baselines.md, nopt_sweep.md). The pool costs `pool_for(n)` plain samples per class
+        (`--dry-run` counts them).
         """
         return self.pool_size or max(4 * n, 128)
 
