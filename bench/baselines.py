@@ -139,7 +139,8 @@ def variant_name(method: str, ipc: int, args) -> str:
     if method not in SYNTHETIC or method == "diffusion":
         return ""
     n = ipc - round(args.doping_ratio * ipc) if method == "dsco-doped" else ipc  # synthetic images per class
-    defaults = {"lr": NOptConfig().lr, "target_batch": NOptConfig().batch_for(n)}
+    nopt = NOptConfig()
+    defaults = {"lr": nopt.lr, "target_batch": nopt.batch_for(n)}
     names = {"lr": "NOpt lr", "target_batch": "target batch"}
     values = {"target_batch": {0: "all"}}
     return ", ".join(
@@ -195,8 +196,9 @@ def write_table(done: dict, args) -> None:
         lines += [
             "",
             "Rows with settings in their name differ from today's defaults in those settings: NOpt's step length "
-            "is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds 128 of the 500 targets per iteration, all of "
-            "them when a class has one synthetic image (`NOptConfig.batch_for`, `bench/results/nopt_cost.md`); "
+            "is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds max(128, 10 n) of the 500 targets per iteration "
+            "for n synthetic images per class, all of them when n = 1 (`NOptConfig.batch_for`, "
+            "`bench/results/defaults_checks.md`); "
             "the data-free pool holds max(4 IPC, 128) of the model's own samples per class.",
         ]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
@@ -219,7 +221,7 @@ def main() -> None:
     parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
     parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt step length (default: NOptConfig's)")
     parser.add_argument(
-        "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration, 0 = all (default: 128)"
+        "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration, 0 = all (default: batch_for)"
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=300)

@@ -102,6 +102,7 @@ def nopt_sample(
     targets = targets.to(device)
     x = initial_noise(prior.sample_shape, seeds).to(device)  # (n, C, H, W)
     eta_gens = eta_generators(seeds, eta)
+    target_batch = cfg.batch_for(len(seeds))
     first = last = None
     count = 0
     for s, t in enumerate(scheduler.timesteps):
@@ -110,7 +111,7 @@ def nopt_sample(
         for i in range(cfg.iters if s < optimized_steps else 0):
             seed = derive_seed(phi_seed, s, i)  # the feature map's weights and the target subset
             phi = RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device)
-            target_features = embed(phi, _target_batch(targets, cfg.batch_for(len(seeds)), seed))  # (min(M, batch), D)
+            target_features = embed(phi, _target_batch(targets, target_batch, seed))  # (min(M, batch), D)
             features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
             loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
             with torch.no_grad():

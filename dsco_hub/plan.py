@@ -179,7 +179,11 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
     real_only = cost is None
     m = cfg.ipc if real_only else round(cfg.doping_ratio * cfg.ipc) if cfg.method == "dsco" else 0
     n = cfg.ipc - m
-    g = 2 if cfg.guidance_scale != 1.0 else 1
+
+    def calls(guidance_scale: float) -> int:  # denoiser calls per sample and step: 2 under classifier-free guidance
+        return 2 if guidance_scale != 1.0 else 1
+
+    g = calls(cfg.guidance_scale)
     units = distributed.plan_units(cfg.method, cfg.ipc, num_classes)
     kind = f"blocks of {distributed.DIFFUSION_BLOCK} slots" if cfg.method == "diffusion" else "one per class"
     synthetic = num_classes * n
@@ -191,7 +195,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         total += synthetic * optimized * cfg.nopt.iters * per_iter * g
         if cfg.data_free:
             pools = num_classes * cfg.pool_for(n)
-            total += pools * cfg.steps * (2 if cfg.pool_guidance != 1.0 else 1)
+            total += pools * cfg.steps * calls(cfg.pool_guidance)
         else:
             encodes = num_classes * cfg.nopt.targets
     decodes = synthetic + pools
