@@ -80,7 +80,8 @@ def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     if method == "dsco-doped":
         return ConcentrateConfig(source=source, method="dsco", doping_ratio=args.doping_ratio, **sampler)
     names = load_source(source).class_names
-    return ConcentrateConfig(source=source, method="dsco", data_free=True, labels=names, **sampler)
+    free = dict(data_free=True, labels=names, pool_size=args.pool_size)
+    return ConcentrateConfig(source=source, method="dsco", **free, **sampler)
 
 
 def nopt_overrides(args) -> dict:
@@ -143,9 +144,11 @@ def variant_name(method: str, ipc: int, args) -> str:
     defaults = {"lr": nopt.lr, "target_batch": nopt.batch_for(n)}
     names = {"lr": "NOpt lr", "target_batch": "target batch"}
     values = {"target_batch": {0: "all"}}
-    return ", ".join(
-        f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in nopt_overrides(args).items() if v != defaults[k]
-    )
+    given = {k: v for k, v in nopt_overrides(args).items() if v != defaults[k]}
+    variant = [f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in given.items()]
+    if method == "dsco-datafree" and args.pool_size not in (None, ConcentrateConfig().pool_for(n)):
+        variant.append(f"pool {args.pool_size}")
+    return ", ".join(variant)
 
 
 def row_name(method: str, prior: str, variant: str) -> str:
@@ -199,7 +202,7 @@ def write_table(done: dict, args) -> None:
             "is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds max(128, 10 n) of the 500 targets per iteration "
             "for n synthetic images per class, all of them when n = 1 (`NOptConfig.batch_for`, "
             "`bench/results/defaults_checks.md`); "
-            "the data-free pool holds max(4 IPC, 128) of the model's own samples per class.",
+            "the data-free pool holds max(4 IPC, 256) of the model's own samples per class.",
         ]
     lines += ["", "Wall time per set (selection / evaluation of all runs, seconds):", ""]
     # keys are (method, ipc, prior, variant): list by IPC, then method, prior and variant
@@ -222,6 +225,9 @@ def main() -> None:
     parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt step length (default: NOptConfig's)")
     parser.add_argument(
         "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration, 0 = all (default: batch_for)"
+    )
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="data-free target pool per class (default: ConcentrateConfig's)"
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=300)

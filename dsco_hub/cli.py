@@ -129,7 +129,7 @@ def concentrate(
     labels: Annotated[Optional[str], typer.Option(help="Data-free class names, comma-separated.")] = None,
     labels_file: Annotated[Optional[str], typer.Option(help="Data-free class names, one per line.")] = None,
     pool_size: Annotated[
-        Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 128)).")
+        Optional[int], typer.Option(help="Data-free target pool per class (default max(4 x n, 256)).")
     ] = None,
     pool_guidance_scale: Annotated[
         Optional[float], typer.Option(help="Guidance of the data-free pool's samples (default: --guidance-scale).")

@@ -196,7 +196,7 @@ class ConcentrateConfig:
     doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
     labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
-    pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 128)
+    pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 256)
     # classifier-free guidance of the data-free pool's samples; None = `guidance_scale`. The pool stands in for the
     # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class));
     # on the shipped prior 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
@@ -208,14 +208,14 @@ class ConcentrateConfig:
     push: HubConfig | None = None  # publish the finished folder on the Hub (`--push`); None = do not push
 
     def pool_for(self, n: int) -> int:
-        """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 128)`.
+        """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 256)`.
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
-        scored 53.6 % with a pool of 4 and 61.3 % with 64, and at IPC 10 75.7 % with 64 against 76.2 % with 128
-        (bench/results/baselines.md, nopt_sweep.md). The pool costs `pool_for(n)` plain samples per class
-        (`--dry-run` counts them).
+        scored 53.6 % with a pool of 4, 62.1 % with 64 and 63.8 % with 128; at IPC 10 75.7 % with 64, 76.2 % with
+        128 and 76.5 % with 256 (bench/results/baselines.md, nopt_sweep.md). The pool costs `pool_for(n)` plain
+        samples per class (`--dry-run` counts them).
         """
-        return self.pool_size or max(4 * n, 128)
+        return self.pool_size or max(4 * n, 256)
 
     @property
     def pool_guidance(self) -> float:

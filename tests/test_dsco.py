@@ -76,10 +76,10 @@ def test_data_free_needs_no_source_and_refuses_doping(tiny_prior, tmp_path):
 
 
 def test_data_free_pool_defaults_to_four_per_image_with_a_floor_and_is_recorded(tiny_prior, tmp_path):
-    assert [ConcentrateConfig().pool_for(n) for n in (1, 32, 50)] == [128, 128, 200]
+    assert [ConcentrateConfig().pool_for(n) for n in (1, 32, 64, 65)] == [256, 256, 256, 260]
     assert ConcentrateConfig(pool_size=3).pool_for(50) == 3
     cfg = _cfg(None, tmp_path / "free", tiny_prior, ipc=1, data_free=True, labels=("Stripe", "circle"))
-    assert pipeline.concentrate(cfg).dsco["settings"]["pool_size"] == 128
+    assert pipeline.concentrate(cfg).dsco["settings"]["pool_size"] == 256
 
 
 def test_data_free_pool_guidance_steers_the_targets_and_is_recorded(tiny_prior, tmp_path):
