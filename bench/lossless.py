@@ -79,10 +79,12 @@ def main() -> None:
         ipc = max(1, round(volume * args.per_class))
         out = Path(args.work) / f"{arm}-v{volume}"
         started = time.time()
+        # a set finished by an interrupted sweep is reused (a set made with other settings is refused: use another
+        # --work); the evaluation of a set is not resumable, so a row is written only when both are done
         extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model} if arm != "random" else {}
         made_set = pipeline.concentrate(
             ConcentrateConfig(
-                source=source, ipc=ipc, out=str(out), overwrite=True, evaluate=False, **{"method": "random", **extra}
+                source=source, ipc=ipc, out=str(out), overwrite=False, evaluate=False, **{"method": "random", **extra}
             ),
             command="bench/lossless.py",
         )

@@ -147,6 +147,14 @@ def test_evaluate_folder_and_update_card(tiny_repo, tmp_path):
     assert len(datasets.load_dataset(str(out), split="train")) == 6
 
 
+def test_the_cards_accuracy_is_what_evaluate_measures_on_the_written_set(tiny_repo, tmp_path):
+    out = tmp_path / "out"
+    card = pipeline.concentrate(_cfg(tiny_repo, out, method="herding", ipc=2)).dsco["eval"]
+    again = pipeline.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL)
+    assert again["result"]["accuracies"] == card["result"]["accuracies"]
+    assert again["baseline_random"]["accuracies"] == card["baseline_random"]["accuracies"]
+
+
 def test_evaluate_any_dataset_against_explicit_test_source(tiny_repo):
     block = pipeline.evaluate_set(
         str(tiny_repo), SourceConfig(source=str(tiny_repo)), EvalConfig(runs=1, epochs=1, baseline=False)
