@@ -139,7 +139,7 @@ def variant_name(method: str, ipc: int, args) -> str:
     """The row's settings that differ from the defaults at this IPC (part of its identity), e.g. "NOpt lr 0.1"."""
     if method not in SYNTHETIC or method == "diffusion":
         return ""
-    n = ipc - round(args.doping_ratio * ipc) if method == "dsco-doped" else ipc  # synthetic images per class
+    n = ConcentrateConfig(ipc=ipc, doping_ratio=args.doping_ratio if method == "dsco-doped" else 0.0).num_synthetic
     nopt = NOptConfig()
     defaults = {"lr": nopt.lr, "target_batch": nopt.batch_for(n)}
     names = {"lr": "NOpt lr", "target_batch": "target batch"}

@@ -207,13 +207,27 @@ class ConcentrateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     push: HubConfig | None = None  # publish the finished folder on the Hub (`--push`); None = do not push
 
+    @property
+    def num_doped(self) -> int:
+        """Real images doping adds per class: `round(doping_ratio x ipc)`, in [0, ipc].
+
+        DsCo (arXiv 2603.27987) dopes `m = round(rho x IPC)` real images per class (Python's round, half to even:
+        0 at IPC 1 and rho 0.5).
+        """
+        return round(self.doping_ratio * self.ipc)
+
+    @property
+    def num_synthetic(self) -> int:
+        """Synthetic images per class of a DsCo run: `ipc - num_doped`, in `[0, ipc]`."""
+        return self.ipc - self.num_doped
+
     def pool_for(self, n: int) -> int:
         """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 256)`.
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
-        scored 53.6 % with a pool of 4, 62.1 % with 64 and 63.8 % with 128; at IPC 10 75.7 % with 64, 76.2 % with
-        128 and 76.5 % with 256 (bench/results/baselines.md, nopt_sweep.md). The pool costs `pool_for(n)` plain
-        samples per class (`--dry-run` counts them).
+        scored 53.6 % with a pool of 4, 62.1 % with 64, 63.8 % with 128 and 64.5 % with 256; at IPC 10 75.7 % with
+        64, 76.2 % with 128 and 76.5 % with 256 (bench/results/baselines.md, nopt_sweep.md). The pool costs
+        `pool_for(n)` plain samples per class (`--dry-run` counts them).
         """
         return self.pool_size or max(4 * n, 256)
 

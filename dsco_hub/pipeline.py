@@ -199,8 +199,7 @@ def _dsco(
 ) -> writer.ConcentratedRows:
     """DsCo for class k: NOpt synthesizes IPC - m images, doping adds m = round(rho * IPC) real ones."""
     rows = writer.ConcentratedRows()
-    m = round(cfg.doping_ratio * cfg.ipc)
-    n = cfg.ipc - m
+    m, n = cfg.num_doped, cfg.num_synthetic
     class_id = class_ids[k]
     synthetic = None
     if n:
@@ -263,7 +262,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
     }
     if cfg.method != "dsco":
         return sampler
-    n = cfg.ipc - round(cfg.doping_ratio * cfg.ipc)  # synthetic images per class
+    n = cfg.num_synthetic
     return {
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
         "nopt_target_batch": cfg.nopt.batch_for(n),  # the resolved default: max(128, 10 n), or 0 (all) for n = 1
@@ -485,7 +484,7 @@ def concentrate(
         else:
             prior, class_ids = _load_model(cfg, class_names, name, source, state.device)
             if cfg.method == "dsco" and not cfg.data_free:
-                _check_ipc(source, max(round(cfg.doping_ratio * cfg.ipc), 2), what="--nopt-targets/--doping-ratio")
+                _check_ipc(source, max(cfg.num_doped, 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
         bar.advance(task)
         evaluate = cfg.evaluate and source is not None and state.is_main
@@ -587,7 +586,7 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
         num_classes = len(cfg.labels)
     else:
         source = load_source(cfg.source)
-        _check_ipc(source, cfg.ipc if cfg.method in REAL_METHODS else round(cfg.doping_ratio * cfg.ipc))
+        _check_ipc(source, cfg.ipc if cfg.method in REAL_METHODS else cfg.num_doped)
         num_classes, image_shape = source.num_classes, source.image_shape
     cost = None if cfg.method in REAL_METHODS else plan.model_cost(cfg.model, cfg.model_revision)
     return plan.make_plan(cfg, num_classes, cost, image_shape)

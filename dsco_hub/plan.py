@@ -177,7 +177,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         image_shape (`tuple[int, int, int]`, *optional*): `(C, H, W)` of real images (for the size estimate).
     """
     real_only = cost is None
-    m = cfg.ipc if real_only else round(cfg.doping_ratio * cfg.ipc) if cfg.method == "dsco" else 0
+    m = cfg.ipc if real_only else cfg.num_doped if cfg.method == "dsco" else 0
     n = cfg.ipc - m
 
     def calls(guidance_scale: float) -> int:  # denoiser calls per sample and step: 2 under classifier-free guidance
