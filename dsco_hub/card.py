@@ -130,7 +130,7 @@ def render_dataset_card(
         }
     settings = ", ".join(f"`{k}={v}`" for k, v in dsco["settings"].items()) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in dsco["versions"].items())
-    volume = counts["rows"] / max(source["num_rows"], 1)
+    volume = counts["rows"] / max(source["num_rows"] or 0, 1)  # None: a streamed split of undeclared size
     return DatasetCard.from_template(
         data,
         template_path=str(template_path("dataset_card.md")),
@@ -141,6 +141,7 @@ def render_dataset_card(
         else "#source-licence-and-citation",
         source_split=source["split"],
         source_rows=source["num_rows"],
+        source_read=source["id"] != "data-free",
         source_revision=source.get("revision"),
         num_classes=source["num_classes"],
         ipc=dsco["ipc"],

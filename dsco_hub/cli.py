@@ -120,6 +120,18 @@ def concentrate(
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing", help="NOpt: recompute activations (less GPU memory).")
     ] = False,
+    torch_compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the denoiser on CUDA (ignored on the CPU).")
+    ] = False,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming", help="Stream SOURCE: keep only the rows of each class the run uses (in OUT.partial)."
+        ),
+    ] = False,
+    shuffle_buffer: Annotated[
+        int, typer.Option(help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order).")
+    ] = 10_000,
     doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
     doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
     data_free: Annotated[
@@ -208,6 +220,7 @@ def concentrate(
             target_batch=nopt_target_batch,
         ),
         gradient_checkpointing=gradient_checkpointing,
+        torch_compile=torch_compile,
         doping_ratio=doping_ratio,
         doping_select=doping_select,
         data_free=data_free,
@@ -222,6 +235,7 @@ def concentrate(
     )
     if classes is not None:
         cfg.source.classes = tuple(c.strip() for c in classes.split(",") if c.strip())
+    cfg.source.streaming, cfg.source.shuffle_buffer = streaming, shuffle_buffer
     if dry_run:
         for line in plan_run(cfg).lines():
             Console().print(line, highlight=False, soft_wrap=True)

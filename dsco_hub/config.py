@@ -58,6 +58,10 @@ class SourceConfig:
     image_column: str | None = None  # None = the column whose feature is `Image`
     label_column: str | None = None  # None = the column whose feature is `ClassLabel` (or "label")
     classes: tuple[str, ...] | None = None  # keep only these classes (names or label indices), in this order
+    # read the split as a stream (`datasets` streaming): only the first rows of each class that the run can use are
+    # kept (saved in OUT.partial), so neither the download nor the disk follows the source's size
+    streaming: bool = False
+    shuffle_buffer: int = 10_000  # streaming: rows in `IterableDataset.shuffle`'s buffer (0 = the stream's order)
 
 
 @dataclass
@@ -192,6 +196,7 @@ class ConcentrateConfig:
     dtype: str = "auto"  # denoiser dtype; auto = float32 on CPU, float16 on CUDA
     nopt: NOptConfig = field(default_factory=NOptConfig)  # DsCo's noise optimization
     gradient_checkpointing: bool = False  # recompute denoiser activations in NOpt's backward: less memory, same images
+    torch_compile: bool = False  # `torch.compile` the denoiser on CUDA (ignored on the CPU: its results must not move)
     doping_ratio: float = 0.0  # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only)
     doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
@@ -232,6 +237,21 @@ class ConcentrateConfig:
         return self.pool_size or max(4 * n, 256)
 
     @property
+    def rows_per_class(self) -> int:
+        """Real images per class the run can draw from: what `--streaming` keeps of each class, in `[ipc, ...]`.
+
+        The largest of: IPC (random selection, and the random-real baseline of the evaluation), `herding_pool`
+        (herding, and doping by herding), and NOpt's `targets` (data-accessible DsCo). Every selection then draws
+        from these rows, which sample the class as well as the stream is shuffled (`shuffle_buffer`).
+        """
+        needed = [self.ipc]
+        if self.method == "herding" or (self.method == "dsco" and self.num_doped and self.doping_select == "herding"):
+            needed.append(self.herding_pool)
+        if self.method == "dsco" and not self.data_free:
+            needed.append(self.nopt.targets)
+        return max(needed)
+
+    @property
     def pool_guidance(self) -> float:
         """Classifier-free guidance scale of the data-free pool's samples: `pool_guidance_scale`, else the run's."""
         return self.guidance_scale if self.pool_guidance_scale is None else self.pool_guidance_scale
@@ -242,6 +262,10 @@ class ConcentrateConfig:
         _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
+        _check(
+            self.source.shuffle_buffer >= 0,
+            f"--shuffle-buffer={self.source.shuffle_buffer} must be >= 0 (rows; 0 keeps the stream's order).",
+        )
         _check(self.steps >= 1, f"--steps={self.steps} must be at least 1; e.g. --steps 25.")
         _check(self.guidance_scale >= 0, f"--guidance-scale={self.guidance_scale} must be >= 0; 1 disables guidance.")
         _check(0 <= self.eta <= 1, f"--eta={self.eta} must be in [0, 1] (0 = deterministic DDIM).")
@@ -363,9 +387,10 @@ class PriorTrainConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 # Never compared: where the set goes, whether an existing one may be replaced, the upload, and the denoiser batch
-# size and gradient checkpointing (memory only: every image has its own generator, so rows do not depend on them
-# and a resume may change them after running out of memory).
-_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size", "gradient_checkpointing")
+# size, gradient checkpointing and torch.compile (memory and speed only: every image has its own generator, so rows
+# do not depend on them beyond GPU float rounding, and a resume may change them after running out of memory or
+# into a compiler error).
+_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size", "gradient_checkpointing", "torch_compile")
 # Only in the card, not in the rows: the evaluation. A resume may change them; a finished set may not.
 _CARD_ONLY = ("evaluate", "eval", "source.test_split")
 _OPTION_NAMES = {
@@ -423,9 +448,12 @@ def option_name(key: str) -> str:
 def first_difference(saved: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first option whose value differs between two `run_settings`: `(option, saved value, value now)`.
 
-    An option missing on one side counts as None (its default when a run saved by an older version lacks it).
+    An option missing on one side counts as its default: a run saved by an older version lacks the options added
+    since, and ran as their defaults do.
     """
+    defaults = _flatten(ConcentrateConfig().to_dict())
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
-            return option_name(key), saved.get(key), now.get(key)
+        there, here = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if there != here:
+            return option_name(key), there, here
     return None

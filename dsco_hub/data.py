@@ -11,9 +11,14 @@ Images leave this module as tensors of shape `(batch_size, channels, height, wid
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import io
+import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -24,11 +29,13 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from dsco_hub.config import SourceConfig
+from dsco_hub.config import SourceConfig, derive_seed
 from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError
 
 EMBEDDED_NAME = "fashion_mnist_subset"
 EMBEDDED_ID = "dsco-hub/fashion-mnist-subset (embedded)"
+STREAM_INFO = "dsco_stream.json"  # beside a streamed split's saved rows: what was read, and the source's metadata
+STREAM_INDEX = "dsco_stream_index"  # column of a streamed split's saved rows: each row's index in the source split
 _LABEL_NAMES = ("label", "labels", "class", "classes", "target", "fine_label", "y")
 
 
@@ -54,6 +61,8 @@ class SourceData:
         citation (`str`, *optional*): the source's citation when known.
         source_classes (`list[int]`, *optional*): with `--classes`, the split's own label of each kept class
             (rows of other classes have label -1 and belong to no class); None when every class is kept.
+        row_ids (`np.ndarray`, *optional*): `(num_rows,)` int64, for a streamed split the index of each kept row in
+            the source split (its position in the stream, in file order); None when the rows are the split's own.
     """
 
     dataset: datasets.Dataset
@@ -68,6 +77,7 @@ class SourceData:
     citation: str | None = None
     extra: dict = field(default_factory=dict)
     source_classes: list[int] | None = None
+    row_ids: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -84,9 +94,7 @@ class SourceData:
     @cached_property
     def image_shape(self) -> tuple[int, int, int]:
         """`(channels, height, width)` of the first image: channels 1 for grayscale sources, else 3."""
-        image = self.decode_pil([0])[0]
-        channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-        return channels, image.height, image.width
+        return _shape(self.decode_pil([0])[0])
 
     def decode_pil(self, rows) -> list[PILImage.Image]:
         """Decode the images of `rows` (row indices of this split) as PIL images.
@@ -110,10 +118,20 @@ class SourceData:
             images.append(image)
         return images
 
+    def source_index(self, rows) -> list[int]:
+        """The index in the source split of each of `rows` (row indices of this split), for provenance."""
+        rows = [int(r) for r in rows]
+        return rows if self.row_ids is None else [int(self.row_ids[r]) for r in rows]
+
     def raw_images(self, rows) -> list[dict]:
         """The stored `{"bytes", "path"}` values of `rows`, for copying real images without re-encoding."""
         rows = [int(r) for r in rows]
         return self.dataset.select_columns([self.image_column])[rows][self.image_column]
+
+
+def _shape(image: PILImage.Image) -> tuple[int, int, int]:
+    channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    return channels, image.height, image.width
 
 
 def _is_local(source: str) -> bool:
@@ -149,7 +167,8 @@ def _card_metadata(source: str, is_local: bool, revision: str | None) -> tuple[s
     return license_, citation
 
 
-def _open_split(source: str, cfg: SourceConfig, split: str) -> datasets.Dataset:
+def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = False):
+    """The split as a `datasets.Dataset`, or with `streaming` an `IterableDataset` (rows read lazily, in order)."""
     path = Path(source).expanduser()
     if _is_local(source) and not path.exists():
         raise SourceNotFoundError(
@@ -162,17 +181,19 @@ def _open_split(source: str, cfg: SourceConfig, split: str) -> datasets.Dataset:
         )
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            return loaded  # a single-split save_to_disk folder: whatever the split name
-        if split not in loaded:
-            raise SourceError(
-                f"--split={split!r} does not exist in {source}; available splits: {', '.join(loaded)}. "
-                "Pass one with --split."
-            )
-        return loaded[split]
+        if not isinstance(loaded, datasets.Dataset):  # a single-split save_to_disk folder: whatever the split name
+            if split not in loaded:
+                raise SourceError(
+                    f"--split={split!r} does not exist in {source}; available splits: {', '.join(loaded)}. "
+                    "Pass one with --split."
+                )
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
     try:
         target = str(path) if path.is_dir() else source
-        return datasets.load_dataset(target, name=cfg.config_name, split=split, revision=cfg.revision)
+        return datasets.load_dataset(
+            target, name=cfg.config_name, split=split, revision=cfg.revision, streaming=streaming
+        )
     except ValueError as err:
         match = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", str(err))
         if match:
@@ -253,25 +274,49 @@ def _labels(ds: datasets.Dataset, column: str, names: list[str] | None, where: s
     return np.fromiter((lookup[str(v)] for v in values), dtype=np.int64, count=len(values)), names
 
 
-def load_source(cfg: SourceConfig, split: str | None = None, class_names: list[str] | None = None) -> SourceData:
+def load_source(
+    cfg: SourceConfig,
+    split: str | None = None,
+    class_names: list[str] | None = None,
+    stream_to: Path | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+) -> SourceData:
     """Open one split of a source dataset and resolve its image column, label column and classes.
+
+    With `cfg.streaming` the split is read as a `datasets` stream, shuffled through a buffer of `cfg.shuffle_buffer`
+    rows (seeded by `(seed, "stream", split)`; shards in file order, so each row keeps its index in the split, in
+    `row_ids`), and its first `per_class` rows of each class are saved, undecoded, in `stream_to/<split>`
+    (atomically, in Arrow batches: memory does not follow the split's size); the stream stops as soon as every
+    class has them. A later call with the
+    same `stream_to` opens the saved rows and reads nothing from the source, so a resumed run and the other
+    processes of a launch see the same rows.
 
     Args:
         cfg (`SourceConfig`): where the data comes from (`source=None` is the embedded Fashion-MNIST subset).
         split (`str`, *optional*, defaults to `cfg.split`): which split to open.
         class_names (`list[str]`, *optional*): the class names to map labels onto (for a test split that must
             agree with a training split); None keeps the split's own names.
+        stream_to (`Path`, *optional*): with `cfg.streaming`, the folder that keeps the streamed rows (required).
+        per_class (`int`, *optional*): with `cfg.streaming`, rows kept per class (None = every row of the split).
+        seed (`int`, *optional*, defaults to 0): with `cfg.streaming`, the run seed the shuffle derives from.
 
     Returns:
-        `SourceData`: the split with `labels` as `(num_rows,)` int64 in `[0, K)`. No image is decoded.
+        `SourceData`: the split with `labels` as `(num_rows,)` int64 in `[0, K)`. No image is decoded. A streamed
+        split has only its kept rows; `extra["streaming"]` records how many rows were read and kept.
 
     Raises:
         SourceNotFoundError: the source does not exist.
-        SourceError: the split, the image column or the label column is missing, or labels are unknown.
+        SourceError: the split, the image column or the label column is missing, or labels are unknown; with
+            `cfg.streaming`, the source declares no features or its labels are not a `ClassLabel`.
     """
     source = cfg.source if cfg.source is not None else str(embedded_source_path())
     display = cfg.source if cfg.source is not None else EMBEDDED_ID
     split = split or cfg.split
+    if cfg.streaming:
+        if stream_to is None:
+            raise ValueError("load_source: a streaming source needs `stream_to`, the folder that keeps its rows")
+        return _load_streamed(source, display, cfg, split, class_names, Path(stream_to) / split, per_class, seed)
     ds = _open_split(source, cfg, split)
     image_column, label_column = _find_columns(ds, cfg, display)
     where = f"{display} [{split}]"
@@ -307,6 +352,168 @@ def load_source(cfg: SourceConfig, split: str | None = None, class_names: list[s
     )
 
 
+def _open_stream(source: str, display: str, cfg: SourceConfig, split: str):
+    """The split as a stream with its image column undecoded, its columns and its label feature.
+
+    Raises:
+        SourceError: the stream declares no features, or its label column is not a `ClassLabel` (the classes would
+            only be known after reading the whole split).
+    """
+    stream = _open_split(source, cfg, split, streaming=True)
+    where = f"{display} [{split}]"
+    if stream.features is None:
+        raise SourceError(
+            f"--streaming: {where} declares no features, so its classes are known only after reading all of it; "
+            "drop --streaming (the split is then indexed by its label column)."
+        )
+    image_column, label_column = _find_columns(stream, cfg, display)
+    feature = stream.features[label_column]
+    if not isinstance(feature, datasets.ClassLabel):
+        raise SourceError(
+            f"--streaming: the label column {label_column!r} of {where} is not a ClassLabel, so its classes are "
+            "known only after reading all of it; drop --streaming (the split is then indexed by its label column)."
+        )
+    stream = stream.select_columns([image_column, label_column])
+    stream = stream.cast_column(image_column, datasets.Image(decode=False))
+    return stream, image_column, label_column, feature
+
+
+def _kept_classes(cfg: SourceConfig, names: list[str], where: str) -> np.ndarray:
+    """`(K,)` bool: the classes a streamed split keeps rows of (all of them, or those `--classes` picks)."""
+    keep = np.ones(len(names), dtype=bool)
+    if cfg.classes:
+        keep[:] = False
+        keep[_keep_classes(np.arange(len(names)), names, cfg.classes, where)[2]] = True
+    return keep
+
+
+def _save_stream(
+    source: str, display: str, cfg: SourceConfig, split: str, saved: Path, per_class: int | None, seed: int
+) -> None:
+    """Read the split as a stream and save its first `per_class` rows of each kept class at `saved` (atomically).
+
+    Rows go to disk through `Dataset.from_generator` in Arrow batches, so memory stays bounded whatever the source.
+    """
+    stream, image_column, label_column, feature = _open_stream(source, display, cfg, split)
+    keep = _kept_classes(cfg, list(feature.names), f"{display} [{split}]")
+    rng = np.random.default_rng(derive_seed(seed, "stream", split))
+    counts = np.zeros(len(keep), dtype=np.int64)
+    stats = {"rows_read": 0, "read_all": True}
+
+    def shuffled():
+        # `IterableDataset.shuffle`'s buffer shuffle, but over the shards in file order: it would also permute the
+        # shards and lose each row's index in the split, which the set records as provenance (`source_index`)
+        buffer: list[tuple[int, dict]] = []
+        with contextlib.closing(iter(stream)) as it:
+            for index, row in enumerate(it):
+                stats["rows_read"] = index + 1
+                if len(buffer) < cfg.shuffle_buffer:
+                    buffer.append((index, row))
+                elif not buffer:  # --shuffle-buffer 0: the stream's order
+                    yield index, row
+                else:
+                    j = int(rng.integers(len(buffer)))
+                    yield buffer[j]
+                    buffer[j] = (index, row)
+        yield from (buffer[j] for j in rng.permutation(len(buffer)))
+
+    def rows():
+        for index, row in shuffled():
+            k = row[label_column]
+            if k is None or k < 0 or not keep[k] or (per_class is not None and counts[k] >= per_class):
+                continue
+            counts[k] += 1
+            yield {**row, STREAM_INDEX: index}
+            if per_class is not None and counts[keep].min() >= per_class:
+                stats["read_all"] = False
+                return
+
+    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")
+    cache = saved.with_name(f".{saved.name}.{os.getpid()}.cache")
+    for folder in (tmp, cache):
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        ds = datasets.Dataset.from_generator(
+            rows,
+            features=datasets.Features(
+                {
+                    image_column: datasets.Image(decode=False),
+                    label_column: feature,
+                    STREAM_INDEX: datasets.Value("int64"),
+                }
+            ),
+            cache_dir=str(cache),
+            fingerprint=f"dsco-stream-{derive_seed(seed, 'stream', split, per_class, cfg.shuffle_buffer):016x}",
+        )
+        ds.save_to_disk(str(tmp))
+        license_, citation = _card_metadata(source, _is_local(source), cfg.revision)
+        splits = stream.info.splits or {}
+        num_examples = splits[split].num_examples if split in splits else None
+        info = {
+            "rows_read": stats["rows_read"],
+            "rows_kept": len(ds),
+            "per_class": per_class,
+            "shuffle_buffer": cfg.shuffle_buffer,
+            "read_all": stats["read_all"],
+            "num_examples": num_examples or (stats["rows_read"] if stats["read_all"] else None),
+            "license": license_ or (stream.info.license or None),
+            "citation": citation or (stream.info.citation or None),
+        }
+        (tmp / STREAM_INFO).write_text(json.dumps(info, indent=2))
+        del ds
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, saved)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _load_streamed(
+    source: str,
+    display: str,
+    cfg: SourceConfig,
+    split: str,
+    class_names: list[str] | None,
+    saved: Path,
+    per_class: int | None,
+    seed: int,
+) -> SourceData:
+    """A streamed split: its rows saved at `saved` (streamed first when they are not there yet)."""
+    if not (saved / STREAM_INFO).exists():
+        _save_stream(source, display, cfg, split, saved, per_class, seed)
+    local = dataclasses.replace(cfg, source=str(saved), streaming=False, config_name=None, revision=None)
+    loaded = load_source(local, split=split, class_names=class_names)
+    info = json.loads((saved / STREAM_INFO).read_text())
+    return dataclasses.replace(
+        loaded,
+        source_id=display,
+        revision=cfg.revision,
+        license=info["license"],
+        citation=info["citation"],
+        extra={**loaded.extra, "streaming": info},
+        row_ids=np.asarray(loaded.dataset.with_format("numpy", columns=[STREAM_INDEX])[STREAM_INDEX], dtype=np.int64),
+    )
+
+
+def peek_stream(cfg: SourceConfig, split: str | None = None) -> tuple[list[str], tuple[int, int, int]]:
+    """The class names (after `--classes`) and the first image's `(channels, height, width)` of a streamed split,
+    reading one row: what `--dry-run` needs.
+
+    Raises:
+        SourceNotFoundError, SourceError: as `load_source` with `cfg.streaming`.
+    """
+    source = cfg.source if cfg.source is not None else str(embedded_source_path())
+    display = cfg.source if cfg.source is not None else EMBEDDED_ID
+    split = split or cfg.split
+    stream, image_column, _, feature = _open_stream(source, display, cfg, split)
+    names = list(feature.names)
+    if cfg.classes:
+        names = _keep_classes(np.arange(len(names)), names, cfg.classes, f"{display} [{split}]")[1]
+    with contextlib.closing(iter(stream)) as it:
+        first = next(it)
+    return names, _shape(datasets.Image().decode_example(first[image_column]))
+
+
 def _keep_classes(labels: np.ndarray, names: list[str], wanted, where: str) -> tuple[np.ndarray, list[str], list[int]]:
     """`--classes`: relabel the kept classes 0..len(wanted)-1 in the order given, the other rows -1.
 
@@ -333,10 +540,11 @@ def _keep_classes(labels: np.ndarray, names: list[str], wanted, where: str) -> t
     return remap[labels], [names[k] for k in picks], picks
 
 
-def load_test_source(cfg: SourceConfig, class_names: list[str]) -> SourceData:
+def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path | None = None) -> SourceData:
     """Open the evaluation split of `cfg` with labels mapped onto `class_names`.
 
-    Uses `cfg.test_split`, else "test", else "validation".
+    Uses `cfg.test_split`, else "test", else "validation". With `cfg.streaming`, the whole split is streamed into
+    `stream_to` first (see `load_source`).
 
     Raises:
         SourceError: no such split (the message lists the splits and points to `--test-split`), or the test
@@ -346,7 +554,7 @@ def load_test_source(cfg: SourceConfig, class_names: list[str]) -> SourceData:
     last: SourceError | None = None
     for split in candidates:
         try:
-            return load_source(cfg, split=split, class_names=class_names)
+            return load_source(cfg, split=split, class_names=class_names, stream_to=stream_to)
         except SourceNotFoundError:
             raise
         except SourceError as err:

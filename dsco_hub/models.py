@@ -136,6 +136,22 @@ class DiffusionPrior:
         return x0.float().clamp(-1, 1)
 
 
+def compile_denoiser(prior: DiffusionPrior) -> bool:
+    """`torch.compile` the denoiser in place (`nn.Module.compile`, TorchInductor) when it is on a CUDA device.
+
+    Sampling and NOpt's backward then run the compiled graph; the first batches of each shape pay the compilation.
+    On the CPU nothing is compiled: Inductor's fused CPU kernels may round differently from eager PyTorch, and
+    dsco-hub's CPU results are kept byte-stable (the scale issue's rule for GPU speed options).
+
+    Returns:
+        `bool`: whether the denoiser was compiled (False on the CPU).
+    """
+    if prior.device.type != "cuda":
+        return False
+    prior.denoiser.compile()
+    return True
+
+
 def shipped_prior_path() -> Path:
     """Folder of the prior shipped inside the package (trained by `dsco-hub prior train` on Fashion-MNIST)."""
     from importlib import resources

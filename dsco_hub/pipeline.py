@@ -40,6 +40,7 @@ from dsco_hub.data import (
     image_grid,
     load_source,
     load_test_source,
+    peek_stream,
     pil_to_uint8,
     to_model_range,
     to_pil,
@@ -87,8 +88,27 @@ def _check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
         )
 
 
+def _load_train(
+    cfg: ConcentrateConfig, class_names: list[str] | None, state: distributed.ProcessState, stream_to: Path
+) -> SourceData:
+    """The source's training split. A streamed one is read by the main process, which saves the
+    `cfg.rows_per_class` rows of each class the run can use in `stream_to`; the other processes open those rows."""
+
+    def load() -> SourceData:
+        return load_source(
+            cfg.source, class_names=class_names, stream_to=stream_to, per_class=cfg.rows_per_class, seed=cfg.seed
+        )
+
+    if not cfg.source.streaming or state.world_size == 1:
+        return load()
+    source = load() if state.is_main else None
+    state.wait_for_everyone()
+    return source or load()
+
+
 def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str]) -> dict:
-    """The card's `dsco.source`: where the data came from (in data-free mode, only the class names)."""
+    """The card's `dsco.source`: where the data came from (in data-free mode, only the class names; for a streamed
+    source, the split's size when it declares one and what was read of it)."""
     if source is None:
         return {
             "id": "data-free",
@@ -101,7 +121,7 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
             "num_classes": len(class_names),
             "license": None,
         }
-    return {
+    block = {
         "id": source.source_id,
         "data_free": cfg.data_free,
         "is_hub": cfg.source.source is not None and not Path(cfg.source.source).expanduser().exists(),
@@ -112,6 +132,11 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
         "num_classes": source.num_classes,
         "license": source.license,
     }
+    streamed = source.extra.get("streaming")
+    if streamed:  # the split's declared size, else None (the stream stopped before its end)
+        block["num_rows"] = streamed["num_examples"]
+        block["streaming"] = {k: streamed[k] for k in ("rows_read", "rows_kept", "per_class", "shuffle_buffer")}
+    return block
 
 
 def _load_model(
@@ -238,7 +263,7 @@ def _dsco(
                 feature_seed=cfg.feature_seed,
                 synthetic=start,
             )
-        rows.add_real(source.raw_images(picks), picks, k)
+        rows.add_real(source.raw_images(picks), source.source_index(picks), k)
     return rows
 
 
@@ -283,7 +308,7 @@ def _select(cfg: ConcentrateConfig, source: SourceData, k: int) -> writer.Concen
         picks = doping.select_herding(
             source, k, cfg.ipc, cfg.seed, pool=cfg.herding_pool, kernel=cfg.kernel, feature_seed=cfg.feature_seed
         )
-    rows.add_real(source.raw_images(picks), picks, k)
+    rows.add_real(source.raw_images(picks), source.source_index(picks), k)
     return rows
 
 
@@ -469,13 +494,20 @@ def concentrate(
         return ConcentrateResult(out=out.resolve(), dsco=dsco, push=pushed, main=state.is_main)
     settings = run_settings(plain, "rows")
     folder, discard = writer.check_run(out, settings, cfg.overwrite)
+    state.wait_for_everyone()  # every process has read the saved run before it is discarded
+    if discard and state.is_main:
+        writer.discard_run(folder)
     if cfg.push is not None and state.is_main:
         hub.preflight(cfg.push)  # repo id, token and its user checked before any heavy work
     with progress_bar(disable=not state.is_main) as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
         # In data-free mode SOURCE is optional and serves only the evaluation; synthesis reads no image
         labels = list(cfg.labels) if cfg.data_free else None
-        source = load_source(cfg.source, class_names=labels) if not cfg.data_free or cfg.source.source else None
+        # A streamed source keeps the rows it uses here (see `load_source`), named by what they depend on: a crash
+        # before the run's settings are saved must not let a rerun with other settings reuse them
+        key = json.dumps([plain["source"], cfg.rows_per_class, cfg.seed], sort_keys=True)
+        stream_to = folder / "stream" / f"{derive_seed(key):016x}"
+        source = _load_train(cfg, labels, state, stream_to) if not cfg.data_free or cfg.source.source else None
         class_names = labels or source.class_names
         name = source.source_id if source is not None else "data-free class names"
         prior, class_ids = None, None
@@ -483,18 +515,20 @@ def concentrate(
             _check_ipc(source, cfg.ipc)
         else:
             prior, class_ids = _load_model(cfg, class_names, name, source, state.device)
+            if cfg.torch_compile and not models.compile_denoiser(prior) and state.is_main:
+                say("--compile: ignored on the CPU (compiled kernels may round differently; CPU results stay put)")
             if cfg.method == "dsco" and not cfg.data_free:
                 _check_ipc(source, max(cfg.num_doped, 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
         bar.advance(task)
         evaluate = cfg.evaluate and source is not None and state.is_main
-        test = load_test_source(cfg.source, class_names) if evaluate else None
+        test = load_test_source(cfg.source, class_names, stream_to) if evaluate else None
         bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(class_names)} classes")
 
         # Units: each process computes its own, each finished unit is a shard in OUT.partial
         units = distributed.plan_units(cfg.method, cfg.ipc, len(class_names))
         if state.is_main:
-            writer.prepare_run(folder, settings, len(units), discard)
+            writer.prepare_run(folder, settings, len(units))
         state.wait_for_everyone()
         done = sum(writer.shard_path(folder, unit.index).exists() for unit in units)
         if done and state.is_main:
@@ -584,6 +618,9 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
         num_classes = len(cfg.source.classes or wnids or range(presets.IMAGENET_CLASSES))
     elif cfg.data_free:
         num_classes = len(cfg.labels)
+    elif cfg.source.streaming:  # one row read: class sizes are unknown until the stream is read
+        names, image_shape = peek_stream(cfg.source)
+        num_classes = len(names)
     else:
         source = load_source(cfg.source)
         _check_ipc(source, cfg.ipc if cfg.method in REAL_METHODS else cfg.num_doped)

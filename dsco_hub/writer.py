@@ -209,10 +209,13 @@ def check_run(out: str | Path, settings: dict, overwrite: bool) -> tuple[Path, b
     )
 
 
-def prepare_run(folder: Path, settings: dict, num_units: int, discard: bool) -> None:
-    """Create (or, with `discard`, recreate) the run folder and save the settings; main process only."""
-    if discard:
-        shutil.rmtree(folder, ignore_errors=True)
+def discard_run(folder: Path) -> None:
+    """Delete a saved run made with other settings (`--overwrite`); main process only."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepare_run(folder: Path, settings: dict, num_units: int) -> None:
+    """Create the run folder (if needed) and save the settings; main process only."""
     (folder / "units").mkdir(parents=True, exist_ok=True)
     if not (folder / RUN_CONFIG).exists():
         write_json(folder / RUN_CONFIG, {"settings": settings, "num_units": num_units})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import pytest
+from conftest import tiny_dataset, write_repo
 
 from dsco_hub import distributed, pipeline, writer
-from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
-from dsco_hub.errors import ConfigError
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig, first_difference, run_settings
+from dsco_hub.data import load_source
+from dsco_hub.errors import ConfigError, SourceError
 
 DATA = Path("data") / "train-00000-of-00001.parquet"
 COMPUTE_UNIT = pipeline._compute_unit
@@ -237,21 +241,25 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("method", ["dsco", "diffusion"])  # 3 units over 2 processes; 1 unit (rank 1 idle)
-def test_two_processes_give_byte_identical_output(tiny_repo, tiny_prior, tmp_path, method):
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("dsco", ()),  # 3 units over 2 processes
+        ("diffusion", ()),  # 1 unit: rank 1 idle
+        ("dsco", ("--streaming", "--shuffle-buffer", "4", "--doping-ratio", "0.5", "--doping-select", "random")),
+    ],
+)
+def test_two_processes_give_byte_identical_output(tiny_repo, tiny_prior, tmp_path, method, extra):
+    def args(out):
+        return _args(tiny_repo, out, tiny_prior, "--method", method, *extra)
+
     one = subprocess.run(
-        [sys.executable, "-m", "dsco_hub", *_args(tiny_repo, tmp_path / "one", tiny_prior, "--method", method)],
-        env=_env(),
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "dsco_hub", *args(tmp_path / "one")], env=_env(), capture_output=True, text=True
     )
     assert one.returncode == 0, one.stderr
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
     two = subprocess.run(
-        [*launch, "-m", "dsco_hub", *_args(tiny_repo, tmp_path / "two", tiny_prior, "--method", method)],
-        env=_env(),
-        capture_output=True,
-        text=True,
+        [*launch, "-m", "dsco_hub", *args(tmp_path / "two")], env=_env(), capture_output=True, text=True
     )
     assert two.returncode == 0, two.stderr
     assert (tmp_path / "two" / DATA).read_bytes() == (tmp_path / "one" / DATA).read_bytes()
@@ -266,3 +274,102 @@ def test_gradient_checkpointing_changes_nothing_on_cpu(tiny_repo, tiny_prior, tm
     pipeline.concentrate(_cfg(tiny_repo, tmp_path / "a", tiny_prior))
     pipeline.concentrate(_cfg(tiny_repo, tmp_path / "b", tiny_prior, gradient_checkpointing=True))
     assert (tmp_path / "a" / DATA).read_bytes() == (tmp_path / "b" / DATA).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming sources: only the rows each class needs are read and kept
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _streamed(repo, **kwargs) -> SourceConfig:
+    return SourceConfig(source=str(repo), streaming=True, shuffle_buffer=8, **kwargs)
+
+
+def _big_repo(tmp_path) -> Path:
+    """75 train rows (30/20/25 per class, interleaved) and 12 test rows."""
+    return write_repo(tmp_path / "big", tiny_dataset(per_class=(30, 20, 25)), tiny_dataset((4, 4, 4), seed_offset=100))
+
+
+def test_a_streamed_split_keeps_the_first_rows_of_each_class_with_their_index(tmp_path):
+    repo = _big_repo(tmp_path)
+    full = load_source(SourceConfig(source=str(repo)))
+    source = load_source(_streamed(repo), stream_to=tmp_path / "s", per_class=4, seed=0)
+    assert source.class_names == full.class_names and [len(rows) for rows in source.class_index] == [4, 4, 4]
+    info = source.extra["streaming"]
+    assert info["rows_kept"] == 12 and 12 <= info["rows_read"] < 75 and not info["read_all"]
+    # each kept row is the source's row at its recorded index, with its label
+    kept = source.raw_images(range(12))
+    index = source.source_index(range(12))
+    assert kept == full.raw_images(index) and list(source.labels) == list(full.labels[index])
+    assert len(set(index)) == 12 and index != sorted(index)  # shuffled through the buffer
+    # the seed decides the rows; the saved rows are reopened without reading the source
+    for folder, seed, same in (("again", 0, True), ("other", 1, False)):
+        again = load_source(_streamed(repo), stream_to=tmp_path / folder, per_class=4, seed=seed)
+        assert (again.raw_images(range(12)) == kept) is same
+    shutil.rmtree(repo / "data")
+    reopened = load_source(_streamed(repo), stream_to=tmp_path / "s", per_class=4, seed=0)
+    assert reopened.raw_images(range(12)) == kept and reopened.extra["streaming"] == info
+
+
+def test_a_streamed_split_keeps_only_the_classes_asked_for_and_everything_without_a_cap(tmp_path):
+    repo = _big_repo(tmp_path)
+    picked = load_source(_streamed(repo, classes=("stripe", "circle")), stream_to=tmp_path / "s", per_class=3)
+    assert picked.class_names == ["stripe", "circle"] and [len(r) for r in picked.class_index] == [3, 3]
+    assert picked.extra["streaming"]["rows_kept"] == 6
+    whole = load_source(_streamed(repo), split="test", stream_to=tmp_path / "s", per_class=None)
+    assert whole.extra["streaming"]["read_all"] and whole.extra["streaming"]["num_examples"] == 12
+    assert sorted(whole.source_index(range(12))) == list(range(12))
+
+
+def test_streaming_needs_a_classlabel_column(tmp_path):
+    repo = write_repo(tmp_path / "ints", tiny_dataset(label_kind="int"))
+    with pytest.raises(SourceError, match=r"--streaming: the label column 'label' of .* is not a ClassLabel"):
+        load_source(_streamed(repo), stream_to=tmp_path / "s", per_class=2)
+    with pytest.raises(ConfigError, match="--shuffle-buffer=-1 must be >= 0"):
+        ConcentrateConfig(source=SourceConfig(streaming=True, shuffle_buffer=-1)).validate()
+
+
+def test_concentrate_from_a_stream_records_what_it_read(tiny_prior, tmp_path):
+    repo = _big_repo(tmp_path)
+    out = tmp_path / "out"
+    cfg = _cfg(repo, out, tiny_prior, doping_ratio=0.5, doping_select="random", evaluate=True)
+    cfg.source = _streamed(repo)
+    result = pipeline.concentrate(cfg)
+    streamed = result.dsco["source"]["streaming"]  # IPC 2 from 4 NOpt targets per class: 4 rows kept of each
+    assert streamed["rows_kept"] == 12 and streamed["per_class"] == 4 and streamed["rows_read"] < 75
+    assert result.dsco["source"]["num_rows"] is None  # the repo declares no split sizes and was not read to its end
+    assert "whose size is not declared" in (out / "README.md").read_text()
+    assert result.dsco["eval"]["test"]["num_images"] == 12  # the whole test split, streamed
+    assert not writer.run_folder(out).exists()
+    # the doped real rows are the source's rows at their recorded index
+    ds = datasets.load_dataset(str(out), split="train")
+    full = load_source(SourceConfig(source=str(repo)))
+    real = [row for row in ds.cast_column("image", datasets.Image(decode=False)) if row["source"] == "real"]
+    assert len(real) == 3
+    originals = full.raw_images([row["source_index"] for row in real])
+    assert [row["image"]["bytes"] for row in real] == [image["bytes"] for image in originals]
+
+
+def test_a_run_saved_before_an_option_existed_resumes_at_its_default():
+    saved = run_settings(ConcentrateConfig().to_dict(), "rows")
+    del saved["source.streaming"], saved["source.shuffle_buffer"]  # as saved by a version without streaming
+    assert first_difference(saved, run_settings(ConcentrateConfig().to_dict(), "rows")) is None
+    streaming = ConcentrateConfig(source=SourceConfig(streaming=True))
+    assert first_difference(saved, run_settings(streaming.to_dict(), "rows")) == ("--streaming", False, True)
+
+
+def test_compile_is_ignored_on_the_cpu(tiny_repo, tiny_prior, tmp_path):
+    messages: list[str] = []
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "a", tiny_prior))
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "b", tiny_prior, torch_compile=True), report=messages.append)
+    assert (tmp_path / "a" / DATA).read_bytes() == (tmp_path / "b" / DATA).read_bytes()
+    assert any(m.startswith("--compile: ignored on the CPU") for m in messages)
+
+
+def test_dry_run_of_a_stream_reads_one_row_and_writes_nothing(tiny_prior, tmp_path):
+    repo = _big_repo(tmp_path)
+    cfg = _cfg(repo, tmp_path / "out", tiny_prior)
+    cfg.source = _streamed(repo, classes=("square", "stripe"))
+    plan = pipeline.dry_run(cfg)
+    assert (plan.classes, plan.units, plan.synthetic_per_class) == (2, 2, 2)
+    assert not (tmp_path / "out").exists() and not writer.run_folder(tmp_path / "out").exists()
