@@ -131,7 +131,7 @@ def concentrate(
     ] = False,
     shuffle_buffer: Annotated[
         int, typer.Option(help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order).")
-    ] = 10_000,
+    ] = 1000,
     doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
     doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
     data_free: Annotated[

@@ -58,10 +58,12 @@ class SourceConfig:
     image_column: str | None = None  # None = the column whose feature is `Image`
     label_column: str | None = None  # None = the column whose feature is `ClassLabel` (or "label")
     classes: tuple[str, ...] | None = None  # keep only these classes (names or label indices), in this order
-    # read the split as a stream (`datasets` streaming): only the first rows of each class that the run can use are
-    # kept (saved in OUT.partial), so neither the download nor the disk follows the source's size
+    # read the split as a stream (`datasets` streaming): the stream is read until every class has the rows the run can
+    # use, and only those are kept (in OUT.partial), so neither download nor disk follows the source's size
     streaming: bool = False
-    shuffle_buffer: int = 10_000  # streaming: rows in `IterableDataset.shuffle`'s buffer (0 = the stream's order)
+    # streaming: undecoded rows held in the seeded shuffle buffer (0 = the stream's order); 1000 is the default of
+    # `IterableDataset.shuffle`, about 110 MB of ImageNet JPEGs
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -238,7 +240,7 @@ class ConcentrateConfig:
 
     @property
     def rows_per_class(self) -> int:
-        """Real images per class the run can draw from: what `--streaming` keeps of each class, in `[ipc, ...]`.
+        """Real images per class the run can draw from (>= IPC): what `--streaming` keeps of each class.
 
         The largest of: IPC (random selection, and the random-real baseline of the evaluation), `herding_pool`
         (herding, and doping by herding), and NOpt's `targets` (data-accessible DsCo). Every selection then draws

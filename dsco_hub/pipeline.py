@@ -103,7 +103,7 @@ def _load_train(
         return load()
     source = load() if state.is_main else None
     state.wait_for_everyone()
-    return source or load()
+    return source if state.is_main else load()
 
 
 def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str]) -> dict:
