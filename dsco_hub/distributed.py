@@ -54,6 +54,7 @@ def world() -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 DIFFUSION_BLOCK = 64  # slots per unit for plain sampling (images are independent); fixed, never the process count
+MIN_DSCO_UNITS = 32  # a dsco run with at least this many classes keeps at least this many units (processes to feed)
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)  # ranks that finish early wait at most this long for the others
 
 
@@ -86,11 +87,23 @@ class Unit:
         return [divmod(s, self.ipc) for s in range(self.start, self.stop)]
 
 
+def classes_per_unit(ipc: int, num_classes: int, block: int = DIFFUSION_BLOCK) -> int:
+    """Classes in one `dsco` unit: `max(1, min(block // ipc, num_classes // MIN_DSCO_UNITS))`, in `[1, K]`.
+
+    NOpt samples a unit's classes in shared denoiser batches (`nopt.nopt_sample_classes`), so at small IPC a GPU
+    sees up to `block` images per call instead of IPC; the second bound keeps at least `MIN_DSCO_UNITS` units for
+    the processes to share. Below 64 classes (Fashion-MNIST, Imagenette, ImageWoof) a unit is one class; on
+    ImageNet-1k it is 31 classes at IPC 1, 6 at IPC 10 and 1 at IPC 50.
+    """
+    return max(1, min(block // ipc, num_classes // MIN_DSCO_UNITS))
+
+
 def plan_units(method: str, ipc: int, num_classes: int, block: int = DIFFUSION_BLOCK) -> list[Unit]:
     """The work units of a run; they depend only on the settings, never on the number of processes.
 
-    - `dsco`: one unit per class. NOpt optimizes a class's synthetic images jointly (the MMD of the set) and
-      doping by herding depends on them, so a class cannot be split.
+    - `dsco`: whole classes, `classes_per_unit(ipc, num_classes)` of them per unit. NOpt optimizes a class's
+      synthetic images jointly (the MMD of the set) and doping by herding depends on them, so a class cannot be
+      split; a unit's classes share the denoiser's batches.
     - `diffusion`: blocks of `block` consecutive slots (classes mixed), since images are independent.
     - `random` / `herding`: one unit per class.
 
@@ -104,7 +117,10 @@ def plan_units(method: str, ipc: int, num_classes: int, block: int = DIFFUSION_B
         `list[Unit]`: the units covering slots `[0, K * ipc)` in order.
     """
     total = ipc * num_classes
-    size = block if method == "diffusion" else ipc
+    if method == "diffusion":
+        size = block
+    else:
+        size = ipc * (classes_per_unit(ipc, num_classes, block) if method == "dsco" else 1)
     return [Unit(i, start, min(start + size, total), ipc) for i, start in enumerate(range(0, total, size))]
 
 

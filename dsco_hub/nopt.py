@@ -40,6 +40,24 @@ class NOptTrace:
     iterations: int
 
 
+@dataclass
+class NOptClass:
+    """One class of a NOpt batch (`nopt_sample_classes`).
+
+    Attributes:
+        class_id (`int`): the model's class id, in `[0, K)`.
+        seeds (sequence of `int`): one seed per synthetic image (derive them from `(run seed, class, slot)`).
+        targets (`torch.Tensor`): `(M, *prior.sample_shape)` target samples in the denoiser's space, `M >= 2`.
+        phi_seed (`int`): seed of the class's feature maps; iteration `i` of DDIM step `s` uses
+            `RandomFeatures(seed=derive_seed(phi_seed, s, i))`.
+    """
+
+    class_id: int
+    seeds: Sequence[int]
+    targets: torch.Tensor
+    phi_seed: int = 0
+
+
 def nopt_sample(
     prior: DiffusionPrior,
     class_id: int,
@@ -83,56 +101,108 @@ def nopt_sample(
     Raises:
         ConfigError: invalid settings, fewer than 2 targets, or targets not in the denoiser's shape.
     """
+    images, traces = nopt_sample_classes(
+        prior,
+        [NOptClass(class_id, seeds, targets, phi_seed)],
+        cfg,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return images[0], traces[0]
+
+
+def nopt_sample_classes(
+    prior: DiffusionPrior,
+    classes: Sequence[NOptClass],
+    cfg: NOptConfig,
+    steps: int = 25,
+    guidance_scale: float = 2.0,
+    eta: float = 0.0,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[torch.Tensor], list[NOptTrace]]:
+    """`nopt_sample` for several classes at once: their images share the denoiser's batches (a GPU's batch fills
+    at small IPC), while each class keeps its own targets, feature maps and MMD.
+
+    The classes' MMD^2 terms depend on disjoint images, so the gradient of their sum is each class's own
+    gradient: the images equal those of one `nopt_sample` call per class up to float rounding. The denoiser
+    rounds a row slightly differently in another batch (~1e-6 on the CPU), and NOpt's normalised steps amplify
+    that (to ~1e-3 in `[-1, 1]` after 8 iterations on a tiny model), so which classes share a call is part of
+    the settings (`distributed.plan_units`), never of the launch.
+
+    Args:
+        prior (`DiffusionPrior`): the class-conditional model.
+        classes (sequence of `NOptClass`): the classes, each with `n_k >= 1` seeds.
+        cfg, steps, guidance_scale, eta, batch_size, progress: as in `nopt_sample` (`batch_size` counts the
+            images of all classes together; target batches follow each class's own `cfg.batch_for(n_k)`).
+
+    Returns:
+        `tuple[list[torch.Tensor], list[NOptTrace]]`: per class, images `(n_k, C_img, H_img, W_img)` float32 in
+        `[-1, 1]` on CPU, and the trace of its optimization.
+
+    Raises:
+        ConfigError: invalid settings, a class with fewer than 2 targets, or targets not in the denoiser's shape.
+    """
     cfg.validate()
     check_sampler_args(prior, steps, guidance_scale, eta)
-    if len(targets) < 2:
-        raise ConfigError(
-            f"class {class_id} has {len(targets)} target image(s); NOpt needs at least 2 (--nopt-targets)."
-        )
-    if tuple(targets.shape[1:]) != tuple(prior.sample_shape):
-        raise ConfigError(
-            f"targets have shape {tuple(targets.shape[1:])} but the denoiser works on {prior.sample_shape}; "
-            "encode them with prior.encode."
-        )
+    for c in classes:
+        if len(c.targets) < 2:
+            raise ConfigError(
+                f"class {c.class_id} has {len(c.targets)} target image(s); NOpt needs at least 2 (--nopt-targets)."
+            )
+        if tuple(c.targets.shape[1:]) != tuple(prior.sample_shape):
+            raise ConfigError(
+                f"targets have shape {tuple(c.targets.shape[1:])} but the denoiser works on {prior.sample_shape}; "
+                "encode them with prior.encode."
+            )
     device = prior.device
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
     scheduler.set_timesteps(steps)
     optimized_steps = math.ceil(cfg.window * steps) if cfg.iters else 0
-    labels = torch.full((len(seeds),), class_id, dtype=torch.long, device=device)
-    targets = targets.to(device)
-    x = initial_noise(prior.sample_shape, seeds).to(device)  # (n, C, H, W)
+    seeds = [seed for c in classes for seed in c.seeds]
+    sizes = [len(c.seeds) for c in classes]
+    labels = torch.tensor([c.class_id for c in classes for _ in c.seeds], dtype=torch.long, device=device)
+    targets = [c.targets.to(device) for c in classes]
+    x = initial_noise(prior.sample_shape, seeds).to(device)  # (sum n_k, C, H, W), class by class
     eta_gens = eta_generators(seeds, eta)
-    target_batch = cfg.batch_for(len(seeds))
-    first = last = None
-    count = 0
+    traces = [NOptTrace(None, None, 0) for _ in classes]
     for s, t in enumerate(scheduler.timesteps):
         alpha = scheduler.alphas_cumprod[int(t)].to(device)
         # Noise optimization: normalised gradient steps on x_t, then back to its per-image norm
         for i in range(cfg.iters if s < optimized_steps else 0):
-            seed = derive_seed(phi_seed, s, i)  # the feature map's weights and the target subset
-            phi = RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device)
-            target_features = embed(phi, _target_batch(targets, target_batch, seed))  # (min(M, batch), D)
-            features = partial(_x0_features, prior, phi, t, alpha, class_id, guidance_scale)
-            loss, grad = _mmd_gradient(features, x.detach(), target_features, cfg.kernel, batch_size)
+            phis, target_features = [], []
+            for c, m, n in zip(classes, targets, sizes):
+                seed = derive_seed(c.phi_seed, s, i)  # the feature map's weights and the target subset
+                phis.append(RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device))
+                target_features.append(embed(phis[-1], _target_batch(m, cfg.batch_for(n), seed)))  # (<= M, D)
+            features = partial(_x0_features, prior, phis, sizes, t, alpha, labels, guidance_scale)
+            losses, grad = _mmd_gradient(features, x.detach(), sizes, target_features, cfg.kernel, batch_size)
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
                 g_norm = grad.flatten(1).norm(dim=1)[:, None, None, None].clamp_min(1e-12)
                 x = x - cfg.lr * norm * grad / g_norm
                 x = x * norm / x.flatten(1).norm(dim=1)[:, None, None, None]
-            first = loss.item() if first is None else first
-            last = loss.item()
-            count += 1
+            for trace, loss in zip(traces, losses.tolist()):
+                trace.first_mmd2 = loss if trace.first_mmd2 is None else trace.first_mmd2
+                trace.last_mmd2 = loss
+                trace.iterations += 1
         # The DDIM step, without gradients
         with torch.no_grad():
             eps = torch.cat(
-                [prior.predict_noise(xb, t, labels[: len(xb)], guidance_scale) for xb in x.split(batch_size)]
+                [
+                    prior.predict_noise(xb, t, yb, guidance_scale)
+                    for xb, yb in zip(x.split(batch_size), labels.split(batch_size))
+                ]
             )
             x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise(eta_gens, x)).prev_sample
         if progress is not None:
             progress(1)
     with torch.no_grad():
         images = torch.cat([prior.decode(xb).cpu() for xb in x.split(batch_size)])
-    return images, NOptTrace(first_mmd2=first, last_mmd2=last, iterations=count)
+    return list(images.split(sizes)), traces
 
 
 def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -143,38 +213,59 @@ def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     return targets[rows.to(targets.device)]
 
 
-def _x0_features(prior, phi, t, alpha, class_id: int, guidance_scale: float, x_t: torch.Tensor) -> torch.Tensor:
-    """`phi(x0_hat(x_t))` `(n, D)`: the x0 prediction of one guided denoiser call at timestep `t`, embedded."""
-    labels = torch.full((len(x_t),), class_id, dtype=torch.long, device=x_t.device)
-    eps = prior.predict_noise(x_t, t, labels, guidance_scale)
-    return phi(((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float())
+def _x0_features(
+    prior, phis, sizes: list[int], t, alpha, labels: torch.Tensor, guidance_scale: float, x_t: torch.Tensor, start: int
+) -> torch.Tensor:
+    """`phi_k(x0_hat(x_t))` `(b, D)` for the rows `[start, start + b)` of the batch: the x0 prediction of one guided
+    denoiser call at timestep `t`, each row embedded by its class's feature map (classes own consecutive rows,
+    `sizes[k]` each)."""
+    eps = prior.predict_noise(x_t, t, labels[start : start + len(x_t)], guidance_scale)
+    x0 = ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float()
+    parts, row = [], start
+    for phi, first, size in zip(phis, _offsets(sizes), sizes):  # the classes overlapping these rows
+        lo, hi = max(first, row), min(first + size, start + len(x_t))
+        if lo < hi:
+            parts.append(phi(x0[lo - start : hi - start]))
+            row = hi
+    return torch.cat(parts)
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    """First row of each class: `[0, n_0, n_0 + n_1, ...]` (without the total)."""
+    return [sum(sizes[:k]) for k in range(len(sizes))]
 
 
 def _mmd_gradient(
-    features: Callable[[torch.Tensor], torch.Tensor],
+    features: Callable[[torch.Tensor, int], torch.Tensor],
     x: torch.Tensor,
-    target_features: torch.Tensor,
+    sizes: list[int],
+    target_features: list[torch.Tensor],
     kernel: str,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`MMD^2(features(x), target_features)` and its gradient with respect to `x` `(n, C, H, W)`.
+    """Each class's `MMD^2(features, target_features[k])` `(len(sizes),)` and the gradient of their sum with
+    respect to `x` `(sum n_k, C, H, W)`.
 
-    One pass when `n <= batch_size`; otherwise the features of all n images without autograd, the
-    gradient of the MMD with respect to those features, then one vector-Jacobian product per batch
+    One pass when `len(x) <= batch_size`; otherwise the features of all images without autograd, the
+    gradient of the MMDs with respect to those features, then one vector-Jacobian product per batch
     (each image's features depend on that image only, so the batches are independent).
     """
+
+    def mmds(feats: torch.Tensor) -> torch.Tensor:
+        return torch.stack([mmd2(f, tf, kernel) for f, tf in zip(feats.split(sizes), target_features)])
+
     if len(x) <= batch_size:
         x = x.requires_grad_(True)
-        loss = mmd2(features(x), target_features, kernel)
-        (grad,) = torch.autograd.grad(loss, x)
-        return loss.detach(), grad
+        losses = mmds(features(x, 0))
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+        return losses.detach(), grad
     with torch.no_grad():
-        feats = torch.cat([features(xb) for xb in x.split(batch_size)])
+        feats = torch.cat([features(xb, b * batch_size) for b, xb in enumerate(x.split(batch_size))])
     feats.requires_grad_(True)
-    loss = mmd2(feats, target_features, kernel)
-    (feats_grad,) = torch.autograd.grad(loss, feats)
+    losses = mmds(feats)
+    (feats_grad,) = torch.autograd.grad(losses.sum(), feats)
     grads = []
-    for xb, gb in zip(x.split(batch_size), feats_grad.split(batch_size)):
+    for b, (xb, gb) in enumerate(zip(x.split(batch_size), feats_grad.split(batch_size))):
         xb = xb.detach().requires_grad_(True)
-        grads.append(torch.autograd.grad(features(xb), xb, grad_outputs=gb)[0])
-    return loss.detach(), torch.cat(grads)
+        grads.append(torch.autograd.grad(features(xb, b * batch_size), xb, grad_outputs=gb)[0])
+    return losses.detach(), torch.cat(grads)

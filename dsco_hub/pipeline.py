@@ -48,7 +48,7 @@ from dsco_hub.data import (
 )
 from dsco_hub.errors import ConfigError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
-from dsco_hub.nopt import nopt_sample
+from dsco_hub.nopt import NOptClass, nopt_sample_classes
 from dsco_hub.ui import progress_bar
 
 GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
@@ -220,51 +220,63 @@ def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, clas
 
 
 def _dsco(
-    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], k: int
+    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], classes: list[int]
 ) -> writer.ConcentratedRows:
-    """DsCo for class k: NOpt synthesizes IPC - m images, doping adds m = round(rho * IPC) real ones."""
+    """DsCo for the classes of one unit: NOpt synthesizes IPC - m images of each (the classes share the denoiser's
+    batches), doping adds m = round(rho * IPC) real ones per class. Rows are class by class, synthetic first."""
     rows = writer.ConcentratedRows()
     m, n = cfg.num_doped, cfg.num_synthetic
-    class_id = class_ids[k]
-    synthetic = None
-    if n:
-        targets = _nopt_targets(cfg, source, prior, k, class_id, n)
-        seeds = [derive_seed(cfg.seed, k, j) for j in range(n)]
-        images, _ = nopt_sample(
+    seeds = {k: [derive_seed(cfg.seed, k, j) for j in range(n)] for k in classes}  # image j of class k
+    batch = [
+        NOptClass(
+            class_ids[k],
+            seeds[k],
+            _nopt_targets(cfg, source, prior, k, class_ids[k], n),
+            phi_seed=derive_seed(cfg.seed, "phi", k),
+        )
+        for k in (classes if n else [])
+    ]
+    synthetic = {}  # class k -> its n synthetic images (n, C, H, W) uint8
+    if batch:
+        images, _ = nopt_sample_classes(
             prior,
-            class_id,
-            seeds,
-            targets,
+            batch,
             cfg.nopt,
             steps=cfg.steps,
             guidance_scale=cfg.guidance_scale,
             eta=cfg.eta,
-            phi_seed=derive_seed(cfg.seed, "phi", k),
             batch_size=cfg.sample_batch_size,
         )
-        pixels = to_uint8(images)  # (n, C, H, W)
-        rows.add_synthetic([encode_png(image, channels) for image in pixels], seeds, k)
-        synthetic = pixels
-    if m:
-        if cfg.doping_select == "random":
-            picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
-        else:
-            side = min(source.image_shape[1:])
-            start = None
-            if synthetic is not None:  # synthetic images in the source's format, where herding measures
-                start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
-            picks = doping.select_herding(
-                source,
-                k,
-                m,
-                cfg.seed,
-                pool=cfg.herding_pool,
-                kernel=cfg.kernel,
-                feature_seed=cfg.feature_seed,
-                synthetic=start,
-            )
-        rows.add_real(source.raw_images(picks), source.source_index(picks), k)
+        synthetic = {k: to_uint8(class_images) for k, class_images in zip(classes, images)}
+    for k in classes:
+        if n:
+            rows.add_synthetic([encode_png(image, channels) for image in synthetic[k]], seeds[k], k)
+        if m:
+            rows.add_real(*_doped(cfg, source, k, m, synthetic.get(k)), k)
     return rows
+
+
+def _doped(cfg: ConcentrateConfig, source: SourceData, k: int, m: int, synthetic: torch.Tensor | None):
+    """Doping of class k: `m` real images (their stored values and source indices), chosen at random or by herding
+    beside the class's synthetic images `(n, C, H, W)` uint8 (None when there are none)."""
+    if cfg.doping_select == "random":
+        picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
+    else:
+        start = None
+        if synthetic is not None:  # synthetic images in the source's format, where herding measures
+            side = min(source.image_shape[1:])
+            start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
+        picks = doping.select_herding(
+            source,
+            k,
+            m,
+            cfg.seed,
+            pool=cfg.herding_pool,
+            kernel=cfg.kernel,
+            feature_seed=cfg.feature_seed,
+            synthetic=start,
+        )
+    return source.raw_images(picks), source.source_index(picks)
 
 
 def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> dict:
@@ -320,7 +332,7 @@ def _compute_unit(
         return _select(cfg, source, unit.classes[0])
     if cfg.method == "diffusion":
         return _synthesize(cfg, channels, prior, class_ids, unit.slots())
-    return _dsco(cfg, source, channels, prior, class_ids, unit.classes[0])
+    return _dsco(cfg, source, channels, prior, class_ids, unit.classes)
 
 
 def _run_units(

@@ -5,8 +5,9 @@ Cost model (per synthetic image; `g` = 2 with classifier-free guidance, else 1):
 - plain guided DDIM: `steps * g` denoiser forwards;
 - NOpt adds, on each of the `ceil(window * steps)` optimized steps, `iters * 3 * g` forward-equivalents (one
   forward with autograd and its backward, a backward costing about two forwards, `docs/method.md` §3), plus one
-  more forward per iteration when a class has more synthetic images than `--sample-batch-size` (the two-pass
-  gradient of `nopt.nopt_sample`);
+  more forward per iteration when a unit (one class, or several sharing the denoiser's batches on datasets of 64
+  classes or more, `distributed.classes_per_unit`) has more synthetic images than `--sample-batch-size` (the
+  two-pass gradient of `nopt.nopt_sample_classes`);
 - latent models: one VAE decode per image, and one VAE encode per NOpt target image;
 - data-free mode: `pool_size` plain samples per class for the targets.
 
@@ -14,7 +15,8 @@ FLOPs per call are counted with `torch.utils.flop_counter.FlopCounterMode` on th
 the meta device (nothing is downloaded but the config; no weights). For `facebook/DiT-XL-2-256` the counts are
 built in (measured that way: 237.3 GFLOPs per DiT forward per image, i.e. twice the 118.6 "Gflops" of the DiT paper,
 Peebles and Xie 2023, which count multiply-accumulates; 622 GFLOPs per VAE decode, 273 per encode, at 256 px).
-Time = FLOPs / (GPU dense bf16 peak x `UTILIZATION`). Herding, feature maps and I/O are not counted.
+Time = FLOPs / (GPU dense bf16 peak x `UTILIZATION`), which assumes batches large enough to keep the GPU busy (a
+unit's classes share the batches so that small IPCs reach them). Herding, feature maps and I/O are not counted.
 """
 
 from __future__ import annotations
@@ -185,13 +187,16 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
 
     g = calls(cfg.guidance_scale)
     units = distributed.plan_units(cfg.method, cfg.ipc, num_classes)
+    per_unit = distributed.classes_per_unit(cfg.ipc, num_classes) if cfg.method == "dsco" else 1
     kind = f"blocks of {distributed.DIFFUSION_BLOCK} slots" if cfg.method == "diffusion" else "one per class"
+    if per_unit > 1:
+        kind = f"{per_unit} classes each, sharing the denoiser's batches"
     synthetic = num_classes * n
     plain = synthetic * cfg.steps * g
     total, encodes, pools = plain, 0, 0
     if cfg.method == "dsco" and n:
         optimized = math.ceil(cfg.nopt.window * cfg.steps) if cfg.nopt.iters else 0
-        per_iter = 3 + (1 if n > cfg.sample_batch_size else 0)
+        per_iter = 3 + (1 if n * per_unit > cfg.sample_batch_size else 0)  # a second pass beyond one batch
         total += synthetic * optimized * cfg.nopt.iters * per_iter * g
         if cfg.data_free:
             pools = num_classes * cfg.pool_for(n)

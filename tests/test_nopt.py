@@ -10,7 +10,7 @@ from dsco_hub.config import NOptConfig, PriorTrainConfig
 from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import RandomFeatures, embed, median_bandwidth, mmd2
 from dsco_hub.models import DiffusionPrior, sample
-from dsco_hub.nopt import nopt_sample
+from dsco_hub.nopt import NOptClass, nopt_sample, nopt_sample_classes
 from dsco_hub.prior import build_unet
 
 
@@ -131,3 +131,23 @@ def test_too_few_or_misshaped_targets_are_refused(prior):
         nopt_sample(prior, 0, [1], _targets(1), NOptConfig(), steps=4)
     with pytest.raises(ConfigError, match="prior.encode"):
         nopt_sample(prior, 0, [1], torch.zeros(4, 3, 16, 16), NOptConfig(), steps=4)
+
+
+@pytest.mark.parametrize("batch_size", [64, 4])  # one pass; two passes with batches that straddle the classes
+def test_classes_sampled_together_equal_each_class_sampled_alone(prior, batch_size):
+    cfg = NOptConfig(window=0.6, iters=2, target_batch=16)
+    other = (_targets(30) * -0.5).clamp(-1, 1)  # class 1 matches other targets
+    classes = [NOptClass(0, [1, 2, 3], _targets(), phi_seed=5), NOptClass(1, [4, 5], other, phi_seed=6)]
+    together, traces = nopt_sample_classes(prior, classes, cfg, steps=6, eta=0.5, batch_size=batch_size)
+    for c, images, trace in zip(classes, together, traces):
+        alone, alone_trace = nopt_sample(
+            prior, c.class_id, c.seeds, c.targets, cfg, steps=6, eta=0.5, phi_seed=c.phi_seed, batch_size=batch_size
+        )
+        assert images.shape == (len(c.seeds), 1, 16, 16)
+        # the denoiser rounds a row differently in another batch (~1e-6 on the CPU); NOpt's normalised steps
+        # amplify that over 8 iterations to ~1e-3, far below one uint8 level (2 / 255 = 8e-3)
+        torch.testing.assert_close(images, alone, rtol=0, atol=4e-3)
+        assert trace.iterations == alone_trace.iterations == 8
+        assert trace.first_mmd2 == pytest.approx(alone_trace.first_mmd2, rel=1e-6)
+        assert trace.last_mmd2 == pytest.approx(alone_trace.last_mmd2, rel=1e-3)
+    assert not torch.equal(together[0][:2], together[1])  # each class its own labels and targets

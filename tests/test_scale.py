@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from conftest import tiny_dataset, write_repo
 
@@ -80,6 +81,25 @@ def test_units_depend_on_the_settings_only():
         assert sorted(taken) == [0, 1, 2, 3]
     assert distributed.assign(dsco, 5, 7) == []  # more processes than units: nothing to do
     assert distributed.assign(dsco, 1, 2) == [dsco[1], dsco[3]]  # round-robin
+    # from 64 classes on, a dsco unit holds several classes (at most 64 images, at least 32 units)
+    assert [len(distributed.plan_units("dsco", 10, k)) for k in (63, 64, 100, 1000)] == [63, 32, 34, 167]
+    shared = distributed.plan_units("dsco", 10, 100)
+    assert shared[0].classes == [0, 1, 2] and shared[-1].classes == [99]
+    assert [u.classes for u in distributed.plan_units("dsco", 1, 1000)][-1] == list(range(992, 1000))
+
+
+def test_classes_sharing_a_unit_give_the_rows_of_one_class_per_unit(tiny_repo, tiny_prior, tmp_path, monkeypatch):
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "alone", tiny_prior, doping_ratio=0.5, ipc=4))
+    monkeypatch.setattr(distributed, "MIN_DSCO_UNITS", 1)  # the 3 classes now share one unit
+    assert [u.classes for u in distributed.plan_units("dsco", 4, 3)] == [[0, 1, 2]]
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "shared", tiny_prior, doping_ratio=0.5, ipc=4))
+    alone, shared = (datasets.load_dataset(str(tmp_path / name), split="train") for name in ("alone", "shared"))
+    for column in ("label", "source", "source_index", "seed"):  # class by class: 2 synthetic, then 2 real
+        assert shared[column] == alone[column]
+    assert shared["source"][:4] == ["synthetic", "synthetic", "real", "real"]
+    synthetic = [i for i, source in enumerate(alone["source"]) if source == "synthetic"]
+    pixels = [np.stack([np.asarray(ds[i]["image"], dtype=np.int16) for i in synthetic]) for ds in (alone, shared)]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 2  # float rounding in other batches: at most a level or two
 
 
 def test_shards_round_trip_and_refuse_garbage(tmp_path):
