@@ -341,6 +341,27 @@ def test_a_streamed_split_keeps_only_the_classes_asked_for_and_everything_withou
     assert sorted(whole.source_index(range(12))) == list(range(12))
 
 
+def test_a_resumed_streamed_run_opens_the_saved_rows_instead_of_the_stream(tiny_prior, tmp_path, monkeypatch):
+    repo = _big_repo(tmp_path)
+
+    def cfg(out):
+        streamed = _cfg(repo, out, tiny_prior, doping_ratio=0.5, doping_select="random")
+        streamed.source = _streamed(repo)
+        return streamed
+
+    pipeline.concentrate(cfg(tmp_path / "ref"))
+    out = tmp_path / "out"
+    _crash_at_unit(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="crash at unit 1"):
+        pipeline.concentrate(cfg(out))
+    assert len(list((writer.run_folder(out) / "stream").glob("*/train"))) == 1
+    shutil.rmtree(repo / "data")  # the source is gone: only the saved rows can serve the resume
+    computed = _crash_at_unit(monkeypatch, -1)
+    pipeline.concentrate(cfg(out))
+    assert computed == [1, 2]
+    assert (out / DATA).read_bytes() == (tmp_path / "ref" / DATA).read_bytes()
+
+
 def test_streaming_needs_a_classlabel_column(tmp_path):
     repo = write_repo(tmp_path / "ints", tiny_dataset(label_kind="int"))
     with pytest.raises(SourceError, match=r"--streaming: the label column 'label' of .* is not a ClassLabel"):
