@@ -398,7 +398,7 @@ def _save_stream(
     keep = _kept_classes(cfg, list(feature.names), f"{display} [{split}]")
     rng = np.random.default_rng(derive_seed(seed, "stream", split))
     counts = np.zeros(len(keep), dtype=np.int64)
-    stats = {"rows_read": 0, "read_all": True}
+    stats = {"rows_read": 0, "read_all": False}  # read_all: the stream was read to its end
 
     def shuffled():
         # `IterableDataset.shuffle`'s buffer shuffle, but over the shards in file order: it would also permute the
@@ -415,6 +415,7 @@ def _save_stream(
                     j = int(rng.integers(len(buffer)))
                     yield buffer[j]
                     buffer[j] = (index, row)
+        stats["read_all"] = True
         yield from (buffer[j] for j in rng.permutation(len(buffer)))
 
     def rows():
@@ -425,7 +426,6 @@ def _save_stream(
             counts[k] += 1
             yield {**row, STREAM_INDEX: index}
             if per_class is not None and counts[keep].min() >= per_class:
-                stats["read_all"] = False
                 return
 
     tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")

@@ -302,7 +302,7 @@ def test_gradient_checkpointing_changes_nothing_on_cpu(tiny_repo, tiny_prior, tm
 
 
 def _streamed(repo, **kwargs) -> SourceConfig:
-    return SourceConfig(source=str(repo), streaming=True, shuffle_buffer=8, **kwargs)
+    return SourceConfig(source=str(repo), streaming=True, **{"shuffle_buffer": 8, **kwargs})
 
 
 def _big_repo(tmp_path) -> Path:
@@ -339,6 +339,9 @@ def test_a_streamed_split_keeps_only_the_classes_asked_for_and_everything_withou
     whole = load_source(_streamed(repo), split="test", stream_to=tmp_path / "s", per_class=None)
     assert whole.extra["streaming"]["read_all"] and whole.extra["streaming"]["num_examples"] == 12
     assert sorted(whole.source_index(range(12))) == list(range(12))
+    # a buffer larger than the split reads all of it before keeping any row: its size is then known
+    buffered = load_source(_streamed(repo, shuffle_buffer=100), stream_to=tmp_path / "b", per_class=2)
+    assert buffered.extra["streaming"]["read_all"] and buffered.extra["streaming"]["num_examples"] == 75
 
 
 def test_a_resumed_streamed_run_opens_the_saved_rows_instead_of_the_stream(tiny_prior, tmp_path, monkeypatch):
