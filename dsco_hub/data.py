@@ -134,6 +134,13 @@ def _shape(image: PILImage.Image) -> tuple[int, int, int]:
     return channels, image.height, image.width
 
 
+def _resolve(cfg: SourceConfig) -> tuple[str, str]:
+    """What to open for `cfg.source` (the embedded subset's folder when None), and the name to show for it."""
+    if cfg.source is None:
+        return str(embedded_source_path()), EMBEDDED_ID
+    return cfg.source, cfg.source
+
+
 def _is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or source.count("/") > 1
 
@@ -288,9 +295,8 @@ def load_source(
     rows (seeded by `(seed, "stream", split)`; shards in file order, so each row keeps its index in the split, in
     `row_ids`), and its first `per_class` rows of each class are saved, undecoded, in `stream_to/<split>`
     (atomically, in Arrow batches: memory does not follow the split's size); the stream stops as soon as every
-    class has them. A later call with the
-    same `stream_to` opens the saved rows and reads nothing from the source, so a resumed run and the other
-    processes of a launch see the same rows.
+    class has them. A later call with the same `stream_to` opens the saved rows and reads nothing from the source,
+    so a resumed run and the other processes of a launch see the same rows.
 
     Args:
         cfg (`SourceConfig`): where the data comes from (`source=None` is the embedded Fashion-MNIST subset).
@@ -310,8 +316,7 @@ def load_source(
         SourceError: the split, the image column or the label column is missing, or labels are unknown; with
             `cfg.streaming`, the source declares no features or its labels are not a `ClassLabel`.
     """
-    source = cfg.source if cfg.source is not None else str(embedded_source_path())
-    display = cfg.source if cfg.source is not None else EMBEDDED_ID
+    source, display = _resolve(cfg)
     split = split or cfg.split
     if cfg.streaming:
         if stream_to is None:
@@ -502,8 +507,7 @@ def peek_stream(cfg: SourceConfig, split: str | None = None) -> tuple[list[str],
     Raises:
         SourceNotFoundError, SourceError: as `load_source` with `cfg.streaming`.
     """
-    source = cfg.source if cfg.source is not None else str(embedded_source_path())
-    display = cfg.source if cfg.source is not None else EMBEDDED_ID
+    source, display = _resolve(cfg)
     split = split or cfg.split
     stream, image_column, _, feature = _open_stream(source, display, cfg, split)
     names = list(feature.names)

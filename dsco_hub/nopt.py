@@ -164,6 +164,7 @@ def nopt_sample_classes(
     optimized_steps = math.ceil(cfg.window * steps) if cfg.iters else 0
     seeds = [seed for c in classes for seed in c.seeds]
     sizes = [len(c.seeds) for c in classes]
+    firsts = [sum(sizes[:k]) for k in range(len(sizes))]  # first row of each class
     labels = torch.tensor([c.class_id for c in classes for _ in c.seeds], dtype=torch.long, device=device)
     targets = [c.targets.to(device) for c in classes]
     x = initial_noise(prior.sample_shape, seeds).to(device)  # (sum n_k, C, H, W), class by class
@@ -178,7 +179,7 @@ def nopt_sample_classes(
                 seed = derive_seed(c.phi_seed, s, i)  # the feature map's weights and the target subset
                 phis.append(RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device))
                 target_features.append(embed(phis[-1], _target_batch(m, cfg.batch_for(n), seed)))  # (<= M, D)
-            features = partial(_x0_features, prior, phis, sizes, t, alpha, labels, guidance_scale)
+            features = partial(_x0_features, prior, phis, firsts, sizes, t, alpha, labels, guidance_scale)
             losses, grad = _mmd_gradient(features, x.detach(), sizes, target_features, cfg.kernel, batch_size)
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
@@ -214,25 +215,29 @@ def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 
 
 def _x0_features(
-    prior, phis, sizes: list[int], t, alpha, labels: torch.Tensor, guidance_scale: float, x_t: torch.Tensor, start: int
+    prior,
+    phis,
+    firsts: list[int],
+    sizes: list[int],
+    t,
+    alpha,
+    labels: torch.Tensor,
+    guidance_scale: float,
+    x_t: torch.Tensor,
+    start: int,
 ) -> torch.Tensor:
     """`phi_k(x0_hat(x_t))` `(b, D)` for the rows `[start, start + b)` of the batch: the x0 prediction of one guided
-    denoiser call at timestep `t`, each row embedded by its class's feature map (classes own consecutive rows,
-    `sizes[k]` each)."""
+    denoiser call at timestep `t`, each row embedded by its class's feature map (class k owns the `sizes[k]`
+    consecutive rows from `firsts[k]`)."""
     eps = prior.predict_noise(x_t, t, labels[start : start + len(x_t)], guidance_scale)
     x0 = ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float()
     parts, row = [], start
-    for phi, first, size in zip(phis, _offsets(sizes), sizes):  # the classes overlapping these rows
+    for phi, first, size in zip(phis, firsts, sizes):  # the classes overlapping these rows
         lo, hi = max(first, row), min(first + size, start + len(x_t))
         if lo < hi:
             parts.append(phi(x0[lo - start : hi - start]))
             row = hi
     return torch.cat(parts)
-
-
-def _offsets(sizes: list[int]) -> list[int]:
-    """First row of each class: `[0, n_0, n_0 + n_1, ...]` (without the total)."""
-    return [sum(sizes[:k]) for k in range(len(sizes))]
 
 
 def _mmd_gradient(
