@@ -1,13 +1,18 @@
 """Dataset and model cards, rendered with `huggingface_hub` from the Jinja templates in `cards/`.
 
-The templates ship inside the wheel (`dsco_hub/cards/`, hatchling `force-include`); in a source
-checkout they are read from the repository's `cards/` folder.
+The templates and the documentation they cite ship inside the wheel (`dsco_hub/cards/` and
+`dsco_hub/docs/`, hatchling `force-include`); in a source checkout they are read from the repository's
+`cards/` and `docs/` folders. `reference` writes every link a card makes to dsco-hub itself.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import string
 from importlib import resources
 from pathlib import Path
+
+from dsco_hub import __version__
 
 
 def template_path(name: str) -> Path:
@@ -25,6 +30,87 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f"card template {name!r} is missing from dsco_hub/cards and cards/; reinstall dsco-hub.")
 
 
+DISTRIBUTION = "dsco-hub"  # the distribution whose metadata holds the `[project.urls]` of pyproject.toml
+# `[project.urls]` labels that name the source repository, normalised as PEP 753 does (lower case, no punctuation
+# or spaces), in order of preference. "Homepage" counts only on github.com (it may be a documentation site).
+REPOSITORY_LABELS = ("repository", "source", "sourcecode", "code", "github")
+
+
+def _normalise_label(label: str) -> str:
+    return "".join(c for c in label.lower() if c not in string.punctuation and not c.isspace())
+
+
+def repository_url() -> str | None:
+    """The project's source repository, from `[project.urls]` in the installed distribution's metadata.
+
+    Read at run time (`importlib.metadata.metadata("dsco-hub").get_all("Project-URL")`), so a card names the
+    repository of the version that rendered it. The first URL labelled `Repository`, `Source`, `Source Code`,
+    `Code` or `GitHub` wins; a `Homepage` on github.com is the fallback.
+
+    Returns:
+        `str` or `None`: the URL without a trailing slash, or None when the metadata declares none (or dsco-hub
+        is not installed as a distribution).
+    """
+    try:
+        entries = importlib.metadata.metadata(DISTRIBUTION).get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    urls: dict[str, str] = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        url = url.strip().rstrip("/")
+        if url.startswith(("https://", "http://")):
+            urls.setdefault(_normalise_label(label), url)
+    for label in REPOSITORY_LABELS:
+        if label in urls:
+            return urls[label]
+    homepage = urls.get("homepage", "")
+    return homepage if homepage.startswith(("https://github.com/", "http://github.com/")) else None
+
+
+def docs_path(name: str) -> Path:
+    """Path of the shipped documentation file `name` (e.g. "method.md" or "docs/method.md").
+
+    Raises:
+        FileNotFoundError: the file is in neither the installed package (`dsco_hub/docs`) nor the source tree.
+    """
+    name = name.removeprefix("docs/")
+    packaged = Path(str(resources.files("dsco_hub") / "docs" / name))
+    if packaged.exists():
+        return packaged
+    source_tree = Path(__file__).resolve().parent.parent / "docs" / name
+    if source_tree.exists():
+        return source_tree
+    raise FileNotFoundError(f"doc file {name!r} is missing from dsco_hub/docs and docs/; reinstall dsco-hub.")
+
+
+def reference(doc: str | None = None, section: int | None = None) -> str:
+    """A Markdown reference to dsco-hub, or to one of its documentation files, that resolves for any reader.
+
+    With a repository in `[project.urls]` (see `repository_url`), the reference links the file at this version's
+    tag, `<repository>/blob/v<version>/docs/<file>`, so a card keeps pointing at the text that described the code
+    that made it. Without one, it names the file, the section and the version: the file ships inside the package
+    (`dsco_hub/docs/`) of that version. Both templates in `cards/` and the method descriptions use it.
+
+    Args:
+        doc (`str`, *optional*): a file of `docs/`, e.g. "docs/method.md"; None refers to dsco-hub itself.
+        section (`int`, *optional*): a numbered section of `doc` ("§5").
+
+    Returns:
+        `str`: Markdown, e.g. "[dsco-hub 0.1.0, docs/method.md §5](https://github.com/o/r/blob/v0.1.0/docs/method.md)",
+        "dsco-hub 0.1.0, `docs/method.md` §5 (shipped in the package: `dsco_hub/docs/method.md`)", or for
+        `doc=None` "[dsco-hub](https://github.com/o/r)" or "dsco-hub".
+    """
+    repository = repository_url()
+    if doc is None:
+        return f"[dsco-hub]({repository})" if repository else "dsco-hub"
+    name = doc.removeprefix("docs/")
+    where = f" §{section}" if section is not None else ""
+    if repository:
+        return f"[dsco-hub {__version__}, docs/{name}{where}]({repository}/blob/v{__version__}/docs/{name})"
+    return f"dsco-hub {__version__}, `docs/{name}`{where} (shipped in the package: `dsco_hub/docs/{name}`)"
+
+
 GRID_CLASSES = 20  # classes shown in samples.png
 
 METHOD_DESCRIPTIONS = {
@@ -35,8 +121,18 @@ METHOD_DESCRIPTIONS = {
     "synthetic images match the class distribution (MMD in random ConvNet-3 feature spaces); doping adds real "
     "images chosen by kernel herding where the synthetic ones cover the class worst.",
     "herding": "kernel herding: greedy selection of real images per class minimising the MMD to the class in a fixed "
-    "random ConvNet-3 feature space (Chen, Welling and Smola, UAI 2010; docs/method.md §5).",
+    "random ConvNet-3 feature space (Chen, Welling and Smola, UAI 2010, arXiv 1203.3472).",
 }
+# The section of docs/method.md that describes each method
+METHOD_SECTIONS = {"random": 5, "herding": 5, "diffusion": 2, "dsco": 1}
+
+
+def method_description(method: str) -> str:
+    """One sentence on `method` for the card, ending with a reference to its section of `docs/method.md`."""
+    text = METHOD_DESCRIPTIONS.get(method, method)
+    if method not in METHOD_SECTIONS:
+        return text
+    return f"{text} Details: {reference('docs/method.md', METHOD_SECTIONS[method])}."
 
 
 def size_category(n: int) -> str:
@@ -107,6 +203,9 @@ def render_dataset_card(
         load_id (`str`): what users pass to `load_dataset` (a repo id or a folder path).
         grid_classes (`int`): classes shown in `samples.png`.
         samples_file (`str`, *optional*, defaults to "samples.png"): path of the samples grid, relative to the card.
+
+    Returns:
+        `huggingface_hub.DatasetCard`: the card; its links to dsco-hub and its docs come from `reference`.
     """
     from huggingface_hub import DatasetCard
 
@@ -121,6 +220,11 @@ def render_dataset_card(
             "model_name": {"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}[evaluation["result"]["model"]],
             "epochs": protocol["epochs"],
             "runs": protocol["runs"],
+            # the optimizer as run (older cards lack these keys: they ran the defaults of `EvalConfig`)
+            "lr": f"{protocol.get('lr', 0.01):g}",
+            "momentum": f"{protocol.get('momentum', 0.9):g}",
+            "weight_decay": f"{protocol.get('weight_decay', 5e-4):g}",
+            "batch_size": protocol.get("batch_size", 256),
             "augmentation": augmentation if protocol.get("augment", True) else "no augmentation",
             "test_dataset": evaluation["test"]["dataset"],
             "test_split": evaluation["test"]["split"],
@@ -150,7 +254,7 @@ def render_dataset_card(
         num_synthetic=counts["synthetic"],
         data_volume=f"{100 * volume:.3g} %",
         method=dsco["method"],
-        method_description=METHOD_DESCRIPTIONS.get(dsco["method"], dsco["method"]),
+        method_description=method_description(dsco["method"]),
         doping_ratio=dsco["doping_ratio"],
         settings=settings,
         seed=dsco["seed"],
@@ -161,6 +265,7 @@ def render_dataset_card(
         eval=eval_context,
         license=source.get("license"),
         citation=citation,
+        reference=reference,
     )
 
 
@@ -215,7 +320,8 @@ def eval_section(blocks: dict[str, dict]) -> str:
     lines = [EVAL_BEGIN, "## dsco-hub evaluation", ""]
     lines += [
         "Students trained from scratch on this dataset (hard labels) and tested on the test set below; "
-        "mean ± std of the test accuracy (%) over the runs. Written by `dsco-hub evaluate --update-card`.",
+        "mean ± std of the test accuracy (%) over the runs. Written by `dsco-hub evaluate --update-card`; "
+        f"protocol: {reference('docs/evaluation.md')}.",
         "",
         "| config | test set | student | epochs × runs | accuracy (%) | random real baseline (%) | evaluated commit |",
         "|---|---|---|---|---|---|---|",
