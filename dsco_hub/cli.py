@@ -404,7 +404,13 @@ def prior_train(
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
     label_dropout: Annotated[float, typer.Option(help="Null-label probability (guidance).")] = 0.1,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = False,
-    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "bf16",
+    mixed_precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, float32 on other CPUs), "
+            "no, bf16 or fp16."
+        ),
+    ] = "auto",
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 200,
     seed: SeedOpt = 0,
 ):

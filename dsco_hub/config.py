@@ -326,8 +326,8 @@ class ConcentrateConfig:
 class PriorTrainConfig:
     """`dsco-hub prior train`: a class-conditional pixel-space `UNet2DModel` trained as a DDPM.
 
-    The defaults are the shipped Fashion-MNIST prior (1.06 M parameters, attention-free,
-    about 40 minutes on 2 idle CPU cores in bf16 autocast).
+    The defaults are the shipped Fashion-MNIST prior (1.06 M parameters, attention-free); its step time per
+    precision on 2 CPU cores is in bench/results/prior_precision.md.
     """
 
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -347,7 +347,10 @@ class PriorTrainConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     flip: bool = False  # random horizontal flips of training images
-    mixed_precision: str = "bf16"  # "no", "bf16" or "fp16" (accelerate's autocast; weights stay fp32)
+    # "auto", "no", "bf16" or "fp16" (accelerate's autocast; weights stay fp32). "auto" = bf16 on GPUs and CPUs with
+    # native bf16, fp16 with a gradient scaler on older GPUs, float32 on other CPUs (where bf16 autocast is about 12x
+    # slower); saved resolved in prior_config.json, and a resumed run keeps it
+    mixed_precision: str = "auto"
     checkpoint_every: int = 200  # steps between resumable checkpoints
     seed: int = 0
     sample_steps: int = 25  # DDIM steps of the samples grid in the model card
@@ -374,8 +377,8 @@ class PriorTrainConfig:
                 f"e.g. --resolution {max(1, self.resolution // 2 ** (levels - 1)) * 2 ** (levels - 1)}.",
             )
         _check(
-            self.mixed_precision in ("no", "bf16", "fp16"),
-            f"--mixed-precision={self.mixed_precision!r} must be 'no', 'bf16' or 'fp16'.",
+            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            f"--mixed-precision={self.mixed_precision!r} must be 'auto', 'no', 'bf16' or 'fp16'; use auto.",
         )
         _check(self.checkpoint_every >= 1, f"--checkpoint-every={self.checkpoint_every} must be at least 1.")
 

@@ -13,6 +13,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -32,12 +33,14 @@ from huggingface_hub import ModelCard, ModelCardData
 from dsco_hub import distributed
 from dsco_hub.card import template_path
 from dsco_hub.config import PriorTrainConfig, derive_seed
-from dsco_hub.data import decode_images, image_grid, load_source, to_model_range, to_uint8
+from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
 from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.files import check_out_path
 from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
 from dsco_hub.ui import progress_bar
 
 STATE_FILE = "training_state.json"
+LOG_EVERY = 50  # steps between reads of the loss on the host (each read waits for the device to finish its queue)
 
 
 def _resolution(cfg: PriorTrainConfig, height: int, width: int) -> int:
@@ -90,12 +93,15 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out)
+    check_out_path(cfg.out, "--out", [cfg.source.source or str(embedded_source_path())])  # never a user's folder
     ckpt_dir = out / "checkpoints"
     saved_cfg_path = out / "prior_config.json"
+    saved = json.loads(saved_cfg_path.read_text()) if saved_cfg_path.exists() else None
+    device = distributed.default_device()
+    cfg = dataclasses.replace(cfg, mixed_precision=_precision(cfg, saved, device))
     wanted = json.loads(json.dumps(cfg.to_dict()))
     extended_from: list[int] = []
-    if saved_cfg_path.exists():
-        saved = json.loads(saved_cfg_path.read_text())
+    if saved is not None:
         extended_from = saved.pop("extended_from", [])
         diff = [k for k in wanted if k not in ("out",) and saved.get(k) != wanted[k]]
         if diff == ["max_steps"] and wanted["max_steps"] > saved["max_steps"]:
@@ -117,6 +123,9 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         raise OutputError(f"--out={cfg.out!r} exists and is not empty; pass an empty or new folder.")
 
     accelerator = distributed.make_accelerator(cfg.mixed_precision, project_dir=str(out))
+    warning = distributed.mixed_precision_warning(cfg.mixed_precision, accelerator.device)
+    if warning:
+        accelerator.print(warning, file=sys.stderr)
     source = load_source(cfg.source)
     channels = cfg.channels or source.image_shape[0]
     resolution = _resolution(cfg, *source.image_shape[1:])
@@ -134,64 +143,42 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         )
     labels = torch.from_numpy(source.labels)
 
-    # Model, noise schedule, optimizer, EMA
+    # Model, noise schedule, optimizer, EMA: the EMA is made after `prepare`, from the weights on the device
     distributed.seed_everything(cfg.seed)
-    unet = build_unet(cfg, num_classes, channels, resolution)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type="epsilon",
-        clip_sample=True,
+    unet, noise_scheduler, optimizer, lr_scheduler, ema = make_training_state(
+        cfg, num_classes, channels, resolution, accelerator
     )
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    accelerator.register_for_checkpointing(ema)
 
     step, elapsed, loss_ema = 0, 0.0, None
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
-        accelerator.load_state(str(latest))
+        # Weights and optimizer load onto the device whichever device saved them; the EMA loads on the CPU
+        # (accelerate's custom state), so it is moved back beside the model
+        accelerator.load_state(str(latest), map_location="cpu")
+        ema.to(accelerator.device)
         state = json.loads((latest / STATE_FILE).read_text())
         step, elapsed, loss_ema = state["step"], state["elapsed_seconds"], state["loss_ema"]
         accelerator.print(f"resuming from {latest} (step {step})")
 
-    # Training loop: batch = f(seed, step, rank)
+    # Training loop: batch = f(seed, step, rank). Losses stay on the device and are read every LOG_EVERY steps and
+    # at checkpoints, never once a step: a GPU would otherwise idle while the host waits for each step to finish
     rank = accelerator.process_index
-    alphas = noise_scheduler.alphas_cumprod
     started = time.time() - elapsed
     unet.train()
+    losses: list[torch.Tensor] = []  # this step's and the unread steps' losses, 0-d float32 on the device
     with progress_bar() as bar:
         task = bar.add_task("train prior", total=cfg.max_steps, completed=step, info="")
         while step < cfg.max_steps:
-            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "batch", step, rank))
-            idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=g)
-            x0 = to_model_range(images[idx])  # (B, C, R, R) in [-1, 1]
-            if cfg.flip:
-                flip = torch.rand(cfg.batch_size, generator=g) < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            y = labels[idx].clone()
-            y[torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout] = num_classes  # null class
-            t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
-            noise = torch.randn(x0.shape, generator=g)
-            a = alphas[t].sqrt()[:, None, None, None]
-            s = (1 - alphas[t]).sqrt()[:, None, None, None]
-            x_t = (a * x0 + s * noise).to(accelerator.device)
-            with accelerator.autocast():
-                pred = unet(x_t, t.to(accelerator.device), class_labels=y.to(accelerator.device)).sample
-            loss = F.mse_loss(pred.float(), noise.to(accelerator.device))
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.step(accelerator.unwrap_model(unet).parameters())
+            x_t, t, y, noise = training_batch(cfg, images, labels, num_classes, noise_scheduler, step, rank)
+            losses.append(train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, clip_norm=1.0))
             step += 1
-            value = accelerator.gather(loss.detach()[None]).mean().item()
-            loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
-            bar.update(task, completed=step, info=f"loss {loss_ema:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+            if checkpoint or step % LOG_EVERY == 0:
+                loss_ema = _read_losses(accelerator, losses, loss_ema)
+                losses = []
+                bar.update(task, info=f"loss {loss_ema:.4f}")
+            bar.update(task, completed=step)
+            if checkpoint:
                 _save_checkpoint(accelerator, ckpt_dir, step, time.time() - started, loss_ema)
     wall = time.time() - started
 
@@ -209,6 +196,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         staging = out / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         save_unet_prior(final, ddim, id2label, staging)
+        final.to(accelerator.device)  # the samples grid is drawn where training ran (noise is drawn on the CPU)
         prior = DiffusionPrior(denoiser=final, scheduler=ddim, id2label=id2label, name=str(out))
         per_class = 10
         grid_labels = [k for k in range(num_classes) for _ in range(per_class)]
@@ -237,6 +225,161 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         staging.rmdir()
     accelerator.wait_for_everyone()
     return out
+
+
+def _precision(cfg: PriorTrainConfig, saved: dict | None, device: torch.device) -> str:
+    """The run's resolved `--mixed-precision`: the saved run's own on a resume, else `cfg`'s resolved on `device`.
+
+    Raises:
+        ConfigError: a resume asks for another precision than the saved run's, or the saved precision cannot run
+            on this device (fp16 needs CUDA); one line naming `--mixed-precision`, both values and the fix.
+    """
+    resolved = distributed.resolve_mixed_precision(cfg.mixed_precision, device)
+    if saved is None or "mixed_precision" not in saved:
+        return resolved
+    there = saved["mixed_precision"]
+    if cfg.mixed_precision == "auto":
+        if distributed.resolve_mixed_precision(there, device) == there:
+            return there  # a resumed run keeps the precision it started with, whichever device resumes it
+        raise ConfigError(
+            f"--mixed-precision: the run in --out={cfg.out!r} trains in {there!r}, which {device.type} cannot run "
+            f"(it would be {resolved!r} here; {there!r} there, auto now); resume it on a CUDA device, or train "
+            "again in another --out."
+        )
+    if resolved != there:
+        raise ConfigError(
+            f"--mixed-precision={cfg.mixed_precision!r} differs from the run in --out={cfg.out!r} ({there!r} there, "
+            f"{resolved!r} now); a resumed run keeps its precision: pass --mixed-precision auto (or {there}), "
+            "or use another --out."
+        )
+    return resolved
+
+
+def make_training_state(
+    cfg: PriorTrainConfig, num_classes: int, channels: int, resolution: int, accelerator
+) -> tuple[UNet2DModel, DDPMScheduler, torch.optim.Optimizer, object, EMAModel]:
+    """The prior's UNet, noise schedule, AdamW, cosine schedule and EMA, prepared on `accelerator.device`.
+
+    The UNet is built on the CPU from the global RNG (seed it first), moved by `accelerator.prepare`, and only then
+    is the EMA made from its weights, so the EMA's shadow weights live on the training device (an EMA made before
+    `prepare` keeps them on the CPU and `EMAModel.step` fails on a GPU). AdamW is fused on CUDA (the same update,
+    one kernel) and the plain loop on the CPU, whose results stay as they were.
+
+    Args:
+        cfg (`PriorTrainConfig`): the architecture, optimizer and EMA settings.
+        num_classes (`int`): real classes `K`; the UNet embeds `K + 1` (the last one the null class).
+        channels (`int`): image channels, 1 or 3.
+        resolution (`int`): training side in pixels.
+        accelerator (`accelerate.Accelerator`): from `distributed.make_accelerator`.
+
+    Returns:
+        `tuple`: `(unet, noise_scheduler, optimizer, lr_scheduler, ema)`, the first, third and fourth wrapped by
+        `accelerator.prepare` (and the EMA registered for its checkpoints).
+    """
+    unet = build_unet(cfg, num_classes, channels, resolution)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+    fused = {"fused": True} if accelerator.device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0, **fused)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    ema = EMAModel(
+        accelerator.unwrap_model(unet).parameters(),
+        decay=cfg.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=1.0,
+        power=cfg.ema_power,
+    )
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return unet, noise_scheduler, optimizer, lr_scheduler, ema
+
+
+def training_batch(
+    cfg: PriorTrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    noise_scheduler: DDPMScheduler,
+    step: int,
+    rank: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch of `step` on process `rank`, a pure function of `(cfg.seed, step, rank)` drawn on the CPU.
+
+    Args:
+        cfg (`PriorTrainConfig`): batch size, flips, label dropout, timesteps and seed.
+        images (`torch.Tensor`): `(N, C, R, R)` uint8 in `[0, 255]`, the training split.
+        labels (`torch.Tensor`): `(N,)` int64 in `[0, num_classes)`.
+        num_classes (`int`): `K`; dropped labels become the null class `K`.
+        noise_scheduler (`DDPMScheduler`): the training noise schedule (`alphas_cumprod`).
+        step (`int`): the optimizer step, from 0.
+        rank (`int`): the process index.
+
+    Returns:
+        `tuple`: `x_t` `(B, C, R, R)` float32 noisy images, `t` `(B,)` int64 timesteps in `[0, T)`, `y` `(B,)`
+        int64 labels in `[0, K]`, `noise` `(B, C, R, R)` float32 standard normal; all on the CPU.
+    """
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "batch", step, rank))
+    idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=g)
+    x0 = to_model_range(images[idx])  # (B, C, R, R) in [-1, 1]
+    if cfg.flip:
+        flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    y = labels[idx].clone()
+    y[torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout] = num_classes  # null class
+    t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    alphas = noise_scheduler.alphas_cumprod
+    a = alphas[t].sqrt()[:, None, None, None]  # (B, 1, 1, 1)
+    s = (1 - alphas[t]).sqrt()[:, None, None, None]
+    return a * x0 + s * noise, t, y, noise
+
+
+def train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, clip_norm: float = 1.0):
+    """One optimizer step of the DDPM epsilon objective (Ho et al., 2020), then one EMA update.
+
+    The batch moves to `accelerator.device`; the forward runs under the accelerator's autocast (bf16 or fp16, with
+    the gradient scaler for fp16), the loss is computed in float32, gradients are clipped to `clip_norm`.
+
+    Args:
+        accelerator (`accelerate.Accelerator`): owns the device, autocast and gradient scaler.
+        unet, optimizer, lr_scheduler: as `make_training_state` returns them.
+        ema (`EMAModel`): updated from the unwrapped UNet's weights (on the same device).
+        x_t (`torch.Tensor`): `(B, C, R, R)` float32 noisy images.
+        t (`torch.Tensor`): `(B,)` int64 timesteps.
+        y (`torch.Tensor`): `(B,)` int64 labels in `[0, K]`.
+        noise (`torch.Tensor`): `(B, C, R, R)` float32, the regression target.
+        clip_norm (`float`, *optional*, defaults to 1.0): gradient norm clip.
+
+    Returns:
+        `torch.Tensor`: the loss, 0-d float32 on the device, detached (reading it waits for the step).
+    """
+    device = accelerator.device
+    x_t, noise = x_t.to(device, non_blocking=True), noise.to(device, non_blocking=True)
+    with accelerator.autocast():
+        pred = unet(x_t, t.to(device, non_blocking=True), class_labels=y.to(device, non_blocking=True)).sample
+    loss = F.mse_loss(pred.float(), noise)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(unet.parameters(), clip_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(accelerator.unwrap_model(unet).parameters())
+    return loss.detach()
+
+
+def _read_losses(accelerator, losses: list[torch.Tensor], loss_ema: float | None) -> float | None:
+    """Fold unread per-step losses into the running loss (0.98 EMA of the mean over processes), one host read."""
+    if not losses:
+        return loss_ema
+    per_step = accelerator.gather(torch.stack(losses)[None])  # (W, n): every process's losses of these n steps
+    for value in per_step.mean(dim=0).tolist():
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+    return loss_ema
 
 
 def _atomic_write(path: Path, text: str) -> None:

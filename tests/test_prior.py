@@ -97,3 +97,149 @@ def test_bad_widths_are_refused_before_work(tiny_repo, tmp_path):
     with pytest.raises(ConfigError, match="not divisible by --norm-num-groups=8"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", block_out_channels=(8, 12)))
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices: the EMA beside the model, losses read on the host only when logged
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MovingAccelerator:
+    """Stands in for accelerate on a GPU: `prepare` moves the model to another device ("meta" on a CPU machine)."""
+
+    device = torch.device("meta")
+
+    def __init__(self):
+        self.registered = []
+
+    def prepare(self, model, optimizer, scheduler):
+        return model.to(self.device), optimizer, scheduler
+
+    def unwrap_model(self, model):
+        return model
+
+    def register_for_checkpointing(self, obj):
+        self.registered.append(obj)
+
+
+def test_the_ema_is_made_on_the_device_prepare_moved_the_model_to(tiny_repo, tmp_path):
+    accelerator = MovingAccelerator()
+    cfg = _cfg(tiny_repo, tmp_path / "p")
+    unet, _, _, _, ema = prior_module.make_training_state(cfg, 3, 1, 16, accelerator)
+    assert {p.device for p in unet.parameters()} == {torch.device("meta")}
+    assert {p.device for p in ema.shadow_params} == {torch.device("meta")}  # not left on the CPU (crashed on a GPU)
+    assert accelerator.registered == [ema]  # checkpointed with the run
+
+
+def test_the_ema_stays_beside_the_model_through_a_resume(tiny_repo, tmp_path, monkeypatch):
+    seen = []
+    step = prior_module.train_step
+
+    def checked_step(accelerator, unet, optimizer, lr_scheduler, ema, *args, **kwargs):
+        seen.append({p.device for p in ema.shadow_params} | {p.device for p in unet.parameters()})
+        return step(accelerator, unet, optimizer, lr_scheduler, ema, *args, **kwargs)
+
+    original = prior_module._save_checkpoint
+
+    def crash_after_first(accelerator, ckpt_dir, step, *args):
+        original(accelerator, ckpt_dir, step, *args)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(prior_module, "train_step", checked_step)
+    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p"))
+    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+    prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p"))
+    assert len(seen) == 4 and all(len(devices) == 1 for devices in seen)  # 2 steps, then 2 resumed steps
+
+
+def test_losses_are_read_when_logged_and_give_the_per_step_running_loss(tiny_repo, tmp_path, monkeypatch):
+    reads = []
+    read = prior_module._read_losses
+
+    def counted(accelerator, losses, loss_ema):
+        reads.append(len(losses))
+        return read(accelerator, losses, loss_ema)
+
+    monkeypatch.setattr(prior_module, "_read_losses", counted)
+    monkeypatch.setattr(prior_module, "LOG_EVERY", 3)
+    batched = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "batched", max_steps=5, checkpoint_every=5))
+    assert reads == [3, 2]  # steps 1-3 at the log, 4-5 at the checkpoint: never once a step
+    monkeypatch.setattr(prior_module, "LOG_EVERY", 1)
+    every = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "every", max_steps=5, checkpoint_every=5))
+
+    def loss(out):
+        return json.loads((out / "checkpoints" / "step-00000005" / prior_module.STATE_FILE).read_text())["loss_ema"]
+
+    assert loss(batched) == loss(every)  # the same running loss, bit for bit
+    a, b = _weights(batched), _weights(every)
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --mixed-precision auto: resolved per device, recorded, kept on a resume
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    monkeypatch.setattr(prior_module.distributed, "cpu_has_native_bf16", lambda: False)
+
+
+def test_auto_trains_in_float32_on_a_cpu_without_native_bf16(tiny_repo, tmp_path, no_native_bf16, capsys):
+    auto = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "auto", mixed_precision="auto", max_steps=2))
+    assert json.loads((auto / "prior_config.json").read_text())["mixed_precision"] == "no"  # resolved, not "auto"
+    assert "mixed precision `no`" in (auto / "README.md").read_text()
+    assert "Warning" not in capsys.readouterr().err
+    explicit = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "no", mixed_precision="no", max_steps=2))
+    a, b = _weights(auto), _weights(explicit)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(tiny_repo, tmp_path, no_native_bf16, capsys):
+    out = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="bf16", max_steps=1))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "Warning" in line]
+    assert len(warnings) == 1 and "--mixed-precision bf16" in warnings[0] and "12x slower" in warnings[0]
+    assert json.loads((out / "prior_config.json").read_text())["mixed_precision"] == "bf16"
+
+
+def _interrupted(tiny_repo, out, monkeypatch, **kwargs):
+    original = prior_module._save_checkpoint
+
+    def crash_after_first(accelerator, ckpt_dir, step, *args):
+        original(accelerator, ckpt_dir, step, *args)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        prior_module.train_prior(_cfg(tiny_repo, out, **kwargs))
+    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(tiny_repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(prior_module.distributed, "cpu_has_native_bf16", lambda: False)
+    _interrupted(tiny_repo, tmp_path / "p", monkeypatch, mixed_precision="auto")  # started in float32
+    monkeypatch.setattr(prior_module.distributed, "cpu_has_native_bf16", lambda: True)  # auto would now be bf16
+    resumed = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="auto"))
+    assert json.loads((resumed / "prior_config.json").read_text())["mixed_precision"] == "no"
+    straight = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "straight", mixed_precision="no"))
+    a, b = _weights(resumed), _weights(straight)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_resume_in_another_precision_is_refused_in_one_line(tiny_repo, tmp_path, monkeypatch, no_native_bf16):
+    _interrupted(tiny_repo, tmp_path / "p", monkeypatch, mixed_precision="auto")
+    with pytest.raises(ConfigError, match=r"--mixed-precision='bf16' differs .* \('no' there, 'bf16' now\)") as err:
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="bf16"))
+    assert "\n" not in str(err.value) and "pass --mixed-precision auto (or no)" in str(err.value)
+    saved = tmp_path / "p" / "prior_config.json"
+    saved.write_text(saved.read_text().replace('"mixed_precision": "no"', '"mixed_precision": "fp16"'))
+    with pytest.raises(ConfigError, match=r"--mixed-precision: .* trains in 'fp16', which cpu cannot run"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="auto"))
+
+
+def test_unknown_mixed_precision_is_refused_before_work(tiny_repo, tmp_path):
+    with pytest.raises(ConfigError, match=r"--mixed-precision='fp8' must be 'auto', 'no', 'bf16' or 'fp16'"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="fp8"))
+    assert not (tmp_path / "p").exists()
