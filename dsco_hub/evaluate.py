@@ -10,6 +10,12 @@ Several independent runs give a mean and a standard deviation.
 Every random choice (initialisation, batch order, augmentation) derives from
 `derive_seed(cfg.seed, "eval", run)` through CPU generators: the same inputs and configuration
 give the same accuracies, and the global torch RNG is left untouched.
+
+Students train on the process's device (`distributed.process_state().device`: its own GPU under
+`accelerate launch` / `torchrun`, else CUDA when available, else the CPU), with bf16 autocast on GPUs
+that have it and float32 on the CPU, whose accuracies are those of the CPU-only versions. The random
+draws stay on the CPU (one transfer per epoch), so a GPU run sees the batches and augmentations a CPU
+run sees. With several processes, `spread=True` trains run `r` on process `r % W`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsco_hub import distributed
 from dsco_hub.config import EVAL_MODELS, EvalConfig, derive_seed
 from dsco_hub.data import to_model_range
 from dsco_hub.errors import ConfigError
@@ -223,12 +230,47 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> 
     """
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"augment expects float images (B, C, H, W), got {tuple(x.shape)} {x.dtype}.")
+    return apply_augment(x, *augment_draws(x.shape[0], generator, flip))
+
+
+def augment_draws(
+    batch_size: int, generator: torch.Generator, flip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of `augment` for one batch, in the order `augment` makes them.
+
+    Drawing a whole epoch's batches ahead (one call per batch, in batch order) gives the numbers `augment` would
+    draw batch by batch, so the draws can travel to a GPU once an epoch.
+
+    Args:
+        batch_size (`int`): samples in the batch.
+        generator (`torch.Generator`): CPU generator.
+        flip (`bool`, *optional*, defaults to `False`): whether flips are among the transformations.
+
+    Returns:
+        `tuple`: `choice` `(batch_size,)` int64 in `[0, 4]` (crop, scale, rotate, cutout, flip) and `u`
+        `(batch_size, 7)` float64 uniform in `[0, 1)`, on the CPU.
+    """
+    choice = torch.randint(0, 5 if flip else 4, (batch_size,), generator=generator)  # (B,) transformation per sample
+    u = torch.rand(batch_size, 7, generator=generator, dtype=torch.float64)  # (B, 7) uniform draws per sample
+    return choice, u
+
+
+def apply_augment(x: torch.Tensor, choice: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Apply the transformations of `augment_draws` to a batch, on `x`'s device (see `augment`).
+
+    Args:
+        x (`torch.Tensor`): `(batch_size, channels, height, width)` float images in `[-1, 1]`.
+        choice (`torch.Tensor`): `(batch_size,)` int64 transformation per sample, on any device.
+        u (`torch.Tensor`): `(batch_size, 7)` float64 uniform draws, on `choice`'s device.
+
+    Returns:
+        `torch.Tensor`: the augmented batch, same shape, dtype and device as `x`, in `[-1, 1]`.
+    """
     b, _, h, w = x.shape
-    choice = torch.randint(0, 5 if flip else 4, (b,), generator=generator)  # (B,) transformation per sample
-    u = torch.rand(b, 7, generator=generator, dtype=torch.float64)  # (B, 7) uniform draws, one set per sample
+    on = u.device  # the 2x3 matrices and the cutout mask are built where the draws are (float64)
 
     # Per-sample 2x3 matrices of every transformation, then one picked per sample
-    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64).expand(b, 2, 3)
+    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64, device=on).expand(b, 2, 3)
     crop = eye.clone()
     shift_x, shift_y = int(w * CROP_RATIO + 0.5), int(h * CROP_RATIO + 0.5)  # pixels
     crop[:, 0, 2] = 2 * (torch.floor(u[:, 0] * (2 * shift_x + 1)) - shift_x) / w  # whole pixels, normalised
@@ -241,7 +283,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> 
     rotate = torch.stack([cos, sin, zero, -sin, cos, zero], dim=1).view(b, 2, 3)
     mirror = eye.clone()
     mirror[:, 0, 0] = -1.0
-    theta = torch.stack([crop, scale, rotate, eye, mirror])[choice, torch.arange(b)]  # (B, 2, 3)
+    theta = torch.stack([crop, scale, rotate, eye, mirror])[choice, torch.arange(b, device=on)]  # (B, 2, 3)
 
     # Geometry: sample x + 1 with zero padding, so uncovered pixels come out as FILL = -1
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
@@ -251,7 +293,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> 
     size_h, size_w = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
     top = torch.floor(u[:, 5] * (h + 1 - size_h % 2)).long() - size_h // 2  # (B,)
     left = torch.floor(u[:, 6] * (w + 1 - size_w % 2)).long() - size_w // 2  # (B,)
-    rows, cols = torch.arange(h), torch.arange(w)
+    rows, cols = torch.arange(h, device=on), torch.arange(w, device=on)
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size_h)  # (B, H)
     in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size_w)  # (B, W)
     mask = in_rows[:, :, None] & in_cols[:, None, :] & (choice == _CUTOUT)[:, None, None]  # (B, H, W)
@@ -344,11 +386,13 @@ def train_and_test(
     cfg: EvalConfig,
     run: int,
     progress: Callable[[int], Any] | None = None,
+    device: torch.device | str | None = None,
 ) -> float:
     """Train one student from scratch on the training set (hard labels) and return its test accuracy.
 
     The student, batch order and augmentation of run `run` derive from `derive_seed(cfg.seed, "eval", run)`;
-    the global torch RNG is left as it was.
+    the global torch RNG is left as it was. The student, the images and the augmentation live on `device`; the
+    random draws are made on the CPU, an epoch at a time, in the order a batch-by-batch loop makes them.
 
     Args:
         train_images (`torch.Tensor`): `(N, C, H, W)` uint8 in `[0, 255]`; resized (bilinear, antialiased) to
@@ -360,6 +404,9 @@ def train_and_test(
         cfg (`EvalConfig`): the protocol (student, epochs, SGD, batch size, augmentation, seed).
         run (`int`): the run index `r`; different runs train different students.
         progress (`Callable[[int], Any]`, *optional*): called with 1 after each epoch.
+        device (`torch.device` or `str`, *optional*): where the student trains; defaults to this process's device
+            (`distributed.process_state().device`). bf16 autocast on CUDA devices with bf16, float32 elsewhere
+            (`distributed.eval_precision`).
 
     Returns:
         `float`: test accuracy, a fraction in `[0, 1]`.
@@ -368,19 +415,26 @@ def train_and_test(
         ConfigError: the inputs are unusable (see `evaluate_images`) or the student is unknown.
     """
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
+    device = torch.device(device) if device is not None else distributed.process_state().device
+    precision = distributed.eval_precision(device)
     channels, height, width = test_images.shape[1:]
     seed = derive_seed(cfg.seed, "eval", run)
 
-    # Training set in [-1, 1] at the test resolution
-    x_train = to_model_range(train_images)  # (N, C, H, W)
-    if x_train.shape[2:] != test_images.shape[2:]:
+    # Training set at the test resolution, on the device: uint8 (converted to [-1, 1] per batch), or float in
+    # [-1, 1] when it had to be resized
+    if train_images.shape[2:] != test_images.shape[2:]:
+        x_train = to_model_range(train_images)  # (N, C, h, w)
         x_train = F.interpolate(x_train, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    y_train = train_labels.long()
+    else:
+        x_train = train_images
+    x_train = x_train.to(device)  # (N, C, H, W)
+    y_train = train_labels.long().to(device)
 
     # Student, initialised from a derived seed without touching the global RNG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "eval", run, "init"))
         model = build_student(cfg.model, channels, num_classes, (height, width))
+    model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     flip = cfg.flip if cfg.flip is not None else channels == 3
@@ -391,28 +445,41 @@ def train_and_test(
         if epoch == cfg.epochs // 2 and epoch > 0:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr / 10
+        # The epoch's randomness, drawn in the batch-by-batch order, then moved to the device at once
         order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        starts = range(0, len(order), cfg.batch_size)
+        if cfg.augment:
+            draws = [augment_draws(len(order[start : start + cfg.batch_size]), generator, flip) for start in starts]
+            choices = torch.cat([choice for choice, _ in draws]).to(device)  # (N,)
+            uniforms = torch.cat([u for _, u in draws]).to(device)  # (N, 7)
+        order = order.to(device)
+        for start in starts:
+            stop = start + cfg.batch_size
+            idx = order[start:stop]
             x = x_train[idx]  # (b, C, H, W)
+            if x.dtype == torch.uint8:
+                x = to_model_range(x)
             if cfg.augment:
-                x = augment(x, generator, flip)
-            loss = F.cross_entropy(model(x), y_train[idx])
+                x = apply_augment(x, choices[start:stop], uniforms[start:stop])
+            with distributed.autocast(device, precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if progress is not None:
             progress(1)
 
-    # Test
+    # Test: batches moved to the device one at a time; the count is read once
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.no_grad():
         for start in range(0, len(test_images), TEST_BATCH_SIZE):
-            x = to_model_range(test_images[start : start + TEST_BATCH_SIZE])  # (b, C, H', W')
-            pred = model(x).argmax(dim=1)  # (b,)
-            correct += int((pred == test_labels[start : start + TEST_BATCH_SIZE]).sum())
-    return correct / len(test_images)
+            x = to_model_range(test_images[start : start + TEST_BATCH_SIZE].to(device))  # (b, C, H', W')
+            with distributed.autocast(device, precision):
+                pred = model(x).argmax(dim=1)  # (b,)
+            correct += (pred == test_labels[start : start + TEST_BATCH_SIZE].to(device)).sum()
+    return int(correct) / len(test_images)
 
 
 def evaluate_images(
@@ -423,6 +490,8 @@ def evaluate_images(
     num_classes: int,
     cfg: EvalConfig,
     progress: Callable[[int], Any] | None = None,
+    state: distributed.ProcessState | None = None,
+    spread: bool = False,
 ) -> EvalResult:
     """Run the evaluation protocol (`docs/method.md` §6): `cfg.runs` students trained from scratch, then tested.
 
@@ -433,11 +502,16 @@ def evaluate_images(
         test_labels (`torch.Tensor`): `(M,)` int64 in `[0, num_classes)`.
         num_classes (`int`): number of classes `K`.
         cfg (`EvalConfig`): the protocol; run `r` is seeded by `derive_seed(cfg.seed, "eval", r)`.
-        progress (`Callable[[int], Any]`, *optional*): called with 1 after each epoch of each run
-            (`cfg.runs * cfg.epochs` calls in all).
+        progress (`Callable[[int], Any]`, *optional*): called with 1 after each epoch of each run this process
+            trains (`cfg.runs * cfg.epochs` calls in all with one process).
+        state (`distributed.ProcessState`, *optional*): this process in the launch; defaults to
+            `distributed.process_state()`. Students train on `state.device`.
+        spread (`bool`, *optional*, defaults to `False`): with several processes, train run `r` on process
+            `r % world_size` and gather the accuracies on every process (a collective: every process must call
+            this with the same inputs). Runs are seeded by their index, so the accuracies are those of one process.
 
     Returns:
-        `EvalResult`: per-run accuracies, their mean and (population) std, and what was run.
+        `EvalResult`: per-run accuracies (in run order), their mean and (population) std, and what was run.
 
     Raises:
         ConfigError: an option of `cfg` is out of range, a set is empty, a label is outside `[0, num_classes)`,
@@ -446,10 +520,21 @@ def evaluate_images(
     cfg.validate()
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
     model = _resolve_model(cfg.model, tuple(test_images.shape[2:]))
-    accuracies = [
-        train_and_test(train_images, train_labels, test_images, test_labels, num_classes, cfg, run, progress)
-        for run in range(cfg.runs)
+    state = state if state is not None else distributed.process_state()
+    width = state.world_size if spread else 1
+    mine = [run for run in range(cfg.runs) if run % width == (state.rank if spread else 0)]
+    done = [
+        (
+            run,
+            train_and_test(
+                train_images, train_labels, test_images, test_labels, num_classes, cfg, run, progress, state.device
+            ),
+        )
+        for run in mine
     ]
+    if spread:
+        done = state.gather(done)
+    accuracies = [accuracy for _, accuracy in sorted(done)]
     return EvalResult(
         accuracies=accuracies,
         mean=float(np.mean(accuracies)),

@@ -380,8 +380,14 @@ def _evaluate(
     seed: int,
     cfg: EvalConfig,
     bar,
+    spread: bool = False,
 ) -> dict:
-    """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC."""
+    """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC.
+
+    Students train on this process's device (`distributed.process_state().device`). With `spread` (every process
+    of the launch calls this), each set's runs are shared among the processes and gathered on all of them.
+    """
+    state = distributed.process_state()
     channels, height, width = test.image_shape
     size = min(height, width)
     test_rows = np.flatnonzero(test.labels >= 0)  # with --classes, rows of other classes are labelled -1
@@ -397,7 +403,7 @@ def _evaluate(
         )
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
-        "protocol": {**_protocol(cfg, channels)},
+        "protocol": {**_protocol(cfg, channels, state.device)},
         "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -413,14 +419,18 @@ def _evaluate(
             test.num_classes,
             cfg,
             progress=lambda n, t=task: bar.advance(t, n),
+            state=state,
+            spread=spread,
         )
         bar.update(task, info=f"{result.mean * 100:.2f} ± {result.std * 100:.2f} %")
         block[key] = result.to_dict()
     return block
 
 
-def _protocol(cfg: EvalConfig, channels: int) -> dict:
+def _protocol(cfg: EvalConfig, channels: int, device: torch.device) -> dict:
+    """The card's `eval.protocol`: the settings, and the device and precision the students trained with."""
     flip = cfg.flip if cfg.flip is not None else channels == 3
+    precision = distributed.eval_precision(device)
     return {
         "model": cfg.model,
         "epochs": cfg.epochs,
@@ -433,6 +443,8 @@ def _protocol(cfg: EvalConfig, channels: int) -> dict:
         "flip": flip,
         "seed": cfg.seed,
         "labels": "hard",
+        "device": distributed.describe_device(device),  # e.g. "cpu", "cuda (NVIDIA H200)"
+        "precision": "float32" if precision == "no" else f"{precision} autocast",
     }
 
 
