@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from datasets.table import embed_table_storage
 
 from dsco_hub.config import first_difference, run_settings
 from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.files import atomic_write, make_dirs, os_error, temp_dir_beside
 
 PROVENANCE = ("source", "source_index", "seed")
 
@@ -113,44 +113,92 @@ def build_dataset(rows: ConcentratedRows, class_names: list[str]) -> datasets.Da
     return ds.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True).with_format(None)
 
 
-def check_output(out: str | Path, overwrite: bool, settings: dict | None = None) -> bool:
+DSCO_FILES = ("README.md", "dsco_config.json", "samples.png", ".gitattributes")  # what `concentrate` writes
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """The entries of `out` that a dsco-hub set does not hold (anything but its files and `data/*.parquet`)."""
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name == "data" and entry.is_dir() and not entry.is_symlink():
+            foreign += [
+                f"data/{f.name}" for f in sorted(entry.iterdir()) if not (f.is_file() and f.suffix == ".parquet")
+            ]
+        elif entry.name not in DSCO_FILES or not entry.is_file() or entry.is_symlink():
+            foreign.append(entry.name)
+    return foreign
+
+
+def is_dsco_set(out: str | Path) -> bool:
+    """Whether `out` is a folder dsco-hub wrote: its marker (`dsco_config.json` and a card with a `dsco:` block)
+    and nothing else than the files of a set (README.md, dsco_config.json, samples.png, data/*.parquet)."""
+    out = Path(out)
+    card = out / "README.md"
+    if not ((out / "dsco_config.json").is_file() and card.is_file()):
+        return False
+    try:
+        head = card.read_text(encoding="utf-8").split("\n---", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "\ndsco:" in head and not _foreign_files(out)
+
+
+def check_output(
+    out: str | Path, overwrite: bool, settings: dict | None = None, fingerprint: dict | None = None
+) -> bool:
     """Check `--out` before any heavy work; tell whether it already holds this very set.
 
-    A finished set (with `dsco_config.json`) made with the same `settings` makes the rerun a no-op; with other
-    settings it is refused (naming the first differing option) unless `overwrite`. Any other non-empty folder is
-    refused unless `overwrite`.
+    A finished set (with `dsco_config.json`) made with the same `settings` from the same source data
+    (`fingerprint`) makes the rerun a no-op; with other settings or changed data it is refused (naming the first
+    differing option) unless `overwrite`. `overwrite` replaces only a folder dsco-hub wrote (`is_dsco_set`): any other
+    non-empty folder is refused, with or without it, so nothing the user put there is ever deleted.
 
     Args:
-        out (`str` or `Path`): the output folder.
-        overwrite (`bool`): replace what is there.
+        out (`str` or `Path`): the output folder (already checked by `files.check_out_path`).
+        overwrite (`bool`): replace a set dsco-hub wrote.
         settings (`dict`, *optional*): `config.run_settings(cfg.to_dict(), "set")` of this run.
+        fingerprint (`dict`, *optional*): `data.fingerprint` of this run's source (None: not compared).
 
     Returns:
-        `bool`: True when `out` is already complete with the same settings (and not `overwrite`).
+        `bool`: True when `out` is already complete with the same settings and data (and not `overwrite`).
 
     Raises:
-        OutputError: `out` is a file, or a non-empty folder not written by dsco-hub and `overwrite` is False.
-        ConfigError: `out` is a finished set made with other settings and `overwrite` is False.
+        OutputError: `out` is a file, or a non-empty folder that dsco-hub did not write.
+        ConfigError: `out` is a finished set made with other settings or from changed data, and `overwrite` is False.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out={str(out)!r} is a file; pass a folder path.")
-    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not is_dsco_set(out):
+        foreign = _foreign_files(out)
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        what = f"holds files dsco-hub did not write ({shown})" if foreign else "is not a set written by dsco-hub"
+        raise OutputError(
+            f"--out={str(out)!r} {what}; dsco-hub never replaces such a folder, even with --overwrite: "
+            "pass a new or empty folder."
+        )
+    if overwrite:
         return False
     saved = out / "dsco_config.json"
-    if settings is not None and saved.exists() and (out / "README.md").exists():
-        try:
-            diff = first_difference(run_settings(json.loads(saved.read_text()), "set"), settings)
-        except (ValueError, AttributeError):
-            diff = ("dsco_config.json", "unreadable", "-")
-        if diff is None:
-            return True
-        option, there, now = diff
-        raise ConfigError(
-            f"{option} differs from the finished set in {out} ({there} there, {now} now); rerun with the same "
-            "options, pass --overwrite to replace it, or choose another --out."
+    if settings is None:
+        raise OutputError(
+            f"--out={str(out)!r} holds a dsco-hub set; pass --overwrite to replace it, or another --out."
         )
-    raise OutputError(f"--out={str(out)!r} exists and is not empty; pass --overwrite to replace it, or another --out.")
+    try:
+        recorded = json.loads(saved.read_text())
+        diff = first_difference(run_settings(recorded, "set"), settings)
+    except (ValueError, AttributeError):
+        recorded, diff = {}, ("dsco_config.json", "unreadable", "-")
+    if diff is None:
+        check_fingerprint(recorded.get("source_fingerprint"), fingerprint, f"the finished set in {out}", "replace it")
+        return True
+    option, there, now = diff
+    raise ConfigError(
+        f"{option} differs from the finished set in {out} ({there} there, {now} now); rerun with the same "
+        "options, pass --overwrite to replace it, or choose another --out."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,29 +224,39 @@ def run_folder(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def check_run(out: str | Path, settings: dict, overwrite: bool) -> tuple[Path, bool]:
-    """Compare a saved run (if any) with this run's settings; read-only, so every process can call it.
+def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dict | None = None) -> tuple[Path, bool]:
+    """Compare a saved run (if any) with this run's settings and source data; read-only, so every process can call it.
 
     Args:
         out (`str` or `Path`): the output folder.
         settings (`dict`): `config.run_settings(cfg.to_dict(), "rows")` of this run.
-        overwrite (`bool`): a saved run with other settings is to be discarded instead of refused.
+        overwrite (`bool`): a saved run with other settings or from other data is to be discarded instead of refused.
+        fingerprint (`dict`, *optional*): `data.fingerprint` of this run's source (None: not compared).
 
     Returns:
-        `tuple[Path, bool]`: the run folder, and whether it must be discarded (other settings and `overwrite`).
+        `tuple[Path, bool]`: the run folder, and whether it must be discarded (other settings or data, and
+        `overwrite`).
 
     Raises:
-        ConfigError: a saved run has other settings and `overwrite` is False (names the first differing option).
+        ConfigError: a saved run has other settings (names the first differing option) or was made from data that
+            has changed since (`check_fingerprint`), and `overwrite` is False.
     """
     folder = run_folder(out)
     saved = folder / RUN_CONFIG
     if not saved.exists():
         return folder, False
     try:
-        diff = first_difference(json.loads(saved.read_text())["settings"], settings)
+        recorded = json.loads(saved.read_text())
+        diff = first_difference(recorded["settings"], settings)
     except (ValueError, KeyError, TypeError):
-        diff = (RUN_CONFIG, "unreadable", "-")
+        recorded, diff = {}, (RUN_CONFIG, "unreadable", "-")
     if diff is None:
+        try:
+            check_fingerprint(recorded.get("source_fingerprint"), fingerprint, f"the saved run in {folder}")
+        except ConfigError:
+            if overwrite:
+                return folder, True
+            raise
         return folder, False
     if overwrite:
         return folder, True
@@ -209,16 +267,40 @@ def check_run(out: str | Path, settings: dict, overwrite: bool) -> tuple[Path, b
     )
 
 
+def check_fingerprint(saved: dict | None, now: dict | None, what: str, redo: str = "start over") -> None:
+    """Refuse to reuse work made from other source data: `saved` and `now` are `data.fingerprint`s.
+
+    Either being None (a run saved by an older version, a data-free run) skips the check.
+
+    Raises:
+        ConfigError: the fingerprints differ; the message names both and the fix (restore the data or --overwrite).
+    """
+    if saved is None or now is None or saved == now:
+        return
+    there = f"{saved.get('kind')} {str(saved.get('value'))[:12]}"
+    here = f"{now.get('kind')} {str(now.get('value'))[:12]}"
+    raise ConfigError(
+        f"SOURCE changed since {what} was made ({there} there, {here} now): its rows no longer match; restore the "
+        f"source, or pass --overwrite to {redo}."
+    )
+
+
 def discard_run(folder: Path) -> None:
     """Delete a saved run made with other settings (`--overwrite`); main process only."""
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def prepare_run(folder: Path, settings: dict, num_units: int) -> None:
-    """Create the run folder (if needed) and save the settings; main process only."""
-    (folder / "units").mkdir(parents=True, exist_ok=True)
+def prepare_run(folder: Path, settings: dict, num_units: int, fingerprint: dict | None = None) -> None:
+    """Create the run folder (if needed) and save the settings and the source's fingerprint; main process only.
+
+    Raises:
+        OutputError: the folder cannot be written (one line: the path, the reason, the fix).
+    """
+    make_dirs(folder / "units")
     if not (folder / RUN_CONFIG).exists():
-        write_json(folder / RUN_CONFIG, {"settings": settings, "num_units": num_units})
+        write_json(
+            folder / RUN_CONFIG, {"settings": settings, "num_units": num_units, "source_fingerprint": fingerprint}
+        )
 
 
 def shard_path(folder: Path, index: int) -> Path:
@@ -241,8 +323,12 @@ def write_shard(folder: Path, index: int, rows: ConcentratedRows) -> Path:
     )
     path = shard_path(folder, index)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise os_error(err) from err
     return path
 
 
@@ -269,20 +355,23 @@ def read_shard(folder: Path, index: int, num_rows: int) -> ConcentratedRows:
 
 
 def staging_dir(out: str | Path) -> Path:
-    """A fresh staging folder beside `out` (same filesystem, so the final move is a rename)."""
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    """A fresh staging folder beside `out` (same filesystem, so the final move is a rename; mode as `mkdir`)."""
+    return temp_dir_beside(Path(out).resolve())
 
 
 def commit(staging: Path, out: str | Path) -> Path:
     """Move a complete staging folder to `out`, replacing what was there (the old folder goes only at the end)."""
     out = Path(out).resolve()
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
+    try:
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(staging, out)
+    except OSError as err:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the previous set back
+        raise os_error(err) from err
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
@@ -327,7 +416,9 @@ def dataset_info_yaml(card_data, ds: datasets.Dataset, split_info: datasets.Spli
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file + rename; `files.atomic_write`).
+
+    Raises:
+        OutputError: the file cannot be written (one line: the path, the reason, the fix).
+    """
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,155 @@
+"""The file system, safely: which output folders may be written or replaced, atomic writes, one-line errors.
+
+Nothing a user had is deleted or changed: an output folder is never the current folder (or one above it), the
+home folder, the root, nor a folder that holds the source or lies inside it (`check_out_path`); only a folder
+dsco-hub wrote may be replaced (`writer.check_output`). Files are written to a temporary name and renamed into
+place (`atomic_write`), so a crash or a full disk leaves either the old file or the new one, never half of one.
+An `OSError` becomes an `OutputError` of one line that names the path, the reason and the fix (`os_error`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from dsco_hub.errors import OutputError
+
+_FIXES = {
+    errno.EROFS: "the file system is read-only; choose a writable --out",
+    errno.EACCES: "permission denied; choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write to, or fix its permissions",
+    errno.ENOSPC: "the disk is full; free some space or choose --out on another disk, then rerun to resume",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose --out elsewhere, then rerun to resume",
+    errno.ENOTDIR: "a component of the path is a file, not a folder; choose another --out",
+    errno.EISDIR: "the path is a folder where a file was expected; choose another --out",
+    errno.ENAMETOOLONG: "the path is too long; choose a shorter --out",
+    errno.EEXIST: "something is already there; choose another --out",
+}
+
+
+def os_error(err: OSError, option: str = "--out") -> OutputError:
+    """An `OutputError` of one line for a failed file-system call: the path, the reason (errno name) and the fix.
+
+    Args:
+        err (`OSError`): the error, with its `filename` when the call set one.
+        option (`str`, *optional*, defaults to "--out"): the option whose value led to the path, named in the fix.
+
+    Returns:
+        `OutputError`: e.g. "cannot write /mnt/ro/set: Read-only file system (EROFS); the file system is read-only;
+        choose a writable --out."
+    """
+    name = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    reason = err.strerror or str(err)
+    fix = _FIXES.get(err.errno, "check the path and its permissions") if err.errno is not None else ""
+    fix = fix.replace("--out", option)
+    where = f" {err.filename}" if err.filename else ""
+    return OutputError(f"cannot write{where}: {reason}{f' ({name})' if name else ''}; {fix}.")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dirs(path: str | Path, option: str = "--out") -> Path:
+    """Create `path` and its parents (mode 0777 less the umask, as `mkdir -p`).
+
+    Raises:
+        OutputError: the folder cannot be made (read-only file system, a file in the way, no permission, full disk).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{option}: {path} exists and is a file; pass a folder path.") from None
+    except OSError as err:
+        raise os_error(err, option) from err
+    return path
+
+
+def temp_dir_beside(path: str | Path, option: str = "--out") -> Path:
+    """A fresh, empty folder next to `path` (same file system, so a rename moves it into place).
+
+    Unlike `tempfile.mkdtemp` (mode 0700), the folder gets the mode a plain `mkdir` would (0777 less the umask), so
+    the set it becomes is readable as the user's other folders are.
+
+    Raises:
+        OutputError: the parent folder cannot be made or written.
+    """
+    path = Path(path).absolute()
+    make_dirs(path.parent, option)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        folder.chmod(0o777 & ~_umask())
+    except OSError as err:
+        raise os_error(err, option) from err
+    return folder
+
+
+def atomic_write(path: str | Path, data: bytes | str, option: str = "--out") -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename (readers never see half).
+
+    The temporary file is removed when the write fails (a full disk leaves the old file, or none).
+
+    Raises:
+        OutputError: the file cannot be written (the message names the path, the reason and the fix).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise os_error(err, option) from err
+    return path
+
+
+def _related(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are the same folder or one lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_out_path(value: str | None, option: str = "--out", sources: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an output folder whose writing or replacement could touch what the user has.
+
+    Refused: an empty or blank value, `.`, `..`, the root, the home folder, the current folder or any folder above
+    it, and any folder that holds a source, is a source or lies inside one (writing there would change the
+    source). Symlinks are resolved first, so `--out link-to-home` is the home folder.
+
+    Args:
+        value (`str`): the option's value as given.
+        option (`str`, *optional*, defaults to "--out"): the option's name, for the message.
+        sources (iterable of `str` or `Path`): local source folders of the run (Hub ids and None are ignored).
+
+    Returns:
+        `Path`: the folder, resolved to an absolute path.
+
+    Raises:
+        OutputError: one line naming the option, the value, the rule and the fix.
+    """
+    fix = f"pass a new or dsco-hub-written folder, e.g. {option} ./my-set"
+    if value is None or not str(value).strip():
+        raise OutputError(f"{option}={value!r} is empty; {fix}.")
+    if str(value).strip() in (".", "..") or str(value).strip().rstrip("/") in ("", "~"):
+        raise OutputError(f"{option}={value!r} is the current, parent, root or home folder; {fix}.")
+    path = Path(value).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if path == Path(path.anchor) or path == Path.home().resolve():
+        raise OutputError(f"{option}={value!r} is the root or home folder; {fix}.")
+    if path == cwd or path in cwd.parents:
+        raise OutputError(f"{option}={value!r} is the current folder or holds it; {fix}.")
+    for source in sources:
+        if source is None or not Path(str(source)).expanduser().exists():
+            continue  # a Hub id: nothing local to protect
+        held = Path(str(source)).expanduser().resolve()
+        if _related(path, held):
+            raise OutputError(f"{option}={value!r} is, holds or lies inside the source {source}; {fix}.")
+    return path
