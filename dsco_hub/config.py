@@ -209,8 +209,11 @@ class ConcentrateConfig:
     # on the shipped prior 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
     pool_guidance_scale: float | None = None
     out: str = "dsco-out"  # output folder (a `datasets` repo)
-    overwrite: bool = False  # replace a non-empty output folder
+    overwrite: bool = False  # replace a set dsco-hub wrote in `out` (never a folder it did not write)
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
+    # the evaluation's test source when SOURCE has no test split (same classes; its test split is used): the
+    # students are never tested on the rows they could have been trained on. None = SOURCE's own test split
+    test_dataset: str | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     push: HubConfig | None = None  # publish the finished folder on the Hub (`--push`); None = do not push
 
@@ -302,7 +305,21 @@ class ConcentrateConfig:
             _check(
                 bool(self.labels), "--data-free needs class names: pass --labels 'name1,name2,...' or --labels-file."
             )
-            _check(all(n.strip() for n in self.labels), f"--labels={','.join(self.labels)!r} holds an empty name.")
+            shown = ",".join(self.labels)
+            _check(all(n.strip() for n in self.labels), f"--labels={shown!r} holds an empty name.")
+            _check(
+                len(self.labels) >= 2,
+                f"--labels={shown!r} names {len(self.labels)} class; a classification set needs at least 2 classes.",
+            )
+            seen: dict[str, str] = {}
+            for name in self.labels:
+                key = name.strip().casefold()
+                _check(
+                    key not in seen,
+                    f"--labels={shown!r} names {seen.get(key)!r} and {name!r}, the same class (names are matched "
+                    "case-insensitively); list each class once.",
+                )
+                seen[key] = name
         _check(self.pool_size is None or self.pool_size >= 2, f"--pool-size={self.pool_size} must be at least 2.")
         _check(
             self.pool_guidance_scale is None or self.pool_guidance_scale >= 0,
@@ -395,9 +412,17 @@ class PriorTrainConfig:
 # size, gradient checkpointing and torch.compile (memory and speed only: every image has its own generator, so rows
 # do not depend on them beyond GPU float rounding, and a resume may change them after running out of memory or
 # into a compiler error).
-_NOT_COMPARED = ("out", "overwrite", "push", "sample_batch_size", "gradient_checkpointing", "torch_compile")
+_NOT_COMPARED = (
+    "out",
+    "overwrite",
+    "push",
+    "sample_batch_size",
+    "gradient_checkpointing",
+    "torch_compile",
+    "source_fingerprint",  # compared on its own (`writer.check_fingerprint`), with its own message
+)
 # Only in the card, not in the rows: the evaluation. A resume may change them; a finished set may not.
-_CARD_ONLY = ("evaluate", "eval", "source.test_split")
+_CARD_ONLY = ("evaluate", "eval", "source.test_split", "test_dataset")
 _OPTION_NAMES = {
     "source.source": "SOURCE",
     "source.config_name": "--config",

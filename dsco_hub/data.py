@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import io
 import json
 import os
@@ -111,9 +112,10 @@ class SourceData:
                 image = feature.decode_example(value)
                 image.load()
             except Exception as err:  # PIL raises many types for corrupt data
+                source_row = row if self.row_ids is None else int(self.row_ids[row])
                 raise ImageDecodeError(
-                    f"{self.source_id} [{self.split}] row {row}: column {self.image_column!r} holds an image that "
-                    f"cannot be decoded ({type(err).__name__}: {err}); fix or drop that row."
+                    f"{self.source_id} [{self.split}] row {source_row}: column {self.image_column!r} holds an image "
+                    f"that cannot be decoded ({type(err).__name__}: {err}); fix or drop that row."
                 ) from err
             images.append(image)
         return images
@@ -174,6 +176,46 @@ def _card_metadata(source: str, is_local: bool, revision: str | None) -> tuple[s
     return license_, citation
 
 
+def fingerprint(cfg: SourceConfig) -> dict | None:
+    """What identifies the source's data, so that a resumed or rerun concentration never mixes two versions of it.
+
+    A local folder (and the embedded subset) is fingerprinted by the relative path, size and modification time of
+    each of its files (no file is read); a Hub dataset by the commit `cfg.revision` resolves to now (None when the
+    Hub cannot be reached: nothing to compare). No absolute path enters the fingerprint: it is saved in the set.
+
+    Args:
+        cfg (`SourceConfig`): the source (`source=None` is the embedded subset).
+
+    Returns:
+        `dict` or None: `{"kind": "local" | "hub", "value": str, "files": int | None}`; `value` is a SHA-256 hex
+        digest of the file listing, or the Hub commit sha.
+    """
+    source, _ = _resolve(cfg)
+    path = Path(source).expanduser()
+    if _is_local(source) or path.exists():
+        if not path.is_dir():  # gone (a streamed run resumes from its saved rows), or a file: loading says so
+            return None
+        digest, count = hashlib.sha256(), 0
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                file = Path(root) / name
+                try:
+                    stat = file.stat()
+                except OSError:
+                    continue
+                digest.update(f"{file.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                count += 1
+        return {"kind": "local", "value": digest.hexdigest(), "files": count}
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(source, revision=cfg.revision).sha
+    except Exception:  # offline, or the Hub says no: loading the source reports that properly
+        sha = None
+    return {"kind": "hub", "value": sha, "files": None} if sha else None
+
+
 def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = False):
     """The split as a `datasets.Dataset`, or with `streaming` an `IterableDataset` (rows read lazily, in order)."""
     path = Path(source).expanduser()
@@ -188,7 +230,13 @@ def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = Fa
         )
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = datasets.load_from_disk(str(path))
-        if not isinstance(loaded, datasets.Dataset):  # a single-split save_to_disk folder: whatever the split name
+        if isinstance(loaded, datasets.Dataset):  # a single `Dataset` has one split: its own name, else "train"
+            own = str(loaded.split) if loaded.split else "train"
+            if split != own and not (path / STREAM_INFO).exists():  # a streamed split's saved rows: that split
+                raise SourceError(
+                    f"--split={split!r} does not exist in {source}; available splits: {own}. Pass one with --split."
+                )
+        else:
             if split not in loaded:
                 raise SourceError(
                     f"--split={split!r} does not exist in {source}; available splits: {', '.join(loaded)}. "
@@ -238,21 +286,32 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
             raise SourceError(
                 f"--label-column={cfg.label_column!r} is not a column of {source}; columns: {described}."
             )
+        feature = ds.features[cfg.label_column]
+        if not _is_label_feature(feature):
+            kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+            raise SourceError(
+                f"--label-column={cfg.label_column!r} of {source} holds {kind} values; class labels are integers, "
+                f"strings or a ClassLabel. Pass the column of class ids or names; columns: {described}."
+            )
         return image_column, cfg.label_column
     found = [n for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
     if found:
         return image_column, found[0]
     for name, f in ds.features.items():
-        if (
-            name.lower() in _LABEL_NAMES
-            and isinstance(f, datasets.Value)
-            and (f.dtype.startswith(("int", "uint")) or f.dtype in ("string", "large_string"))
-        ):
+        if name.lower() in _LABEL_NAMES and _is_label_feature(f):
             return image_column, name
     raise SourceError(
         f"{source} has no label column (feature `ClassLabel`, or an int/string column named 'label'); "
         f"columns: {described}. Pass --label-column NAME."
     )
+
+
+def _is_label_feature(feature) -> bool:
+    """Whether a column can hold class labels: a ClassLabel, or integer or string values (never floats)."""
+    if isinstance(feature, datasets.ClassLabel):
+        return True
+    dtype = getattr(feature, "dtype", "") if isinstance(feature, datasets.Value) else ""
+    return dtype.startswith(("int", "uint")) or dtype in ("string", "large_string")
 
 
 def _labels(ds: datasets.Dataset, column: str, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -566,10 +625,11 @@ def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path 
                 raise
             last = err
     available = re.search(r"available splits: ([^.]*)\.", str(last))
+    asked = f"--test-split={cfg.test_split!r}" if cfg.test_split else "the evaluation split (test, else validation)"
     raise SourceError(
-        f"--test-split={cfg.test_split or 'test'!r}: the evaluation split does not exist in "
-        f"{cfg.source or EMBEDDED_ID}; available splits: {available.group(1) if available else '?'}. "
-        "Pass one with --test-split."
+        f"{asked} does not exist in {cfg.source or EMBEDDED_ID} (available splits: "
+        f"{available.group(1) if available else '?'}), and the students are never tested on their training rows: "
+        "pass --test-split SPLIT, --test-dataset SOURCE with the same classes, or --no-eval."
     )
 
 

@@ -418,7 +418,8 @@ def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map:
         `list[int]`: the model class id of each source class.
 
     Raises:
-        ModelError: some classes cannot be mapped; the message lists them with the closest model labels.
+        ModelError: some classes cannot be mapped (the message lists them with the closest model labels), or two map
+            to the same model class.
     """
     import difflib
 
@@ -451,4 +452,12 @@ def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map:
             f"{len(missing)} source classes match no model class: {hints}{more}; "
             "pass --class-map FILE (JSON source name -> model label or id)."
         )
+    first: dict[int, str] = {}
+    for name, k in zip(class_names, mapped):
+        if k in first:  # two classes of the set would be samples of one model class
+            raise ModelError(
+                f"classes {first[k]!r} and {name!r} both map to model class {k} ({id2label[k]!r}); each class "
+                "needs its own model class: drop one, or pass --class-map FILE (JSON source name -> model id)."
+            )
+        first[k] = name
     return mapped
