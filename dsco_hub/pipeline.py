@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, distributed, doping, hub, models, plan, presets, writer
+from dsco_hub import __version__, card, distributed, doping, files, hub, models, plan, presets, writer
 from dsco_hub.config import (
     REAL_METHODS,
     ConcentrateConfig,
@@ -36,7 +37,9 @@ from dsco_hub.config import (
 from dsco_hub.data import (
     SourceData,
     decode_images,
+    embedded_source_path,
     encode_png,
+    fingerprint,
     image_grid,
     load_source,
     load_test_source,
@@ -46,7 +49,7 @@ from dsco_hub.data import (
     to_pil,
     to_uint8,
 )
-from dsco_hub.errors import ConfigError, HubError, ModelError, OutputError, SourceError
+from dsco_hub.errors import ConfigError, DscoError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.nopt import NOptClass, nopt_sample_classes
 from dsco_hub.ui import progress_bar
@@ -106,7 +109,63 @@ def _load_train(
     return source if state.is_main else load()
 
 
-def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str]) -> dict:
+def _local_name(path: str) -> str:
+    """A local folder's name, as the card records it (its absolute path would publish the user's folders)."""
+    return Path(path).expanduser().resolve().name
+
+
+def _shown(source_id: str) -> str:
+    """A source as a card shows it: a local folder by its name (never its absolute path), a Hub id as it is."""
+    return _local_name(source_id) if Path(source_id).expanduser().exists() else source_id
+
+
+def _relative(path: str, out: Path) -> str:
+    """`path` relative to the set's folder `out` (POSIX form), which `evaluate` resolves against that folder."""
+    return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(out).resolve())).as_posix()
+
+
+def _portable(data: dict, out: Path) -> dict:
+    """`ConcentrateConfig.to_dict()` as the set records it: local paths (SOURCE, --model, --class-map,
+    --test-dataset, --out) relative to the set's folder, so that no absolute path is written into the set."""
+    data = json.loads(json.dumps(data, default=str))
+    places = [(data["source"], "source"), (data, "model"), (data, "class_map"), (data, "test_dataset")]
+    for holder, key in places:
+        value = holder.get(key)
+        if value and Path(value).expanduser().exists():
+            holder[key] = _relative(value, out)
+    data["out"] = Path(out).name
+    return data
+
+
+def _portable_command(command: str) -> str:
+    """The command line as recorded in the set: absolute paths made relative to the current folder."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return command
+    cwd = Path.cwd()
+
+    def relative(token: str) -> str:
+        head, sep, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        if not os.path.isabs(value):
+            return token
+        return f"{head}{sep}{Path(os.path.relpath(value, cwd)).as_posix()}"
+
+    return " ".join(shlex.quote(relative(t)) for t in tokens)
+
+
+def _test_config(cfg: ConcentrateConfig) -> SourceConfig | None:
+    """Where the evaluation's test split comes from: `--test-dataset`, else SOURCE (None: no source to test on)."""
+    if cfg.test_dataset is not None:
+        return SourceConfig(source=cfg.test_dataset, test_split=cfg.source.test_split, classes=cfg.source.classes)
+    if cfg.data_free and cfg.source.source is None:
+        return None
+    return cfg.source
+
+
+def _source_block(
+    cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str], out: Path | None = None
+) -> dict:
     """The card's `dsco.source`: where the data came from (in data-free mode, only the class names; for a streamed
     source, the split's size when it declares one and what was read of it)."""
     if source is None:
@@ -121,10 +180,11 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
             "num_classes": len(class_names),
             "license": None,
         }
+    local = cfg.source.source is not None and Path(cfg.source.source).expanduser().exists()
     block = {
-        "id": source.source_id,
+        "id": _local_name(cfg.source.source) if local else source.source_id,
         "data_free": cfg.data_free,
-        "is_hub": cfg.source.source is not None and not Path(cfg.source.source).expanduser().exists(),
+        "is_hub": cfg.source.source is not None and not local,
         "config": cfg.source.config_name,
         "split": source.split,
         "revision": source.revision,
@@ -132,6 +192,8 @@ def _source_block(cfg: ConcentrateConfig, source: SourceData | None, class_names
         "num_classes": source.num_classes,
         "license": source.license,
     }
+    if local:  # how to reach the source from the set's folder (never an absolute path: a push publishes the card)
+        block["path"] = _relative(cfg.source.source, out)
     streamed = source.extra.get("streaming")
     if streamed:  # the split's declared size, else None (the stream stopped before its end)
         block["num_rows"] = streamed["num_examples"]
@@ -261,6 +323,7 @@ def _doped(cfg: ConcentrateConfig, source: SourceData, k: int, m: int, synthetic
     beside the class's synthetic images `(n, C, H, W)` uint8 (None when there are none)."""
     if cfg.doping_select == "random":
         picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
+        source.decode_pil(picks)  # copied undecoded: a corrupt image is reported here, by its source row
     else:
         start = None
         if synthetic is not None:  # synthetic images in the source's format, where herding measures
@@ -285,10 +348,14 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
     if prior is None:
         return {}
+
+    def named(path: str | None) -> str | None:  # a local folder or file by its name, a Hub id as it is
+        return _local_name(path) if path and Path(path).expanduser().exists() else path
+
     sampler = {
-        "model": cfg.model or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
+        "model": named(cfg.model) or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
         "model_revision": cfg.model_revision,
-        "class_map": cfg.class_map,
+        "class_map": named(cfg.class_map),
         "scheduler": cfg.scheduler,
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance_scale,
@@ -316,6 +383,7 @@ def _select(cfg: ConcentrateConfig, source: SourceData, k: int) -> writer.Concen
     rows = writer.ConcentratedRows()
     if cfg.method == "random":
         picks = doping.select_random(source.class_index[k], cfg.ipc, cfg.seed, k)
+        source.decode_pil(picks)  # copied undecoded: a corrupt image is reported here, by its source row
     else:
         picks = doping.select_herding(
             source, k, cfg.ipc, cfg.seed, pool=cfg.herding_pool, kernel=cfg.kernel, feature_seed=cfg.feature_seed
@@ -404,7 +472,7 @@ def _evaluate(
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
         "protocol": {**_protocol(cfg, channels, state.device)},
-        "test": {"dataset": test.source_id, "split": test.split, "num_images": len(test_rows)},
+        "test": {"dataset": _shown(test.source_id), "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, source, rows in sets:
@@ -508,21 +576,47 @@ def concentrate(
     cfg.validate()
     say = report or (lambda message: print(message, file=sys.stderr))
     state = distributed.process_state()
-    out = Path(cfg.out)
-    plain = json.loads(json.dumps(cfg.to_dict(), default=str))  # as saved in JSON (tuples become lists)
-    if writer.check_output(out, cfg.overwrite, run_settings(plain, "set")):
+    protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
+    out = files.check_out_path(cfg.out, "--out", protected)  # never the current, home or a source's folder
+    plain = _portable(cfg.to_dict(), out)  # as saved in dsco_config.json: JSON types, paths relative to the set
+    source_fingerprint = fingerprint(cfg.source) if cfg.source.source is not None or not cfg.data_free else None
+    # A streamed run reads its rows once and then only its saved copy (in OUT.partial): that copy, not the source
+    # as it is now, is what its units were made from, so the source's fingerprint is recorded but not compared
+    compared = None if cfg.source.streaming else source_fingerprint
+    if writer.check_output(out, cfg.overwrite, run_settings(plain, "set"), compared):
         if state.is_main:
-            say(f"{out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
+            say(f"{cfg.out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
         dsco = dict(DatasetCard.load(out / "README.md").data.get("dsco") or {})
-        pushed = _push_written(out.resolve(), cfg.push) if cfg.push is not None and state.is_main else None
-        return ConcentrateResult(out=out.resolve(), dsco=dsco, push=pushed, main=state.is_main)
+        pushed = _push_written(out, cfg.push) if cfg.push is not None and state.is_main else None
+        return ConcentrateResult(out=out, dsco=dsco, push=pushed, main=state.is_main)
     settings = run_settings(plain, "rows")
-    folder, discard = writer.check_run(out, settings, cfg.overwrite)
+    folder, discard = writer.check_run(out, settings, cfg.overwrite, compared)
     state.wait_for_everyone()  # every process has read the saved run before it is discarded
     if discard and state.is_main:
         writer.discard_run(folder)
     if cfg.push is not None and state.is_main:
         hub.preflight(cfg.push)  # repo id, token and its user checked before any heavy work
+    created = not folder.exists()  # a run folder this call makes is removed again if its input proves bad
+    try:
+        return _concentrate(cfg, out, folder, plain, settings, source_fingerprint, state, say, command)
+    except DscoError:
+        if created and state.is_main and not any(folder.glob("units/*.parquet")):
+            shutil.rmtree(folder, ignore_errors=True)  # bad input found late: leave nothing behind
+        raise
+
+
+def _concentrate(
+    cfg: ConcentrateConfig,
+    out: Path,
+    folder: Path,
+    plain: dict,
+    settings: dict,
+    source_fingerprint: dict | None,
+    state: distributed.ProcessState,
+    say: Callable[[str], Any],
+    command: str | None,
+) -> ConcentrateResult:
+    """The body of `concentrate` once `out` and the saved run are checked: load, compute the units, write."""
     with progress_bar(disable=not state.is_main) as bar:
         task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
         # In data-free mode SOURCE is optional and serves only the evaluation; synthesis reads no image
@@ -534,6 +628,11 @@ def concentrate(
         source = _load_train(cfg, labels, state, stream_to) if not cfg.data_free or cfg.source.source else None
         class_names = labels or source.class_names
         name = source.source_id if source is not None else "data-free class names"
+        if len(class_names) < 2:
+            raise SourceError(
+                f"{name} [{cfg.source.split}] has {len(class_names)} class ({', '.join(map(repr, class_names))}); "
+                "a classification set needs at least 2 classes (check --classes and --label-column)."
+            )
         prior, class_ids = None, None
         if cfg.method in REAL_METHODS:
             _check_ipc(source, cfg.ipc)
@@ -545,14 +644,15 @@ def concentrate(
                 _check_ipc(source, max(cfg.num_doped, 2), what="--nopt-targets/--doping-ratio")
         channels = source.image_shape[0] if source is not None else prior.image_shape[0]
         bar.advance(task)
-        evaluate = cfg.evaluate and source is not None and state.is_main
-        test = load_test_source(cfg.source, class_names, stream_to) if evaluate else None
+        test_cfg = _test_config(cfg)
+        evaluate = cfg.evaluate and test_cfg is not None and state.is_main
+        test = _load_test_source(test_cfg, class_names, name, stream_to) if evaluate else None
         bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(class_names)} classes")
 
         # Units: each process computes its own, each finished unit is a shard in OUT.partial
         units = distributed.plan_units(cfg.method, cfg.ipc, len(class_names))
         if state.is_main:
-            writer.prepare_run(folder, settings, len(units))
+            writer.prepare_run(folder, settings, len(units), source_fingerprint)
         state.wait_for_everyone()
         done = sum(writer.shard_path(folder, unit.index).exists() for unit in units)
         if done and state.is_main:
@@ -569,7 +669,7 @@ def concentrate(
         )
         state.wait_for_everyone()
         if not state.is_main:
-            return ConcentrateResult(out=out.resolve(), dsco={}, main=False)
+            return ConcentrateResult(out=out, dsco={}, main=False)
         rows = writer.ConcentratedRows()
         for unit in units:
             rows.extend(writer.read_shard(folder, unit.index, unit.stop - unit.start))
@@ -598,21 +698,18 @@ def concentrate(
                     "real": rows.source.count("real"),
                     "synthetic": rows.source.count("synthetic"),
                 },
-                "source": _source_block(cfg, source, class_names),
+                "source": _source_block(cfg, source, class_names, out),
                 "versions": _versions(),
             }
             if test is not None:
-                dsco["eval"] = _evaluate(
-                    view, test, source if cfg.eval.baseline else None, cfg.ipc, cfg.seed, cfg.eval, bar
-                )
+                baseline = source if cfg.eval.baseline and not cfg.data_free else None
+                dsco["eval"] = _evaluate(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar)
             citation = source.citation if source is not None else None
-            _write_card(staging, dsco, None, citation, str(out), grid_classes, ds, split_info, download_size)
+            _write_card(staging, dsco, None, citation, out.name, grid_classes, ds, split_info, download_size)
+            command = command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]])
             writer.write_json(
                 staging / "dsco_config.json",
-                {
-                    **cfg.to_dict(),
-                    "command": command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
-                },
+                {**plain, "source_fingerprint": source_fingerprint, "command": _portable_command(command)},
             )
             bar.advance(task)
             final = writer.commit(staging, out)
@@ -749,7 +846,9 @@ def evaluate_set(
             )
     test_cfg = test
     if test.source is None:
-        recorded = dsco.get("source", {})
+        recorded = dict(dsco.get("source", {}))
+        if recorded.get("path") and published is None:  # a local source, recorded relative to the set's folder
+            recorded["id"] = str(Path(target).expanduser() / recorded["path"])
         if published is not None and not _reachable(recorded):
             where = f"was concentrated from {recorded['id']!r}, which" if recorded else "records no source: it"
             raise SourceError(
@@ -769,7 +868,7 @@ def evaluate_set(
     with hub.hub_session(hub_cfg), progress_bar() as bar:
         task = bar.add_task("load", total=1, info="")
         train = load_source(set_cfg)
-        test_source = _load_test_source(test_cfg, train, target)
+        test_source = _load_test_source(test_cfg, train.class_names, target)
         baseline_source = load_source(test_cfg, class_names=train.class_names) if cfg.baseline else None
         bar.advance(task)
         ipc = int(round(len(train.labels) / train.num_classes))
@@ -792,24 +891,25 @@ def evaluate_set(
 
 
 def _reachable(recorded: dict) -> bool:
-    """Whether the source recorded in a card can be opened here (a Hub id, an existing folder, the embedded set)."""
-    if not recorded:
-        return False
-    source_id = str(recorded.get("id", ""))
-    return bool(recorded.get("is_hub")) or "embedded" in source_id or Path(source_id).expanduser().exists()
+    """Whether the source recorded in a Hub set's card can be opened anywhere: a Hub id or the embedded set (a
+    local source is recorded by its folder name only, which names no folder here)."""
+    return bool(recorded) and (bool(recorded.get("is_hub")) or "embedded" in str(recorded.get("id", "")))
 
 
-def _load_test_source(test_cfg: SourceConfig, train: SourceData, target: str) -> SourceData:
-    """The test split with labels mapped onto the set's classes; refuses a test set with other classes.
+def _load_test_source(
+    test_cfg: SourceConfig, class_names: list[str], target: str, stream_to: Path | None = None
+) -> SourceData:
+    """The test split with labels mapped onto the set's classes `class_names`; refuses a test set with other classes.
 
     Raises:
-        SourceError: the class names differ (lists the classes only in the set and only in the test dataset).
+        SourceError: the class names differ (lists the classes only in the set and only in the test dataset), or
+            the test source has no test split.
     """
-    own = load_test_source(test_cfg, None)
-    if own.class_names == train.class_names:
+    own = load_test_source(test_cfg, None, stream_to)
+    if own.class_names == list(class_names):
         return own
-    only_set = [name for name in train.class_names if name not in set(own.class_names)]
-    only_test = [name for name in own.class_names if name not in set(train.class_names)]
+    only_set = [name for name in class_names if name not in set(own.class_names)]
+    only_test = [name for name in own.class_names if name not in set(class_names)]
     if only_set or only_test:
 
         def listed(names: list[str]) -> str:
@@ -820,7 +920,7 @@ def _load_test_source(test_cfg: SourceConfig, train: SourceData, target: str) ->
             f"{listed(only_set) or 'none'}; only in the test dataset: {listed(only_test) or 'none'}. "
             "Pass a test dataset with the same classes."
         )
-    return load_test_source(test_cfg, train.class_names)  # same classes, another order
+    return load_test_source(test_cfg, list(class_names), stream_to)  # same classes, another order
 
 
 def results_table(block: dict) -> list[tuple[str, str, str]]:
