@@ -6,6 +6,7 @@ Errors that users cause (`DscoError`) print as one line plus a hint and exit wit
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import sys
@@ -165,6 +166,10 @@ def concentrate(
         typer.Option("--dry-run", help="Print the plan (classes, units, calls, size, time); write nothing."),
     ] = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation.")] = False,
+    test_dataset: Annotated[
+        Optional[str],
+        typer.Option(help="Evaluation source when SOURCE has no test split (Hub id or folder, same classes)."),
+    ] = None,
     runs: RunsOpt = 3,
     epochs: EpochsOpt = 300,
     eval_model: EvalModelOpt = "auto",
@@ -230,6 +235,7 @@ def concentrate(
         out=out,
         overwrite=overwrite,
         evaluate=not no_eval,
+        test_dataset=test_dataset,
         eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
         push=HubConfig(repo_id=repo_id, private=private, token=token, endpoint=endpoint) if push else None,
     )
@@ -444,23 +450,96 @@ def prior_train(
     Console().print(f"prior saved to [bold]{path}[/bold]")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the process: raised from the signal handler so that `finally` and `except
+    BaseException` blocks clean up (staging folders), then `main` exits with 128 + the signal number.
+
+    A `BaseException`, not a `KeyboardInterrupt`: Click turns the latter into an exit code that hides the signal.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error, abort and exit classes, wherever they live: typer >= 0.20 vendors Click as
+    `typer._click` (and does not depend on Click), older typer uses Click itself."""
+    usage, abort, exit_ = [], [typer.Abort], [typer.Exit]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        abort.append(getattr(module, "Abort", typer.Abort))
+        exit_.append(getattr(module, "Exit", typer.Exit))
+    return tuple(usage), tuple(abort), tuple(exit_)
+
+
+def _error(message: str, hint: str | None = None) -> None:
+    """Print an error as one line (and its hint as a second), with the message's own brackets left alone."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        err_console.print(f"[dim]Hint: {escape(hint)}[/dim]", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point of the `dsco-hub` console script: `DscoError` becomes one line and exit code 1."""
+    """Entry point of the `dsco-hub` console script, with the exit codes scripts and CI expect.
+
+    - 0: success.
+    - 1: an error the user can fix (`DscoError`, or a file-system error), printed as one line (the traceback with
+      `DSCO_HUB_TRACEBACK=1`).
+    - 2: a usage error (unknown command or option, a value of the wrong type), with Click's usage message.
+    - 130 on SIGINT (Ctrl-C) and 143 on SIGTERM, with one line saying how to resume. Under `torchrun` or
+      `accelerate launch`, a rank that exits non-zero makes the launcher stop the others.
+    """
+    import signal
+
     import datasets
+
+    from dsco_hub.files import os_error
 
     datasets.disable_progress_bars()  # our Rich bars report progress
     datasets.logging.set_verbosity_error()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupted)
+    traceback = bool(os.environ.get("DSCO_HUB_TRACEBACK"))
+    usage_errors, aborts, exits = _click_classes()
     try:
-        app(standalone_mode=False)
-    except DscoError as err:
-        if os.environ.get("DSCO_HUB_TRACEBACK"):
-            raise
-        err_console.print(f"[bold red]Error:[/bold red] {err}", highlight=False, soft_wrap=True)
-        if err.hint:
-            err_console.print(f"[dim]Hint: {err.hint}[/dim]", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("Aborted.")
+        code = app(standalone_mode=False)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        err_console.print(
+            f"Interrupted ({name}): nothing finished was lost; rerun the same command to resume "
+            "(`concentrate` keeps its finished units in OUT.partial).",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(128 + stop.signum)
+    except usage_errors as err:  # usage errors: Click's own message, exit code 2
+        err.show()
+        sys.exit(err.exit_code)
+    except (*aborts, KeyboardInterrupt):
+        err_console.print("Aborted: rerun the same command to resume.")
         sys.exit(130)
+    except DscoError as err:
+        if traceback:
+            raise
+        _error(str(err), err.hint)
+        sys.exit(1)
+    except OSError as err:  # the file system said no: one line with the path, the reason and the fix
+        if traceback:
+            raise
+        _error(str(os_error(err)))
+        sys.exit(1)
+    except exits as exit_:
+        sys.exit(exit_.exit_code)
+    if isinstance(code, int) and code != 0:  # Click returns the code of a `typer.Exit` under standalone_mode=False
+        sys.exit(code)

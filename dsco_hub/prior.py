@@ -33,8 +33,9 @@ from huggingface_hub import ModelCard, ModelCardData
 from dsco_hub import distributed
 from dsco_hub.card import template_path
 from dsco_hub.config import PriorTrainConfig, derive_seed
-from dsco_hub.data import decode_images, image_grid, load_source, to_model_range, to_uint8
+from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
 from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.files import check_out_path
 from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
 from dsco_hub.ui import progress_bar
 
@@ -92,6 +93,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out)
+    check_out_path(cfg.out, "--out", [cfg.source.source or str(embedded_source_path())])  # never a user's folder
     ckpt_dir = out / "checkpoints"
     saved_cfg_path = out / "prior_config.json"
     saved = json.loads(saved_cfg_path.read_text()) if saved_cfg_path.exists() else None
