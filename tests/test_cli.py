@@ -45,11 +45,16 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()
 
 
-def test_non_empty_output_needs_overwrite(tmp_path):
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_dsco_hub_did_not_write_is_never_replaced(tmp_path, overwrite):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
-    result = dsco("concentrate", "--no-eval", "--out", str(tmp_path / "out"))
-    assert result.returncode == 1 and "pass --overwrite" in " ".join(result.stderr.split())
+    result = dsco(
+        "concentrate", "--no-eval", "--method", "random", "--ipc", "1", *overwrite, "--out", str(tmp_path / "out")
+    )
+    assert result.returncode == 1
+    assert "holds files dsco-hub did not write (mine.txt)" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mine.txt"]
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
 
 
@@ -88,4 +93,6 @@ def test_evaluate_missing_test_split_points_to_test_split(tmp_path):
     folder = write_repo(tmp_path / "notest", tiny_dataset())
     result = dsco("evaluate", str(folder), "--test-dataset", str(folder))
     assert result.returncode == 1
-    assert "Pass one with --test-split" in " ".join(result.stderr.split())
+    assert "pass --test-split SPLIT, --test-dataset SOURCE with the same classes, or --no-eval" in " ".join(
+        result.stderr.split()
+    )

@@ -99,7 +99,10 @@ def test_missing_split_lists_splits(tiny_repo):
 
 def test_missing_test_split_points_to_test_split(tmp_path):
     folder = write_repo(tmp_path / "notest", tiny_dataset())
-    with pytest.raises(SourceError, match=r"available splits: train\. Pass one with --test-split"):
+    with pytest.raises(
+        SourceError,
+        match=r"available splits: train\), .* pass --test-split SPLIT, --test-dataset SOURCE .*, or --no-eval",
+    ):
         load_test_source(SourceConfig(source=str(folder)), CLASS_NAMES)
 
 

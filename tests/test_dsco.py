@@ -8,7 +8,7 @@ import pytest
 
 from dsco_hub import pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
-from dsco_hub.errors import ConfigError
+from dsco_hub.errors import ConfigError, ModelError
 
 NO_EVAL = EvalConfig(runs=1, epochs=1, baseline=False)
 
@@ -97,8 +97,8 @@ def test_data_free_pool_guidance_steers_the_targets_and_is_recorded(tiny_prior, 
 
 
 def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):
-    with pytest.raises(Exception, match=r"'strip' \(closest: 'stripe'"):
-        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=("strip",)))
+    with pytest.raises(ModelError, match=r"'strip' \(closest: 'stripe'"):
+        pipeline.concentrate(_cfg(None, tmp_path / "x", tiny_prior, data_free=True, labels=("circle", "strip")))
     assert not (tmp_path / "x").exists()
 
 

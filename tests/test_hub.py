@@ -342,7 +342,7 @@ def test_evaluate_update_card_create_pr_records_results_and_evaluated_commit(fak
     proposed = _yaml(fake_hub.read("alice/evaluated", "README.md", "refs/pr/1").decode())
     evaluation = proposed["dsco"]["eval"]
     assert evaluation["commit"] == pushed.commit  # the evaluated commit
-    assert evaluation["result"]["runs"] == 1 and evaluation["test"]["dataset"] == str(tiny_repo)
+    assert evaluation["result"]["runs"] == 1 and evaluation["test"]["dataset"] == "tiny"
     assert (
         f"{evaluation['result']['accuracy_mean']:.2f} ±"
         in fake_hub.read("alice/evaluated", "README.md", "refs/pr/1").decode()

@@ -63,12 +63,13 @@ def test_card_yaml_matches_push_to_hub_and_records_everything(tiny_repo, tmp_pat
     dsco = meta["dsco"]
     assert (dsco["method"], dsco["ipc"], dsco["seed"], dsco["doping_ratio"]) == ("herding", 2, 7, 1.0)
     assert dsco["settings"] == {"kernel": "gaussian", "feature_seed": 0, "herding_pool": 5000}
-    assert dsco["source"]["id"] == str(tiny_repo) and dsco["source"]["num_classes"] == 3
+    assert dsco["source"]["id"] == "tiny" and dsco["source"]["num_classes"] == 3  # the folder's name, no path
+    assert (out / dsco["source"]["path"]).resolve() == tiny_repo.resolve()  # relative to the set
     assert {"dsco_hub", "torch", "datasets"} <= set(dsco["versions"])
     evaluation = dsco["eval"]
     assert 0 <= evaluation["result"]["accuracy_mean"] <= 100
     assert evaluation["baseline_random"]["num_train_images"] == 6
-    assert evaluation["test"] == {"dataset": str(tiny_repo), "split": "test", "num_images": 12}
+    assert evaluation["test"] == {"dataset": "tiny", "split": "test", "num_images": 12}
     body = (out / "README.md").read_text()
     assert f"{evaluation['result']['accuracy_mean']:.2f} ±" in body
     assert "random real subset (baseline)" in body and "Tiny et al. 2026." in body
@@ -96,15 +97,22 @@ def test_herding_differs_from_random_and_seed_changes_random(tiny_repo, tmp_path
     assert picks["r0"] != picks["r1"] and picks["h"] != picks["r0"]
 
 
-def test_non_empty_output_is_refused_and_kept(tiny_repo, tmp_path):
+def test_overwrite_replaces_a_set_but_never_a_folder_dsco_hub_did_not_write(tiny_repo, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="--overwrite"):
-        pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False))
-    assert (out / "keep.txt").read_text() == "mine"
-    pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, overwrite=True, ipc=1))
-    assert not (out / "keep.txt").exists() and (out / "README.md").exists()
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"holds files dsco-hub did not write \(keep.txt\)"):
+            pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, overwrite=overwrite))
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, ipc=1))
+    pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, overwrite=True, ipc=2))  # its own set: replaced
+    assert len(datasets.load_dataset(str(out), split="train")) == 2 * 3
+    (out / "notes.txt").write_text("mine")  # the user's file inside a set makes it the user's folder
+    with pytest.raises(OutputError, match=r"did not write \(notes.txt\)"):
+        pipeline.concentrate(_cfg(tiny_repo, out, evaluate=False, overwrite=True, ipc=1))
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_failure_leaves_nothing_half_written(tiny_repo, tmp_path, monkeypatch):
@@ -139,7 +147,8 @@ def test_evaluate_folder_and_update_card(tiny_repo, tmp_path):
     pipeline.concentrate(_cfg(tiny_repo, out, method="random", ipc=2, evaluate=False))
     assert "eval" not in _yaml(out)["dsco"]
     block = pipeline.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL, update_card=True)
-    assert block["test"]["dataset"] == str(tiny_repo)  # the recorded source is the default test source
+    assert block["test"]["dataset"] == "tiny"  # the recorded source (found through source.path) is the test source
+    assert block["test"]["num_images"] == 12
     meta = _yaml(out)
     assert meta["dsco"]["eval"]["result"] == block["result"]
     assert meta["dataset_info"]["splits"][0]["num_examples"] == 6  # YAML carried over
