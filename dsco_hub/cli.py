@@ -14,9 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, NOptConfig, PriorTrainConfig, SourceConfig
 from dsco_hub.errors import ConfigError, DscoError
+from dsco_hub.results import EXIT_GATE_FAILED, Gates, append_step_summary, document
+from dsco_hub.results import write as write_results
+from dsco_hub.ui import set_quiet
 
 app = typer.Typer(
     name="dsco-hub",
@@ -51,6 +55,25 @@ EvalModelOpt = Annotated[
 ]
 BaselineOpt = Annotated[bool, typer.Option(help="Also evaluate a random real subset of the same IPC.")]
 EvalSeedOpt = Annotated[int, typer.Option(help="Seed of the students' initialisation and augmentation.")]
+JsonOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--json",
+        help="Write the results as JSON (schema dsco_hub/schemas/eval_result.schema.json) to PATH, or - for stdout.",
+    ),
+]
+FailUnderOpt = Annotated[
+    Optional[float],
+    typer.Option("--fail-under", help="Exit with code 3 (after writing results) when the accuracy is under ACC %."),
+]
+FailBelowBaselineOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--fail-below-baseline",
+        help="Exit with code 3 when the gain over the random baseline is under POINTS (0: not below it).",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 RepoIdOpt = Annotated[
     Optional[str],
     typer.Option("--repo-id", help="Dataset repo on the Hub, USER/NAME (default: <you>/<source>-<method>-ipc<IPC>)."),
@@ -175,6 +198,10 @@ def concentrate(
     eval_model: EvalModelOpt = "auto",
     baseline: BaselineOpt = True,
     eval_seed: EvalSeedOpt = 0,
+    json_path: JsonOpt = None,
+    fail_under: FailUnderOpt = None,
+    fail_below_baseline: FailBelowBaselineOpt = None,
+    quiet: QuietOpt = False,
     push: Annotated[bool, typer.Option("--push", help="Publish the finished folder on the Hub.")] = False,
     repo_id: RepoIdOpt = None,
     private: PrivateOpt = False,
@@ -192,6 +219,11 @@ def concentrate(
 
     preset = source if source in PRESETS else None
 
+    set_quiet(quiet)
+    gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
+    if no_eval and (json_path is not None or fail_under is not None or fail_below_baseline is not None):
+        raise ConfigError("--json, --fail-under and --fail-below-baseline report the evaluation; drop --no-eval.")
+    gates.validate(baseline)
     if not push and (repo_id or private or token or endpoint):
         raise ConfigError("--repo-id, --private, --token and --endpoint apply to the upload; add --push.")
     if out is None:
@@ -249,10 +281,23 @@ def concentrate(
     result = run(cfg, command=_command_line(), report=err_console.print)
     if not result.main:  # another process of a launch: its units are written, the main process reports
         return
-    _print_eval(result.dsco.get("eval"))
-    Console().print(f"concentrated set written to [bold]{result.out}[/bold]")
+    out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
+    _print_eval(result.dsco.get("eval"), out_console)
+    out_console.print(f"concentrated set written to [bold]{result.out}[/bold]")
     if result.push is not None:
-        _print_push(result.push)
+        _print_push(result.push, out_console)
+    block = result.dsco.get("eval")
+    if block and (json_path is not None or fail_under is not None or fail_below_baseline is not None):
+        target = {
+            "target": result.out.name,
+            "repo_id": result.push.repo_id if result.push is not None else None,
+            "revision": None,
+            "commit": None,
+            "config": result.push.config_name if result.push is not None else None,
+            "method": result.dsco.get("method"),
+            "ipc": result.dsco.get("ipc"),
+        }
+        _finish_results(document(target, block, gates), json_path)
 
 
 @app.command(name="push")
@@ -283,14 +328,27 @@ def push_(
     _print_push(run(folder, cfg))
 
 
-def _print_push(result) -> None:
+def _print_push(result, console: Console | None = None) -> None:
+    console = console or Console()
     commits = f"{result.commits} commit{'s' if result.commits > 1 else ''}"
     done = f"{len(result.uploaded)} files uploaded in {commits}" if result.commits else "already up to date"
     skipped = f", {len(result.skipped)} already there" if result.skipped else ""
-    Console().print(f"pushed [bold]{result.repo_id}[/bold] (config {result.config_name}): {done}{skipped}")
-    Console().print(f"load it with load_dataset({result.repo_id!r}, {result.config_name!r}); {result.url}")
+    console.print(f"pushed [bold]{result.repo_id}[/bold] (config {result.config_name}): {done}{skipped}")
+    console.print(f"load it with load_dataset({result.repo_id!r}, {result.config_name!r}); {result.url}")
     if result.pr_url:
-        Console().print(f"pull request: {result.pr_url}")
+        console.print(f"pull request: {result.pr_url}")
+
+
+def _finish_results(doc: dict, json_path: str | None) -> None:
+    """Write the results document (`--json`), append it to the GitHub step summary, and apply the gates: a set
+    that misses one exits with code 3, after everything is written."""
+    if json_path is not None:
+        write_results(doc, json_path)
+    append_step_summary(doc)
+    if not doc["gates"]["passed"]:
+        for failure in doc["gates"]["failures"]:
+            err_console.print(f"[bold red]Gate failed:[/bold red] {escape(failure)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 def _command_line() -> str:
@@ -335,27 +393,50 @@ def evaluate(
     commit_message: CommitMessageOpt = None,
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
+    json_path: JsonOpt = None,
+    fail_under: FailUnderOpt = None,
+    fail_below_baseline: FailBelowBaselineOpt = None,
+    against: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also evaluate this set under the same seeds and report the difference: @REVISION (the same Hub "
+            "repo), USER/NAME[@REVISION] or a folder."
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
 ):
-    """Evaluate a concentrated set: train students from scratch on it, test them on the source's test split."""
-    from dsco_hub.pipeline import evaluate_set
+    """Evaluate a concentrated set: train students from scratch on it, test them on the source's test split.
 
+    Exit codes: 0 success, 1 error, 2 usage error, 3 a gate (--fail-under, --fail-below-baseline) missed.
+    """
+    from dsco_hub.pipeline import evaluate_report
+
+    set_quiet(quiet)
     if (create_pr or commit_message) and not update_card:
         raise ConfigError("--create-pr and --commit-message apply to the card update; add --update-card.")
     test = SourceConfig(source=test_dataset, config_name=config, revision=revision, test_split=test_split)
     cfg = EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed)
+    gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
     hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
-    block = evaluate_set(
+    out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
+    doc = evaluate_report(
         target,
         test,
         cfg,
-        update_card=update_card,
-        hub_cfg=hub_cfg,
+        gates,
+        against,
+        update_card,
+        hub_cfg,
         set_config=set_config,
         image_column=image_column,
         label_column=label_column,
-        report=Console().print,
+        report=out_console.print,
     )
-    _print_eval(block)
+    _print_eval(_as_block(doc), out_console)
+    if doc["against"]:
+        d = doc["against"]["difference"]
+        out_console.print(f"difference to {against}: {d['points']:+.2f} ± {d['std']:.2f} points")
+    _finish_results(doc, json_path)
 
 
 def _labels(labels: str | None, labels_file: str | None) -> tuple[str, ...] | None:
@@ -373,7 +454,24 @@ def _labels(labels: str | None, labels_file: str | None) -> tuple[str, ...] | No
     return tuple(name.strip() for name in labels.split(",")) if labels is not None else None
 
 
-def _print_eval(block) -> None:
+def _as_block(doc: dict) -> dict:
+    """The printable `eval` block of a results document (the set, its baseline and the compared set)."""
+
+    def run(r: dict) -> dict:
+        return {"num_train_images": r["num_train_images"], "accuracy_mean": r["mean"], "accuracy_std": r["std"]}
+
+    block = {"result": {**run(doc["result"]), "model": doc["result"]["model"]}, "test": doc["test"]}
+    if doc["baseline"]:
+        block["baseline_random"] = run(doc["baseline"])
+    if doc["set"].get("commit"):
+        block["commit"] = doc["set"]["commit"]
+    if doc["against"]:
+        block["against"] = run(doc["against"]["result"])
+    return block
+
+
+def _print_eval(block, console: Console | None = None) -> None:
+    console = console or Console()
     if not block:
         return
     from rich.table import Table
@@ -388,7 +486,7 @@ def _print_eval(block) -> None:
         table.add_row(*row)
     if block.get("commit"):
         table.caption = f"evaluated commit {block['commit']}"
-    Console().print(table)
+    console.print(table)
 
 
 @prior_app.command("train")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, distributed, doping, files, hub, models, plan, presets, writer
+from dsco_hub import __version__, card, distributed, doping, files, hub, models, plan, presets, results, writer
 from dsco_hub.config import (
     REAL_METHODS,
     ConcentrateConfig,
@@ -816,12 +816,127 @@ def evaluate_set(
             classes differ (lists the difference).
         HubError: the repo or revision does not exist, or (with `update_card`) no token, 401/403.
     """
+    columns = {"set_config": set_config, "image_column": image_column, "label_column": label_column}
+    return _evaluate_command(target, test, cfg, None, None, update_card, hub_cfg, report, **columns)[0]
+
+
+def _evaluate_command(
+    target: str,
+    test: SourceConfig,
+    cfg: EvalConfig,
+    gates: results.Gates | None,
+    against: str | None,
+    update_card: bool,
+    hub_cfg: HubConfig | None,
+    report: Callable[[str], Any] | None,
+    set_config: str | None,
+    image_column: str | None,
+    label_column: str | None,
+) -> tuple[dict, dict]:
+    """`dsco-hub evaluate`: the `eval` block of `target` and the results document (see `evaluate_report`)."""
     cfg.validate()
+    gates = gates or results.Gates()
+    gates.validate(cfg.baseline)
     hub_cfg = hub_cfg or HubConfig()
-    published = None
+    if against is not None and update_card:
+        raise ConfigError(f"--against={against!r} compares two sets; the card update takes one: drop one of them.")
+    opened = _open_target(target, hub_cfg, set_config, image_column, label_column, update_card, report)
+    other = None
+    if against is not None:
+        if against.startswith("@"):
+            if opened.published is None:
+                raise ConfigError(
+                    f"--against={against!r} names a revision of {target}, which is not a Hub set; "
+                    "pass another set (USER/NAME[@REVISION] or a folder)."
+                )
+            against = f"{opened.published.repo_id}{against}"
+        other = _open_target(against, hub_cfg, set_config, image_column, label_column, False, report)
+    test_cfg = _default_test(opened, test)
+    with hub.hub_session(hub_cfg), progress_bar() as bar:
+        block, train = _evaluate_opened(opened, test_cfg, cfg, bar)
+        compared = None
+        if other is not None:  # same protocol, seeds and test split; the baseline is the first set's
+            same = dataclasses.replace(cfg, baseline=False)
+            other_block, other_train = _evaluate_opened(other, test_cfg, same, bar, seed=opened.dsco.get("seed", 0))
+            compared = (_set_info(other, other_train), other_block)
+    doc = results.document(_set_info(opened, train), block, gates, compared)
+    if update_card and opened.published is not None:
+        url, pr_url = hub.update_card_eval(opened.published, block, hub_cfg)
+        if report is not None:
+            report(f"card pull request: {pr_url}" if pr_url else f"card updated: {url}")
+    elif update_card:
+        folder = Path(target).expanduser()
+        dsco = {**opened.dsco, "eval": block}
+        yaml_data = opened.existing.data.to_dict()
+        grid_classes = min(dsco["source"]["num_classes"], GRID_CLASSES)
+        load_id = folder.resolve().name
+        _write_card(folder, dsco, yaml_data, card.citation_of(opened.existing), load_id, grid_classes)
+    return block, doc
+
+
+def evaluate_report(
+    target: str,
+    test: SourceConfig,
+    cfg: EvalConfig,
+    gates: results.Gates | None = None,
+    against: str | None = None,
+    update_card: bool = False,
+    hub_cfg: HubConfig | None = None,
+    set_config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    report: Callable[[str], Any] | None = None,
+) -> dict:
+    """`dsco-hub evaluate --json`: evaluate a set (and with `against` a second one) and return the results document.
+
+    Both sets are trained under the same protocol and seeds and tested on the same test split (the first set's),
+    so their difference measures the sets; the random-real baseline is trained once, for the first set.
+
+    Args:
+        target (`str`): the set, as in `evaluate_set`.
+        test (`SourceConfig`): the test source, as in `evaluate_set`.
+        cfg (`EvalConfig`): the protocol.
+        gates (`results.Gates`, *optional*): thresholds; their outcome is recorded (the caller sets the exit code).
+        against (`str`, *optional*): the set to compare with: `@REVISION` (the same Hub repo at another revision),
+            `USER/NAME[@REVISION]` or a folder.
+        update_card, hub_cfg, set_config, image_column, label_column, report: as in `evaluate_set` (`set_config`
+            applies to both sets; `update_card` only without `against`).
+
+    Returns:
+        `dict`: the document of `results.document` (validates against `results.schema()`).
+
+    Raises:
+        ConfigError: `against` is `@REVISION` for a set that is not on the Hub, or given with `update_card`; a
+            gate is out of range.
+        SourceError, HubError: as `evaluate_set`.
+    """
+    columns = {"set_config": set_config, "image_column": image_column, "label_column": label_column}
+    return _evaluate_command(target, test, cfg, gates, against, update_card, hub_cfg, report, **columns)[1]
+
+
+@dataclass
+class _OpenedSet:
+    """A set to evaluate, resolved: how to load it, its card's `dsco:` block, and the Hub commit it is read at."""
+
+    target: str
+    set_cfg: SourceConfig
+    dsco: dict
+    existing: DatasetCard | None = None
+    published: hub.PublishedSet | None = None
+
+
+def _open_target(
+    target: str,
+    hub_cfg: HubConfig,
+    set_config: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    update_card: bool,
+    report: Callable[[str], Any] | None,
+) -> _OpenedSet:
+    """Resolve a set (a Hub repo to a commit sha, or a folder) and read its card, before any heavy work."""
     if hub.is_hub_ref(target):
         published = hub.open_set(target, hub_cfg, set_config)
-        existing, dsco = published.card, dict(published.dsco)
         set_cfg = SourceConfig(
             source=published.repo_id,
             config_name=published.config_name,
@@ -834,60 +949,91 @@ def evaluate_set(
         if report is not None:
             config = f" (config {published.config_name})" if published.config_name else ""
             report(f"evaluating datasets/{published.repo_id}{config} at commit {published.sha}")
-    else:
-        folder = Path(target).expanduser()
-        existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
-        dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
-        set_cfg = SourceConfig(source=target, split="train", image_column=image_column, label_column=label_column)
-        if update_card and not dsco:
-            raise SourceError(
-                f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
-                "evaluate without --update-card."
-            )
-    test_cfg = test
-    if test.source is None:
-        recorded = dict(dsco.get("source", {}))
-        if recorded.get("path") and published is None:  # a local source, recorded relative to the set's folder
-            recorded["id"] = str(Path(target).expanduser() / recorded["path"])
-        if published is not None and not _reachable(recorded):
-            where = f"was concentrated from {recorded['id']!r}, which" if recorded else "records no source: it"
-            raise SourceError(
-                f"--test-dataset is needed: {target} {where} is neither on the Hub nor here; "
-                "pass --test-dataset SOURCE (a Hub id or a folder) with a test split of the same classes."
-            )
-        if not recorded or "embedded" in recorded.get("id", ""):
-            test_cfg = SourceConfig(source=None, split=recorded.get("split", "train"), test_split=test.test_split)
-        else:
-            test_cfg = SourceConfig(
-                source=recorded["id"],
-                config_name=recorded.get("config"),
-                revision=recorded.get("revision"),
-                split=recorded.get("split", "train"),
-                test_split=test.test_split,
-            )
-    with hub.hub_session(hub_cfg), progress_bar() as bar:
-        task = bar.add_task("load", total=1, info="")
-        train = load_source(set_cfg)
-        test_source = _load_test_source(test_cfg, train.class_names, target)
-        baseline_source = load_source(test_cfg, class_names=train.class_names) if cfg.baseline else None
-        bar.advance(task)
-        ipc = int(round(len(train.labels) / train.num_classes))
-        if baseline_source is not None:
-            _check_ipc(baseline_source, ipc)
-        block = _evaluate(train, test_source, baseline_source, ipc, dsco.get("seed", 0), cfg, bar)
-    if published is not None:
-        block["commit"] = published.sha
-    if update_card and published is not None:
-        url, pr_url = hub.update_card_eval(published, block, hub_cfg)
-        if report is not None:
-            report(f"card pull request: {pr_url}" if pr_url else f"card updated: {url}")
-    elif update_card:
-        folder = Path(target).expanduser()
-        dsco["eval"] = block
-        yaml_data = existing.data.to_dict()
-        grid_classes = min(dsco["source"]["num_classes"], GRID_CLASSES)
-        _write_card(folder, dsco, yaml_data, card.citation_of(existing), str(folder), grid_classes)
-    return block
+        return _OpenedSet(target, set_cfg, dict(published.dsco), published.card, published)
+    folder = Path(target).expanduser()
+    existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
+    dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
+    set_cfg = SourceConfig(source=target, split="train", image_column=image_column, label_column=label_column)
+    if update_card and not dsco:
+        raise SourceError(
+            f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
+            "evaluate without --update-card."
+        )
+    return _OpenedSet(target, set_cfg, dsco, existing)
+
+
+def _default_test(opened: _OpenedSet, test: SourceConfig) -> SourceConfig:
+    """The test source: `test` when it names one, else the source recorded in the set's card.
+
+    Raises:
+        SourceError: a Hub set whose recorded source can be reached neither on the Hub nor here.
+    """
+    if test.source is not None:
+        return test
+    recorded = dict(opened.dsco.get("source", {}))
+    if recorded.get("path") and opened.published is None:  # a local source, recorded relative to the set's folder
+        recorded["id"] = str(Path(opened.target).expanduser() / recorded["path"])
+    if opened.published is not None and not _reachable(recorded):
+        where = f"was concentrated from {recorded['id']!r}, which" if recorded else "records no source: it"
+        raise SourceError(
+            f"--test-dataset is needed: {opened.target} {where} is neither on the Hub nor here; "
+            "pass --test-dataset SOURCE (a Hub id or a folder) with a test split of the same classes."
+        )
+    if not recorded or "embedded" in recorded.get("id", ""):
+        return SourceConfig(source=None, split=recorded.get("split", "train"), test_split=test.test_split)
+    return SourceConfig(
+        source=recorded["id"],
+        config_name=recorded.get("config"),
+        revision=recorded.get("revision"),
+        split=recorded.get("split", "train"),
+        test_split=test.test_split,
+    )
+
+
+def _evaluate_opened(
+    opened: _OpenedSet, test_cfg: SourceConfig, cfg: EvalConfig, bar, seed: int | None = None
+) -> tuple[dict, SourceData]:
+    """Load an opened set, its test split and (with `cfg.baseline`) the baseline's source, and run the protocol.
+
+    Returns:
+        `tuple[dict, SourceData]`: the `eval` block (with `commit` for a Hub set) and the loaded set.
+
+    Raises:
+        SourceError: the set has fewer than 2 classes, or the test source other classes.
+    """
+    task = bar.add_task("load", total=1, info=opened.target)
+    train = load_source(opened.set_cfg)
+    if train.num_classes < 2:
+        raise SourceError(
+            f"{opened.target} has {train.num_classes} class; a classification set needs at least 2 classes "
+            "(check --label-column)."
+        )
+    test_source = _load_test_source(test_cfg, train.class_names, opened.target)
+    baseline_source = load_source(test_cfg, class_names=train.class_names) if cfg.baseline else None
+    bar.advance(task)
+    ipc = int(round(len(train.labels) / train.num_classes))
+    if baseline_source is not None:
+        _check_ipc(baseline_source, ipc)
+    seed = opened.dsco.get("seed", 0) if seed is None else seed
+    block = _evaluate(train, test_source, baseline_source, ipc, seed, cfg, bar)
+    if opened.published is not None:
+        block["commit"] = opened.published.sha
+    return block, train
+
+
+def _set_info(opened: _OpenedSet, train: SourceData) -> dict:
+    """The `set` of a results document: what was evaluated, at which commit (no local path: a folder's name)."""
+    published = opened.published
+    ipc = opened.dsco.get("ipc") or int(round(len(train.labels) / train.num_classes))
+    return {
+        "target": opened.target if published is not None else Path(opened.target).expanduser().resolve().name,
+        "repo_id": published.repo_id if published is not None else None,
+        "revision": published.revision if published is not None else None,
+        "commit": published.sha if published is not None else None,
+        "config": published.config_name if published is not None else None,
+        "method": opened.dsco.get("method"),
+        "ipc": int(ipc),
+    }
 
 
 def _reachable(recorded: dict) -> bool:

@@ -38,7 +38,7 @@ def test_help_lists_commands():
 def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
     result = dsco(*args, "--out", str(tmp_path / "out"))
     assert result.returncode == 1, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[dsco-hub] ")]
     assert len(lines) == 1, result.stderr
     assert expected in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr

@@ -210,7 +210,7 @@ def test_401_fails_with_a_clear_message_and_the_token_appears_nowhere(fake_hub, 
     env = _env(fake_hub, tmp_path, token=None)
     result = _run("-m", "dsco_hub", "push", str(out), "--repo-id", "alice/denied", "--token", bad, env=env)
     assert result.returncode == 1
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[dsco-hub] ")]
     assert len(lines) == 1, result.stderr
     message = " ".join(result.stderr.split())
     assert "rejected the token (HTTP 401)" in message and "datasets/alice/denied" in message
