@@ -365,7 +365,7 @@ class PriorTrainConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     flip: bool = False  # random horizontal flips of training images
     # "auto", "no", "bf16" or "fp16" (accelerate's autocast; weights stay fp32). "auto" = bf16 on GPUs and CPUs with
-    # native bf16, fp16 with a gradient scaler on older GPUs, float32 on other CPUs (where bf16 autocast is about 12x
+    # native bf16, fp16 with a gradient scaler on older GPUs, float32 on other CPUs (where bf16 autocast is about 10x
     # slower); saved resolved in prior_config.json, and a resumed run keeps it
     mixed_precision: str = "auto"
     checkpoint_every: int = 200  # steps between resumable checkpoints

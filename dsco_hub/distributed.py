@@ -34,9 +34,9 @@ MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")  # what --mixed-precision acce
 # CPU flags of native bf16 arithmetic (Linux /proc/cpuinfo): x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # bf16 autocast over float32 on a CPU without native bf16, a training step of the shipped prior's UNet (32,64,64 x1,
-# batch 128): 24.1 s against 2.0 s, measured with ATen and oneDNN held to AVX2 (bench/results/prior_precision.md);
-# the issue that asked for `auto` measured 31.5 against 2.7 s on a CPU without AVX512-BF16
-EMULATED_BF16_SLOWDOWN = 12
+# batch 128, one thread): 10x, measured with ATen and oneDNN held to AVX2 (bench/results/prior_precision.md); the
+# issue that asked for `auto` measured about 12x (31.5 against 2.7 s) on a CPU without AVX512-BF16
+EMULATED_BF16_SLOWDOWN = 10
 
 
 def default_device() -> torch.device:
