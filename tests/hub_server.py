@@ -29,9 +29,13 @@ Xet storage is not offered: run the clients with `HF_HUB_DISABLE_XET=1` (or patc
 `huggingface_hub.constants.HF_HUB_DISABLE_XET`) so uploads use the LFS batch API over plain HTTP.
 
 Failures are injected with `FakeHub.fail(method, path_regex, status, times=..., headers=...)`, for example a
-429 with `Retry-After`, a 500 on the second commit, or a 401. Every request is logged in `FakeHub.log` as
-`(method, path, status)` (never with headers, so tokens are not recorded); commits and LFS uploads are also
-recorded in `FakeHub.commits` and `FakeHub.lfs_uploads` for assertions.
+429 with `Retry-After`, a 500 on the second commit, or a 401, on any route (preupload, the LFS batch API, the LFS
+PUT, the commit); `FakeHub.drop(method, path_regex, times=...)` closes the connection without an answer instead
+(logged with status `DROPPED`). Every request is logged in `FakeHub.log` as `(method, path, status)` and in
+`FakeHub.requests` as `Request(method, path, status, at)`, `at` read from `FakeHub.clock` when the request
+arrived (`time.monotonic` unless a test sets a clock it advances itself); headers are never recorded, so tokens
+are not. Commits and LFS uploads are also recorded in `FakeHub.commits` (the paths of each, in order) and
+`FakeHub.lfs_uploads` for assertions.
 """
 
 from __future__ import annotations
@@ -43,15 +47,28 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 LFS_BATCH = ["info", "lfs", "objects", "batch"]
 LFS_SUFFIXES = (".parquet", ".png", ".jpg", ".jpeg", ".arrow", ".bin", ".safetensors", ".zip", ".gz")
+DROPPED = 0  # status logged for a request whose connection was closed without an answer
+
+
+class Request(NamedTuple):
+    """One request as the server saw it (no headers: tokens are never recorded)."""
+
+    method: str
+    path: str
+    status: int  # DROPPED when the connection was closed without an answer
+    at: float  # FakeHub.clock() when the request arrived
 
 
 def git_blob_id(content: bytes) -> str:
@@ -157,6 +174,8 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.failures: list[Failure] = []
         self.log: list[tuple[str, str, int]] = []
+        self.requests: list[Request] = []
+        self.clock: Callable[[], float] = time.monotonic
         self.commits: list[dict] = []  # {"repo", "revision", "oid", "paths", "create_pr"}
         self.lfs_uploads: list[str] = []  # sha256 of every LFS object received
         self.lock = threading.RLock()
@@ -212,6 +231,10 @@ class FakeHub:
             self.failures.append(failure)
         return failure
 
+    def drop(self, method: str, path_regex: str, times: int = 1, after: int = 0) -> Failure:
+        """Close the connection of `times` requests matching `method` and `path_regex` without answering."""
+        return self.fail(method, path_regex, DROPPED, times=times, after=after)
+
     def clear_failures(self) -> None:
         with self.lock:
             self.failures.clear()
@@ -219,6 +242,7 @@ class FakeHub:
     def reset_log(self) -> None:
         with self.lock:
             self.log.clear()
+            self.requests.clear()
             self.commits.clear()
             self.lfs_uploads.clear()
 
@@ -235,9 +259,10 @@ class FakeHub:
     # -- request handling -----------------------------------------------------------------------------------------
 
     def handle(self, method: str, raw_path: str, headers, body: bytes):
-        """Return `(status, headers, body_bytes)` for one request."""
+        """Return `(status, headers, body_bytes)` for one request (status `DROPPED`: close without answering)."""
         split = urlsplit(raw_path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
+        arrived = self.clock()
         with self.lock:
             for failure in self.failures:
                 if failure.hits >= failure.times or failure.method != method or not failure.pattern.search(path):
@@ -246,6 +271,7 @@ class FakeHub:
                 if failure.seen > failure.after:
                     failure.hits += 1
                     self.log.append((method, path, failure.status))
+                    self.requests.append(Request(method, path, failure.status, arrived))
                     data = json.dumps(failure.body).encode()
                     return failure.status, {"Content-Type": "application/json", **failure.headers}, data
         try:
@@ -258,6 +284,7 @@ class FakeHub:
             out_body = json.dumps(err.body).encode()
         with self.lock:
             self.log.append((method, path, status))
+            self.requests.append(Request(method, path, status, arrived))
         return status, out_headers, out_body
 
     def _user(self, headers, required: bool = True) -> str | None:
@@ -653,6 +680,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         body = self._body()
         status, headers, data = self.fake.handle(method, self.path, self.headers, body)
+        if status == DROPPED:  # a dropped connection: no status line, no body
+            self.close_connection = True
+            return
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)

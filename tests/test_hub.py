@@ -8,11 +8,15 @@ through `HF_ENDPOINT` in subprocesses (both libraries read it at import time). X
 
 from __future__ import annotations
 
+import email.utils
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import datasets
@@ -20,7 +24,7 @@ import huggingface_hub
 import pytest
 import yaml
 from conftest import CLASS_NAMES, tiny_dataset, write_repo
-from hub_server import FakeHub
+from hub_server import DROPPED, FakeHub
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from dsco_hub import hub, pipeline, writer
@@ -54,9 +58,41 @@ def fake_hub(server, monkeypatch, tmp_path):
     server.clear_failures()
 
 
+@pytest.fixture
+def waits(fake_hub, monkeypatch):
+    """Who waited and how long, on a clock the fake Hub stamps its requests with: no test really sleeps.
+
+    dsco-hub's retries wait through `_Caller.sleep`, huggingface_hub's own retries (`http_backoff`: preupload, LFS)
+    through `time.sleep` in `huggingface_hub.utils._http`; both are replaced by a recorder that advances the clock,
+    so `fake_hub.requests` shows when each retried call came back and `waits` which library made it wait.
+    """
+    from huggingface_hub.utils import _http
+
+    now = [1000.0]
+    recorded: list[tuple[str, float]] = []
+
+    def sleeper(who: str):
+        def sleep(seconds: float) -> None:
+            recorded.append((who, seconds))
+            now[0] += seconds
+
+        return sleep
+
+    monkeypatch.setattr(fake_hub, "clock", lambda: now[0])
+    monkeypatch.setattr(hub, "_Caller", functools.partial(hub._Caller, sleep=sleeper("dsco-hub")))
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=sleeper("huggingface_hub")))
+    return recorded
+
+
+def _calls(fake: FakeHub, method: str, fragment: str) -> list:
+    """The requests `method` whose path contains `fragment`, as `(status, at)`."""
+    return [(r.status, r.at) for r in fake.requests if r.method == method and fragment in r.path]
+
+
 def _cfg(fake: FakeHub, **kwargs) -> HubConfig:
     kwargs.setdefault("token", TOKEN)
-    return HubConfig(endpoint=fake.url, retry_wait=0.01, **kwargs)
+    kwargs.setdefault("retry_wait", 0.01)
+    return HubConfig(endpoint=fake.url, **kwargs)
 
 
 def _make_set(source: Path, out: Path, ipc: int = 2, evaluate: bool = False) -> Path:
@@ -149,25 +185,121 @@ def test_push_then_load_dataset_through_hf_endpoint(fake_hub, tiny_repo, tmp_pat
     assert again.commits == 0 and again.uploaded == [] and len(again.skipped) == 3
 
 
-def test_429_then_success_is_retried_honouring_retry_after(fake_hub, tiny_repo, tmp_path):
+def test_429_then_success_is_retried_honouring_retry_after(fake_hub, waits, tiny_repo, tmp_path):
     out = _make_set(tiny_repo, tmp_path / "set")
-    fake_hub.fail("POST", r"/api/datasets/alice/retry-set/commit/", 429, headers={"Retry-After": "1"})
-    start = time.monotonic()
+    fake_hub.fail("POST", r"/api/datasets/alice/retry-set/commit/", 429, headers={"Retry-After": "7"})
     result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/retry-set", private=True))
-    assert time.monotonic() - start >= 1.0  # waited as the server asked (not the 0.01 s backoff)
-    commits = [status for method, path, status in fake_hub.log if method == "POST" and "/commit/" in path]
-    assert commits == [429, 200] and result.commits == 1
-    assert fake_hub.repos["alice/retry-set"].private
+    # the commit, and only it, was sent again, 7 s (as asked, not the 0.01 s backoff) after the 429
+    (first, at_429), (second, at_200) = _calls(fake_hub, "POST", "/commit/")
+    assert (first, second) == (429, 200) and at_200 - at_429 == 7.0
+    assert fake_hub.requests[-1].path.endswith("/commit/main")  # nothing else was called after the retried commit
+    assert waits == [("dsco-hub", 7.0)]  # dsco-hub waited; huggingface_hub does not retry commits itself
+    assert result.commits == 1 and fake_hub.repos["alice/retry-set"].private
     assert HfApi(endpoint=fake_hub.url).repo_exists("alice/retry-set", repo_type="dataset") is False  # private
+
+
+def test_retry_after_as_an_http_date(fake_hub, waits, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)  # "Fri, 04 Dec 2026 22:00:00 GMT"
+    fake_hub.fail("POST", r"/api/datasets/alice/dated/commit/", 503, headers={"Retry-After": when})
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/dated"))
+    assert [status for status, _ in _calls(fake_hub, "POST", "/commit/")] == [503, 200]
+    [(who, seconds)] = waits
+    assert who == "dsco-hub" and 110 < seconds <= 120  # the date, less the time already gone (whole seconds)
+
+    fake_hub.reset_log()  # a date in the past: retried at once
+    past = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    fake_hub.fail("POST", r"/api/datasets/alice/dated-past/commit/", 503, headers={"Retry-After": past})
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/dated-past"))
+    assert waits[1:] == [("dsco-hub", 0.0)]
+
+    # a date beyond --max-wait stops the push in one line, without waiting
+    far = email.utils.formatdate(time.time() + 7200, usegmt=True)
+    fake_hub.fail("POST", r"/api/datasets/alice/dated-far/commit/", 429, headers={"Retry-After": far})
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/dated-far"))
+    assert str(err.value).startswith("the Hub asks to wait 7") and "rerun the same command later" in str(err.value)
+    assert "\n" not in str(err.value) and len(waits) == 2
+
+
+def test_backoff_doubles_at_each_retry_until_max_retries(fake_hub, waits, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    fake_hub.fail("POST", r"/api/datasets/alice/backoff/commit/", 500, times=3)
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/backoff", retry_wait=0.5, max_retries=3))
+    commits = _calls(fake_hub, "POST", "/commit/")
+    assert [status for status, _ in commits] == [500, 500, 500, 200]
+    assert [b - a for (_, a), (_, b) in zip(commits, commits[1:])] == [0.5, 1.0, 2.0]
+    assert waits == [("dsco-hub", 0.5), ("dsco-hub", 1.0), ("dsco-hub", 2.0)]
+
+    fake_hub.reset_log()  # one failure more than the retries: a one-line error naming the attempts
+    fake_hub.fail("POST", r"/api/datasets/alice/backoff-out/commit/", 500, times=4)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/backoff-out", retry_wait=0.5, max_retries=3))
+    assert str(err.value) == (
+        "the Hub failed while uploading to datasets/alice/backoff-out (HTTP 500, 4 attempts); rerun the same "
+        "command: it uploads only what is missing."
+    )
+    assert [status for status, _ in _calls(fake_hub, "POST", "/commit/")] == [500] * 4
+
+
+@pytest.mark.parametrize(
+    "name, method, route",
+    [
+        ("preupload", "POST", "/api/datasets/alice/retry-preupload/preupload/"),
+        ("lfs-batch", "POST", "/datasets/alice/retry-lfs-batch.git/info/lfs/objects/batch"),
+        ("lfs-put", "PUT", "/lfs-upload/alice/retry-lfs-put/"),
+    ],
+)
+def test_a_429_on_preupload_or_lfs_is_retried_by_huggingface_hub(
+    fake_hub, waits, tiny_repo, tmp_path, name, method, route
+):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    fake_hub.fail(method, re.escape(route), 429, headers={"Retry-After": "3"})
+    result = pipeline.push(out, _cfg(fake_hub, repo_id=f"alice/retry-{name}"))
+    [failed] = [r for r in fake_hub.requests if r.status == 429]
+    again = [r for r in fake_hub.requests if (r.method, r.path) == (failed.method, failed.path)]  # the same object
+    assert failed.path.startswith(route) and [r.status for r in again] == [429, 200]
+    assert again[1].at - failed.at == 4.0
+    assert waits == [("huggingface_hub", 4.0)]  # its http_backoff waits Retry-After + 1 s; dsco-hub never waited
+    assert result.commits == 1 and "README.md" in fake_hub.files(result.repo_id)
+
+
+def test_connection_dropped_during_upload_is_retried_then_reported(fake_hub, waits, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    fake_hub.drop("POST", r"/api/datasets/alice/dropped/commit/")
+    result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/dropped"))
+    assert [status for status, _ in _calls(fake_hub, "POST", "/commit/")] == [DROPPED, 200]
+    assert waits == [("dsco-hub", 0.01)] and result.commits == 1
+    assert "README.md" in fake_hub.files("alice/dropped")
+
+    fake_hub.reset_log()  # the LFS upload's connection dropped: huggingface_hub sends the object again
+    fake_hub.drop("PUT", r"/lfs-upload/alice/dropped-lfs/")
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/dropped-lfs"))
+    assert [status for status, _ in _calls(fake_hub, "PUT", "/lfs-upload/")][:2] == [DROPPED, 200]
+
+    fake_hub.reset_log()  # dropped every time: one line naming the endpoint and the attempts, never the token
+    fake_hub.drop("POST", r"/api/datasets/alice/unreachable/commit/", times=100)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/unreachable", max_retries=2))
+    message = str(err.value)
+    assert message.startswith(f"cannot reach {fake_hub.url} while uploading to datasets/alice/unreachable (")
+    assert message.endswith(", 3 attempts); check your connection and --endpoint / HF_ENDPOINT, then rerun.")
+    assert "\n" not in message and TOKEN not in message
+    assert [status for status, _ in _calls(fake_hub, "POST", "/commit/")] == [DROPPED] * 3
+
+
+def _reshard(out: Path, max_shard_bytes: int | None) -> list[str]:
+    """Rewrite the set's parquet shards (`max_shard_bytes=1000`: several, as a large set has); their names."""
+    ds = datasets.load_dataset(str(out), split="train")
+    for shard in (out / "data").glob("*.parquet"):
+        shard.unlink()
+    writer.write_parquet(ds, out, **({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}))
+    return sorted(p.name for p in (out / "data").glob("*.parquet"))
 
 
 def test_500_mid_upload_then_rerun_uploads_only_what_is_missing(fake_hub, tiny_repo, tmp_path):
     out = _make_set(tiny_repo, tmp_path / "set", ipc=3)
-    ds = datasets.load_dataset(str(out), split="train")
-    for shard in (out / "data").glob("*.parquet"):
-        shard.unlink()
-    writer.write_parquet(ds, out, max_shard_bytes=1000)  # several shards, as a large set has
-    shards = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    shards = _reshard(out, 1000)
     assert len(shards) >= 3
     cfg = _cfg(fake_hub, repo_id="alice/resume-set", commit_max_files=2, max_retries=1)
 
@@ -177,6 +309,7 @@ def test_500_mid_upload_then_rerun_uploads_only_what_is_missing(fake_hub, tiny_r
     assert "\n" not in str(failed.value)
     committed = {p for p in fake_hub.files("alice/resume-set") if p.startswith("ipc3/")}
     assert committed == {f"ipc3/{shards[0]}", f"ipc3/{shards[1]}"}  # the first commit landed
+    assert "README.md" not in fake_hub.files("alice/resume-set")  # no card for a set half uploaded
     failed_uploads = set(fake_hub.lfs_uploads)
 
     fake_hub.clear_failures()
@@ -186,11 +319,76 @@ def test_500_mid_upload_then_rerun_uploads_only_what_is_missing(fake_hub, tiny_r
     rerun_paths = [p for c in fake_hub.commits for p in c["paths"]]
     expected = [f"ipc3/{s}" for s in shards[2:]] + ["ipc3/samples.png", "ipc3/dsco_config.json", "README.md"]
     assert sorted(rerun_paths) == sorted(expected)  # only what was missing
+    assert fake_hub.commits[-1]["paths"][-1] == "README.md"  # the card last, in the last commit only
+    assert all("README.md" not in c["paths"] for c in fake_hub.commits[:-1])
     assert not failed_uploads & set(fake_hub.lfs_uploads)  # LFS objects sent by the failed run are not sent again
     on_hub = datasets.Dataset.from_parquet(
         [str(fake_hub_file) for fake_hub_file in _download_all(fake_hub, "alice/resume-set", "ipc3/", tmp_path)]
     )
     assert len(on_hub) == 9
+
+
+def test_commits_hold_at_most_50_files_and_5_gib_by_default(tmp_path):
+    cfg = HubConfig()
+    assert (cfg.commit_max_files, cfg.commit_max_bytes) == (50, 5 << 30)
+    small = []
+    for i in range(120):
+        (tmp_path / f"s{i:03d}").write_bytes(b"x" * 10)
+        small.append((f"ipc1/s{i:03d}", tmp_path / f"s{i:03d}"))
+    batches = hub._batches(small, cfg.commit_max_files, cfg.commit_max_bytes)
+    assert [len(b) for b in batches] == [50, 50, 20] and [i for b in batches for i in b] == small  # order kept
+    big = []
+    for i in range(5):  # sparse files: 2 GiB each on paper, nothing on disk
+        with open(tmp_path / f"b{i}", "wb") as f:
+            f.truncate(2 << 30)
+        big.append((f"ipc1/b{i}", tmp_path / f"b{i}"))
+    batches = hub._batches(big, cfg.commit_max_files, cfg.commit_max_bytes)
+    assert [[path for path, _ in b] for b in batches] == [["ipc1/b0", "ipc1/b1"], ["ipc1/b2", "ipc1/b3"], ["ipc1/b4"]]
+    alone = hub._batches(big[:2], 50, 1 << 30)  # a file larger than the cap goes alone, never split or dropped
+    assert [len(b) for b in alone] == [1, 1]
+
+
+def test_push_splits_commits_by_file_and_byte_caps_with_the_card_last(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set", ipc=3)
+    shards = _reshard(out, 1000)
+    sizes = {f"ipc3/{name}": (out / "data" / name).stat().st_size for name in shards}
+    sizes.update({f"ipc3/{n}": (out / n).stat().st_size for n in ("samples.png", "dsco_config.json")})
+    cap = 2 * max(sizes.values()) + 1  # at least two files fit in a commit
+    result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/capped", commit_max_files=3, commit_max_bytes=cap))
+    commits = [c["paths"] for c in fake_hub.commits]
+    assert result.commits == len(commits) >= 2
+    readme = len(fake_hub.read("alice/capped", "README.md"))
+    for paths in commits:
+        assert len(paths) <= 3
+        total = sum(sizes.get(p, readme) for p in paths)
+        assert total <= cap or len(paths) == 1, (paths, total, cap)
+    assert [p for paths in commits for p in paths if p != "README.md"] == [p for p, _ in hub._local_files(out, "ipc3")]
+    assert commits[-1][-1] == "README.md" and all("README.md" not in paths for paths in commits[:-1])
+
+
+def test_pushing_an_ipc_again_deletes_its_stale_shards_and_nothing_else(fake_hub, tiny_repo, tmp_path):
+    cfg = _cfg(fake_hub, repo_id="alice/restale")
+    pipeline.push(_make_set(tiny_repo, tmp_path / "ipc2", ipc=2), cfg)
+    out = _make_set(tiny_repo, tmp_path / "ipc3", ipc=3)
+    old = _reshard(out, 1000)
+    pipeline.push(out, cfg)
+    other = {p: f.blob_id for p, f in fake_hub.files("alice/restale").items() if p.startswith("ipc2/")}
+    new = _reshard(out, None)  # the same rows in one shard: the old shard names are all stale
+    assert len(old) >= 3 and new == ["train-00000-of-00001.parquet"]
+    fake_hub.reset_log()
+    result = pipeline.push(out, cfg)
+    assert result.deleted == sorted(f"ipc3/{name}" for name in old)
+    # one commit: the new shard, then the deletions (the card is unchanged: same rows, so it is not sent again)
+    assert [c["paths"] for c in fake_hub.commits] == [
+        ["ipc3/train-00000-of-00001.parquet", *(f"-ipc3/{name}" for name in old)]
+    ]
+    files = fake_hub.files("alice/restale")
+    assert sorted(p for p in files if p.startswith("ipc3/")) == [
+        "ipc3/dsco_config.json",
+        "ipc3/samples.png",
+        "ipc3/train-00000-of-00001.parquet",
+    ]
+    assert {p: f.blob_id for p, f in files.items() if p.startswith("ipc2/")} == other  # the other IPC untouched
 
 
 def _download_all(fake: FakeHub, repo_id: str, prefix: str, tmp_path: Path) -> list[Path]:
@@ -240,11 +438,20 @@ def test_push_refuses_bad_input_before_any_work(fake_hub, tiny_repo, tmp_path):
     [("alice/set", True), ("set-1.2_x", True), ("a/b/c", False), ("alice/x--y", False), ("alice/-x", False)],
 )
 def test_repo_id_format(repo_id, ok):
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     if ok:
-        hub.check_repo_id(repo_id)
+        assert hub.check_repo_id(repo_id) is None and hub.is_hub_ref(repo_id)
+        validate_repo_id(repo_id)  # what dsco-hub accepts, huggingface_hub accepts too
+        assert hub.parse_set_ref(f"{repo_id}@dev") == (repo_id, "dev")
     else:
-        with pytest.raises(HubError, match="is not a valid dataset repo id; use USER/NAME"):
+        with pytest.raises(HubError) as err:
             hub.check_repo_id(repo_id)
+        assert str(err.value).startswith(f"--repo-id={repo_id!r} is not a valid dataset repo id; use USER/NAME")
+        assert "\n" not in str(err.value)
+        with pytest.raises(HFValidationError):  # ... and refused before huggingface_hub would refuse it
+            validate_repo_id(repo_id)
 
 
 def test_default_repo_id_from_source_method_and_ipc():
