@@ -25,9 +25,27 @@ def test_repo_folder_columns_classes_and_index(tiny_repo):
 
 
 def test_class_index_does_not_decode_images(tiny_repo, monkeypatch):
+    import PIL.Image
+
+    calls: list[str] = []
+    real_decode, real_open = datasets.Image.decode_example, PIL.Image.open
+
+    def decode(*args, **kwargs):
+        calls.append("datasets.Image.decode_example")
+        return real_decode(*args, **kwargs)
+
+    def open_image(*args, **kwargs):
+        calls.append("PIL.Image.open")
+        return real_open(*args, **kwargs)
+
+    # patched before the source is loaded: loading and indexing by class must not decode a single image
+    monkeypatch.setattr(datasets.Image, "decode_example", decode)
+    monkeypatch.setattr(PIL.Image, "open", open_image)
     source = load_source(SourceConfig(source=str(tiny_repo)))
-    monkeypatch.setattr(datasets.Image, "decode_example", lambda *a, **k: pytest.fail("decoded an image"))
-    assert sum(len(rows) for rows in source.class_index) == 19
+    assert [len(rows) for rows in source.class_index] == [8, 6, 5]
+    assert calls == []
+    decode_images(source, [0], 1, 16)  # the patches see a decode when one happens
+    assert calls
 
 
 @pytest.mark.parametrize("kind, names", [("str", sorted(CLASS_NAMES)), ("int", ["10", "15", "20"])])

@@ -41,7 +41,13 @@ def test_dsco_with_doping_mixes_synthetic_and_real_rows(tiny_repo, tiny_prior, t
     assert dsco["method"] == "dsco" and dsco["doping_ratio"] == 0.5
     assert dsco["counts"] == {"rows": 12, "real": 6, "synthetic": 6}
     assert dsco["settings"]["nopt_window"] == 0.5 and dsco["settings"]["doping_select"] == "herding"
-    assert "synthetic" in (tmp_path / "out" / "README.md").read_text()
+    # the card states this run's own method, counts and settings (not just the template's fixed words)
+    card = " ".join((tmp_path / "out" / "README.md").read_text().split())
+    assert "Method: **dsco** — DsCo" in card
+    assert "Images: 6 real (copied from the source, byte for byte) and 6 synthetic; doping ratio 0.5." in card
+    settings = card.split("- Settings: ")[1].split(" - Seed:")[0]
+    for setting in ("nopt_window=0.5", "nopt_iters=1", "nopt_targets=4", "doping_select=herding", "steps=4"):
+        assert f"`{setting}`" in settings.split(", "), setting
 
 
 def test_dsco_is_deterministic(tiny_repo, tiny_prior, tmp_path):
