@@ -154,7 +154,11 @@ def test_sampler_argument_checks(tiny_unet_prior, tmp_path):
     assert no_null.null_class is None
     with pytest.raises(ConfigError, match="no null class"):
         check_sampler_args(no_null, 10, 0.5, 0.0)
-    check_sampler_args(no_null, 10, 1.0, 0.0)  # unguided sampling is fine
+    assert check_sampler_args(no_null, 10, 1.0, 0.0) is None  # unguided sampling is fine, and it samples:
+    images = sample(no_null, [0, 2], [5, 6], steps=2, guidance_scale=1.0)
+    assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
+    assert images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, sample(no_null, [0, 2], [5, 6], steps=2, guidance_scale=1.0))
 
 
 def test_shipped_prior_covers_the_embedded_fashion_mnist_classes():

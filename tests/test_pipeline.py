@@ -14,7 +14,7 @@ from conftest import CLASS_NAMES
 
 from dsco_hub import pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
-from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.errors import ConfigError, ModelError, OutputError
 
 FAST_EVAL = EvalConfig(runs=2, epochs=2, batch_size=8)
 
@@ -67,7 +67,12 @@ def test_card_yaml_matches_push_to_hub_and_records_everything(tiny_repo, tmp_pat
     assert (out / dsco["source"]["path"]).resolve() == tiny_repo.resolve()  # relative to the set
     assert {"dsco_hub", "torch", "datasets"} <= set(dsco["versions"])
     evaluation = dsco["eval"]
-    assert 0 <= evaluation["result"]["accuracy_mean"] <= 100
+    result = evaluation["result"]
+    assert result["runs"] == 2 and len(result["accuracies"]) == 2  # FAST_EVAL's runs, each on the 12 test images
+    for accuracy in result["accuracies"]:
+        assert abs(accuracy * 12 / 100 - round(accuracy * 12 / 100)) < 0.01  # n of 12 images right, in percent
+    assert result["accuracy_mean"] == pytest.approx(np.mean(result["accuracies"]), abs=0.01)
+    assert result["accuracy_std"] == pytest.approx(np.std(result["accuracies"]), abs=0.01)
     assert evaluation["baseline_random"]["num_train_images"] == 6
     assert evaluation["test"] == {"dataset": "tiny", "split": "test", "num_images": 12}
     body = (out / "README.md").read_text()
@@ -228,6 +233,10 @@ def test_diffusion_method_writes_synthetic_rows_with_seeds(tiny_repo, tmp_path):
 
 
 def test_diffusion_without_matching_model_is_refused_before_work(tiny_repo, tmp_path):
-    with pytest.raises(Exception, match="shipped Fashion-MNIST prior|ships no prior"):
+    with pytest.raises(ModelError) as err:
         pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", method="diffusion"))
+    assert str(err.value) == (
+        f"no --model given and the classes of {tiny_repo} are not those of the shipped Fashion-MNIST prior; "
+        "pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
+    )
     assert not (tmp_path / "out").exists()

@@ -53,11 +53,16 @@ def test_wordnet_ids_map_to_imagenet_indices():
         presets.imagenet_index("n99999999")
 
 
-def test_preset_with_a_model_of_other_classes_is_refused(tiny_dit):  # noqa: F811
+def test_preset_with_a_model_of_other_classes_is_refused(tiny_dit, tmp_path):  # noqa: F811
     with pytest.raises(ModelError, match=r"has 4 classes, but preset imagenette needs a model of the 1000 ImageNet"):
         presets.check_model("imagenette", str(tiny_dit), 4)
-    result = dsco("concentrate", "imagenette", "--model", str(tiny_dit), "--dry-run")
-    assert result.returncode == 0  # the plan needs no class check; a run does, before any heavy work:
+    (tmp_path / "cwd").mkdir()
+    result = dsco("concentrate", "imagenette", "--model", str(tiny_dit), "--dry-run", cwd=tmp_path / "cwd")
+    assert result.returncode == 0, result.stderr  # the plan needs no class check; a run does, before any heavy work
+    text = " ".join(result.stdout.split())
+    assert "classes: 10; IPC 10 = 10 synthetic + 0 real per class; 100 images" in text  # imagenette's 10 classes
+    assert "units: 10 (one per class)" in text and "dry run: nothing was written" in text
+    assert list((tmp_path / "cwd").iterdir()) == []
     cfg = presets.apply_preset(ConcentrateConfig(preset="imagenette", model=str(tiny_dit)))
     with pytest.raises(ModelError, match="has 4 classes, but preset imagenette"):
         pipeline._load_model(cfg, ["tench"], "imagenette")

@@ -19,7 +19,7 @@ from conftest import tiny_dataset, write_repo
 from dsco_hub import distributed, pipeline, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig, first_difference, run_settings
 from dsco_hub.data import load_source
-from dsco_hub.errors import ConfigError, SourceError
+from dsco_hub.errors import ConfigError, OutputError, SourceError
 
 DATA = Path("data") / "train-00000-of-00001.parquet"
 COMPUTE_UNIT = pipeline._compute_unit
@@ -117,11 +117,13 @@ def test_shards_round_trip_and_refuse_garbage(tmp_path):
         rows.source_index,
         rows.seed,
     )
-    with pytest.raises(Exception, match="not 4 of 3"):
+    with pytest.raises(OutputError) as err:
         writer.read_shard(tmp_path, 3, 4)
+    assert str(err.value) == f"shard {path} holds 3 rows of unit b'3', not 4 of 3"
     path.write_bytes(path.read_bytes()[:-20])  # truncated
-    with pytest.raises(Exception, match="unit-000003.parquet is unreadable"):
+    with pytest.raises(OutputError) as err:
         writer.read_shard(tmp_path, 3, 3)
+    assert str(err.value).startswith(f"shard {path} is unreadable (") and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
