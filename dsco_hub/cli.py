@@ -181,6 +181,24 @@ def concentrate(
             help="NOpt targets embedded per iteration, a fresh subset (0 = all; default max(128, 10 n), all at n=1)."
         ),
     ] = None,
+    nopt_features: Annotated[
+        str,
+        typer.Option(
+            help="NOpt's feature space: random (a random ConvNet-3 per iteration), ensemble (several per iteration) "
+            "or trained (ConvNet-3 snapshots trained on the real images)."
+        ),
+    ] = "random",
+    nopt_ensemble: Annotated[int, typer.Option(help="--nopt-features ensemble: random maps per iteration.")] = 4,
+    nopt_feature_epochs: Annotated[
+        int, typer.Option(help="--nopt-features trained: training epochs (one snapshot each).")
+    ] = 10,
+    nopt_feature_images: Annotated[
+        int, typer.Option(help="--nopt-features trained: real images per class to train on.")
+    ] = 100,
+    oversample: Annotated[
+        int,
+        typer.Option(help="dsco: NOpt makes K x the synthetic images; herding in its feature space keeps the best."),
+    ] = 1,
     classes: Annotated[
         Optional[str], typer.Option(help="Keep only these classes: names or label indices, comma-separated.")
     ] = None,
@@ -255,7 +273,12 @@ def concentrate(
             kernel=kernel,
             width=nopt_width,
             target_batch=nopt_target_batch,
+            features=nopt_features,
+            ensemble=nopt_ensemble,
+            feature_epochs=nopt_feature_epochs,
+            feature_images=nopt_feature_images,
         ),
+        oversample=oversample,
         gradient_checkpointing=gradient_checkpointing,
         torch_compile=torch_compile,
         doping_ratio=doping_ratio,

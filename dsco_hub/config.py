@@ -21,6 +21,7 @@ REAL_METHODS = ("random", "herding")  # methods that select real images only
 SCHEDULERS = ("ddim",)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNELS = ("gaussian", "linear")
+NOPT_FEATURES = ("random", "ensemble", "trained")  # NOpt feature spaces (`NOptConfig.features`)
 EVAL_MODELS = ("auto", "convnet3", "resnet18")
 
 
@@ -106,10 +107,24 @@ class NOptConfig:
     # targets embedded per iteration: a fresh seeded subset of the `targets` (0 = all of them), the real batch that
     # Zhao and Bilen's distribution matching draws per iteration; None = `batch_for(n)`: max(128, 10 n), all for n = 1
     target_batch: int | None = None
+    # NOpt's feature space: "random" (a fresh random ConvNet-3 per iteration, distribution matching), "ensemble"
+    # (`ensemble` fresh random ConvNet-3s per iteration, features concatenated), or "trained" (ConvNet-3 trunks
+    # trained on the real images, one snapshot per epoch, one drawn per iteration: improved distribution matching)
+    features: str = "random"
+    ensemble: int = 4  # random maps per iteration with features="ensemble"
+    feature_epochs: int = 10  # features="trained": training epochs, one snapshot each
+    feature_images: int = 100  # features="trained": real images per class the network is trained on
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
         _check(0 <= self.window <= 1, f"--nopt-window={self.window} must be in [0, 1] (fraction of the steps).")
+        _check(
+            self.features in NOPT_FEATURES,
+            f"--nopt-features={self.features!r} is unknown; use one of {', '.join(NOPT_FEATURES)}.",
+        )
+        _check(self.ensemble >= 1, f"--nopt-ensemble={self.ensemble} must be at least 1 (random maps per iteration).")
+        _check(self.feature_epochs >= 1, f"--nopt-feature-epochs={self.feature_epochs} must be at least 1.")
+        _check(self.feature_images >= 1, f"--nopt-feature-images={self.feature_images} must be at least 1.")
         _check(self.iters >= 0, f"--nopt-iters={self.iters} must be >= 0 (0 = plain sampling).")
         _check(self.lr > 0, f"--nopt-lr={self.lr} must be positive; e.g. --nopt-lr 0.05.")
         _check(self.targets >= 2, f"--nopt-targets={self.targets} must be at least 2 (the MMD needs a set).")
@@ -208,6 +223,9 @@ class ConcentrateConfig:
     # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class));
     # on the shipped prior 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
     pool_guidance_scale: float | None = None
+    # generate-then-select (dsco): NOpt synthesizes `oversample` x the synthetic images of each class, and herding in
+    # NOpt's feature space keeps those whose set best matches the class's targets (1 = no selection)
+    oversample: int = 1
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a set dsco-hub wrote in `out` (never a folder it did not write)
     evaluate: bool = True  # run the evaluation protocol and write the results into the card
@@ -321,6 +339,15 @@ class ConcentrateConfig:
                 )
                 seen[key] = name
         _check(self.pool_size is None or self.pool_size >= 2, f"--pool-size={self.pool_size} must be at least 2.")
+        _check(self.oversample >= 1, f"--oversample={self.oversample} must be at least 1 (1 = no selection).")
+        _check(
+            self.oversample == 1 or self.method == "dsco",
+            f"--oversample={self.oversample} needs --method dsco (it selects among NOpt's images).",
+        )
+        _check(
+            not (self.data_free and self.nopt.features == "trained"),
+            "--nopt-features=trained trains on real images, which --data-free does not read; use random or ensemble.",
+        )
         _check(
             self.pool_guidance_scale is None or self.pool_guidance_scale >= 0,
             f"--pool-guidance-scale={self.pool_guidance_scale} must be >= 0; 1 disables guidance.",

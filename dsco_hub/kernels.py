@@ -2,7 +2,9 @@
 
 Feature maps follow distribution-matching dataset condensation (Zhao and Bilen, "Dataset
 Condensation with Distribution Matching", WACV 2023): embeddings of a *randomly initialised*
-ConvNet-3 (3 x [conv 3x3, instance norm, ReLU, 2x2 average pool]). The MMD is the biased
+ConvNet-3 (3 x [conv 3x3, instance norm, ReLU, 2x2 average pool]); or several of them at once
+(`EnsembleFeatures`), or trunks trained on the real images, snapshot after each epoch (improved
+distribution matching, Zhao et al., CVPR 2023: `train_feature_snapshots`, `TrunkFeatures`). The MMD is the biased
 (V-statistic) estimate of Gretton et al., "A Kernel Two-Sample Test", JMLR 2012, with a sum of
 Gaussian kernels whose bandwidths are set by the median heuristic, or a linear kernel (mean
 matching). Kernel herding (Chen, Welling and Smola, UAI 2010) greedily picks the points that
@@ -60,6 +62,121 @@ class RandomFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features `(B, D)` of images `(B, channels, H, W)`."""
         return self.trunk(x).flatten(1)  # (B, width * h * w)
+
+
+class EnsembleFeatures(nn.Module):
+    """Several random ConvNet-3 feature maps at once: their features concatenated.
+
+    With the Gaussian kernel on the concatenation, the kernel is the product of the maps' kernels, so the MMD
+    compares the sets in all of the maps together: one draw of `num` maps per NOpt iteration instead of one.
+
+    Args:
+        channels (`int`): input channels.
+        seed (`int`): map `j` is `RandomFeatures(channels, (seed * 1000 + j) mod (2**63 - 1))`, so the same seed
+            gives the same maps.
+        num (`int`): number of maps, at least 1.
+        width (`int`, *optional*, defaults to 128): conv channels of each map.
+
+    Input `(B, channels, H, W)`, output `(B, num * width * (H // 8) ** 2)`.
+    """
+
+    def __init__(self, channels: int, seed: int, num: int, width: int = 128):
+        super().__init__()
+        self.maps = nn.ModuleList(
+            RandomFeatures(channels, (seed * 1000 + j) % (2**63 - 1), width=width) for j in range(num)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features `(B, num * D)` of images `(B, channels, H, W)`."""
+        return torch.cat([m(x) for m in self.maps], dim=1)
+
+
+class TrunkFeatures(nn.Module):
+    """A trained ConvNet-3 trunk (one snapshot of `train_feature_snapshots`) used as a fixed feature map.
+
+    Args:
+        channels (`int`): input channels.
+        state (`dict[str, torch.Tensor]`): the trunk's `state_dict`.
+        width (`int`, *optional*, defaults to 128): conv channels (must match `state`).
+
+    Input `(B, channels, H, W)`, output `(B, width * (H // 8) ** 2)`; weights frozen, gradients reach the input.
+    """
+
+    def __init__(self, channels: int, state: dict[str, torch.Tensor], width: int = 128):
+        super().__init__()
+        self.trunk = conv_trunk(channels, width)
+        self.trunk.load_state_dict(state)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features `(B, D)` of images `(B, channels, H, W)`."""
+        return self.trunk(x).flatten(1)
+
+
+def train_feature_snapshots(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    epochs: int,
+    seed: int,
+    width: int = 128,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    device: torch.device | str = "cpu",
+) -> list[dict[str, torch.Tensor]]:
+    """Train a ConvNet-3 classifier on real images and keep its trunk after each epoch (snapshots).
+
+    The feature maps of improved distribution matching (Zhao et al., "Improved Distribution Matching for Dataset
+    Condensation", CVPR 2023): instead of random networks only, networks at several stages of training on the real
+    data, whose features separate the classes. SGD with momentum 0.9, weight decay 5e-4, cosine learning rate, a
+    seeded batch order; no augmentation.
+
+    Args:
+        images (`torch.Tensor`): `(N, C, H, W)` float in the denoiser's space (e.g. `[-1, 1]` pixels).
+        labels (`torch.Tensor`): `(N,)` int64 in `[0, num_classes)`.
+        num_classes (`int`): number of classes `K`.
+        epochs (`int`): epochs, at least 1; one snapshot per epoch.
+        seed (`int`): initialisation and batch order.
+        width (`int`, *optional*, defaults to 128): conv channels.
+        batch_size (`int`, *optional*, defaults to 128): images per step.
+        lr (`float`, *optional*, defaults to 0.01): peak learning rate.
+        device (`torch.device` or `str`, *optional*, defaults to "cpu"): where to train (snapshots come back on the
+            CPU).
+
+    Returns:
+        `list[dict[str, torch.Tensor]]`: `epochs` trunk `state_dict`s (CPU, float32), in training order.
+
+    Raises:
+        ValueError: `epochs < 1`, or `images` and `labels` of different lengths.
+    """
+    if epochs < 1 or len(images) != len(labels):
+        raise ValueError(f"train_feature_snapshots: epochs={epochs} (>= 1) and {len(images)} images vs {len(labels)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trunk = conv_trunk(images.shape[1], width)
+        with torch.no_grad():
+            dim = trunk(images[:1].float()).flatten(1).shape[1]
+        head = nn.Linear(dim, num_classes)
+    model = nn.Sequential(trunk, nn.Flatten(), head).to(device)
+    steps_per_epoch = -(-len(images) // batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    snapshots = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), batch_size):
+            rows = order[start : start + batch_size]
+            x, y = images[rows].float().to(device), labels[rows].to(device)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        snapshots.append({k: v.detach().float().cpu().clone() for k, v in trunk.state_dict().items()})
+    return snapshots
 
 
 @torch.no_grad()

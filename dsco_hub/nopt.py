@@ -9,7 +9,8 @@ optimization window, the noisy samples `x_t` take normalised gradient steps that
 
 where `x0_hat` is the x0 prediction of one guided denoiser call (memory does not grow with the
 number of steps), `phi` is a randomly initialised ConvNet-3 resampled at every iteration (Zhao
-and Bilen, "Dataset Condensation with Distribution Matching", WACV 2023) applied in the
+and Bilen, "Dataset Condensation with Distribution Matching", WACV 2023; or several at once, or a
+snapshot of a ConvNet-3 trained on the real images: `feature_map`) applied in the
 denoiser's own space (pixels, or VAE latents), and the kernel is a sum of Gaussians at median-
 heuristic bandwidths. After each update `x_t` is rescaled to its previous per-image norm so it
 stays on the noise level's typical shell. The DDIM step itself runs without gradients.
@@ -24,10 +25,11 @@ from functools import partial
 
 import torch
 from diffusers import DDIMScheduler
+from torch import nn
 
 from dsco_hub.config import NOptConfig, derive_seed
 from dsco_hub.errors import ConfigError
-from dsco_hub.kernels import RandomFeatures, embed, mmd2
+from dsco_hub.kernels import EnsembleFeatures, RandomFeatures, TrunkFeatures, embed, herd, mmd2
 from dsco_hub.models import DiffusionPrior, check_sampler_args, eta_generators, initial_noise, step_noise
 
 
@@ -70,6 +72,7 @@ def nopt_sample(
     phi_seed: int = 0,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    snapshots: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, NOptTrace]:
     """Sample the `n = len(seeds)` synthetic images of one class with noise optimization.
 
@@ -93,6 +96,8 @@ def nopt_sample(
             products through the denoiser), so memory is bounded by the batch, not by n; the result equals
             the one-pass gradient up to float rounding.
         progress (`callable`, *optional*): called with 1 after each DDIM step.
+        snapshots (sequence of `dict`, *optional*): with `cfg.features == "trained"`, the trunks of
+            `kernels.train_feature_snapshots` (trained in the denoiser's space, width `cfg.width`).
 
     Returns:
         `tuple[torch.Tensor, NOptTrace]`: images `(n, C_img, H_img, W_img)` float32 in `[-1, 1]` on CPU, and
@@ -110,6 +115,7 @@ def nopt_sample(
         eta=eta,
         batch_size=batch_size,
         progress=progress,
+        snapshots=snapshots,
     )
     return images[0], traces[0]
 
@@ -123,6 +129,7 @@ def nopt_sample_classes(
     eta: float = 0.0,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    snapshots: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor], list[NOptTrace]]:
     """`nopt_sample` for several classes at once: their images share the denoiser's batches (a GPU's batch fills
     at small IPC), while each class keeps its own targets, feature maps and MMD.
@@ -136,18 +143,22 @@ def nopt_sample_classes(
     Args:
         prior (`DiffusionPrior`): the class-conditional model.
         classes (sequence of `NOptClass`): the classes, each with `n_k >= 1` seeds.
-        cfg, steps, guidance_scale, eta, batch_size, progress: as in `nopt_sample` (`batch_size` counts the
-            images of all classes together; target batches follow each class's own `cfg.batch_for(n_k)`).
+        cfg, steps, guidance_scale, eta, batch_size, progress, snapshots: as in `nopt_sample` (`batch_size`
+            counts the images of all classes together; target batches follow each class's own
+            `cfg.batch_for(n_k)`).
 
     Returns:
         `tuple[list[torch.Tensor], list[NOptTrace]]`: per class, images `(n_k, C_img, H_img, W_img)` float32 in
         `[-1, 1]` on CPU, and the trace of its optimization.
 
     Raises:
-        ConfigError: invalid settings, a class with fewer than 2 targets, or targets not in the denoiser's shape.
+        ConfigError: invalid settings, a class with fewer than 2 targets, targets not in the denoiser's shape, or
+            `cfg.features == "trained"` without `snapshots`.
     """
     cfg.validate()
     check_sampler_args(prior, steps, guidance_scale, eta)
+    if cfg.features == "trained" and not snapshots:
+        raise ConfigError("--nopt-features=trained needs the trained snapshots (kernels.train_feature_snapshots).")
     for c in classes:
         if len(c.targets) < 2:
             raise ConfigError(
@@ -177,7 +188,7 @@ def nopt_sample_classes(
             phis, target_features = [], []
             for c, m, n in zip(classes, targets, sizes):
                 seed = derive_seed(c.phi_seed, s, i)  # the feature map's weights and the target subset
-                phis.append(RandomFeatures(prior.sample_shape[0], seed, width=cfg.width).to(device))
+                phis.append(feature_map(cfg, prior.sample_shape[0], seed, snapshots).to(device))
                 target_features.append(embed(phis[-1], _target_batch(m, cfg.batch_for(n), seed)))  # (<= M, D)
             features = partial(_x0_features, prior, phis, firsts, sizes, t, alpha, labels, guidance_scale)
             losses, grad = _mmd_gradient(features, x.detach(), sizes, target_features, cfg.kernel, batch_size)
@@ -204,6 +215,60 @@ def nopt_sample_classes(
     with torch.no_grad():
         images = torch.cat([prior.decode(xb).cpu() for xb in x.split(batch_size)])
     return list(images.split(sizes)), traces
+
+
+def feature_map(
+    cfg: NOptConfig, channels: int, seed: int, snapshots: Sequence[dict[str, torch.Tensor]] | None = None
+) -> nn.Module:
+    """NOpt's feature map for one iteration, in `cfg.features`' space.
+
+    "random": `RandomFeatures(channels, seed, cfg.width)`; "ensemble": `cfg.ensemble` such maps concatenated
+    (`EnsembleFeatures`); "trained": the snapshot `seed mod len(snapshots)` of the trained trunks (`TrunkFeatures`),
+    so each iteration draws one training stage, as improved distribution matching does.
+
+    Args:
+        cfg (`NOptConfig`): the feature space and width.
+        channels (`int`): input channels of the denoiser's space.
+        seed (`int`): the iteration's seed (`derive_seed(phi_seed, step, iteration)`).
+        snapshots (sequence of `dict`, *optional*): trunk `state_dict`s, required for "trained".
+
+    Returns:
+        `nn.Module`: frozen; `(B, channels, H, W)` -> `(B, D)`.
+    """
+    if cfg.features == "ensemble":
+        return EnsembleFeatures(channels, seed, cfg.ensemble, width=cfg.width)
+    if cfg.features == "trained":
+        return TrunkFeatures(channels, snapshots[seed % len(snapshots)], width=cfg.width)
+    return RandomFeatures(channels, seed, width=cfg.width)
+
+
+def select_synthetic(
+    candidates: torch.Tensor,
+    targets: torch.Tensor,
+    num: int,
+    cfg: NOptConfig,
+    seed: int,
+    snapshots: Sequence[dict[str, torch.Tensor]] | None = None,
+) -> list[int]:
+    """Generate-then-select: the `num` of NOpt's `candidates` whose set best matches the targets.
+
+    Kernel herding (Chen, Welling and Smola, UAI 2010) in NOpt's own feature space: one fixed map drawn with `seed`
+    (for "trained", the last, fully trained snapshot), greedy MMD^2 minimisation of the picked set to the targets.
+
+    Args:
+        candidates (`torch.Tensor`): `(K n, C, H, W)` synthetic images in the denoiser's space.
+        targets (`torch.Tensor`): `(M, C, H, W)` the class's targets in the same space.
+        num (`int`): images to keep, in `[0, K n]`.
+        cfg (`NOptConfig`): the feature space (`features`, `width`, `ensemble`) and the kernel.
+        seed (`int`): the selection map's seed.
+        snapshots (sequence of `dict`, *optional*): the trained trunks, for "trained".
+
+    Returns:
+        `list[int]`: `num` distinct indices into `candidates`, in pick order.
+    """
+    last = [snapshots[-1]] if cfg.features == "trained" else None
+    phi = feature_map(cfg, candidates.shape[1], seed, last).to(candidates.device)
+    return herd(embed(phi, candidates), embed(phi, targets), num, kernel=cfg.kernel)
 
 
 def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:

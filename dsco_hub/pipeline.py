@@ -24,7 +24,20 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard
 
-from dsco_hub import __version__, card, distributed, doping, files, hub, models, plan, presets, results, writer
+from dsco_hub import (
+    __version__,
+    card,
+    distributed,
+    doping,
+    files,
+    hub,
+    kernels,
+    models,
+    plan,
+    presets,
+    results,
+    writer,
+)
 from dsco_hub.config import (
     REAL_METHODS,
     ConcentrateConfig,
@@ -51,7 +64,7 @@ from dsco_hub.data import (
 )
 from dsco_hub.errors import ConfigError, DscoError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
-from dsco_hub.nopt import NOptClass, nopt_sample_classes
+from dsco_hub.nopt import NOptClass, nopt_sample_classes, select_synthetic
 from dsco_hub.ui import progress_bar
 
 GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
@@ -282,20 +295,27 @@ def _nopt_targets(cfg: ConcentrateConfig, source: SourceData | None, prior, clas
 
 
 def _dsco(
-    cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids: list[int], classes: list[int]
+    cfg: ConcentrateConfig,
+    source: SourceData | None,
+    channels: int,
+    prior,
+    class_ids: list[int],
+    classes: list[int],
+    snapshots: list[dict] | None = None,
 ) -> writer.ConcentratedRows:
     """DsCo for the classes of one unit: NOpt synthesizes IPC - m images of each (the classes share the denoiser's
-    batches), doping adds m = round(rho * IPC) real ones per class. Rows are class by class, synthetic first."""
+    batches), doping adds m = round(rho * IPC) real ones per class. Rows are class by class, synthetic first.
+
+    With `cfg.oversample = K > 1` (generate-then-select), NOpt makes K (IPC - m) images of each class and herding in
+    NOpt's feature space keeps the IPC - m whose set best matches the class's targets (`nopt.select_synthetic`);
+    the kept images keep their seeds, so each row still names the noise it came from."""
     rows = writer.ConcentratedRows()
     m, n = cfg.num_doped, cfg.num_synthetic
-    seeds = {k: [derive_seed(cfg.seed, k, j) for j in range(n)] for k in classes}  # image j of class k
+    generated = n * cfg.oversample
+    seeds = {k: [derive_seed(cfg.seed, k, j) for j in range(generated)] for k in classes}  # image j of class k
+    targets = {k: _nopt_targets(cfg, source, prior, k, class_ids[k], n) for k in (classes if n else [])}
     batch = [
-        NOptClass(
-            class_ids[k],
-            seeds[k],
-            _nopt_targets(cfg, source, prior, k, class_ids[k], n),
-            phi_seed=derive_seed(cfg.seed, "phi", k),
-        )
+        NOptClass(class_ids[k], seeds[k], targets[k], phi_seed=derive_seed(cfg.seed, "phi", k))
         for k in (classes if n else [])
     ]
     synthetic = {}  # class k -> its n synthetic images (n, C, H, W) uint8
@@ -308,8 +328,18 @@ def _dsco(
             guidance_scale=cfg.guidance_scale,
             eta=cfg.eta,
             batch_size=cfg.sample_batch_size,
+            snapshots=snapshots,
         )
-        synthetic = {k: to_uint8(class_images) for k, class_images in zip(classes, images)}
+        for k, class_images in zip(classes, images):  # (K n, C, H, W) in [-1, 1]
+            if cfg.oversample > 1:
+                candidates = torch.cat([prior.encode(b.to(prior.device)) for b in class_images.split(64)])
+                kept = sorted(
+                    select_synthetic(
+                        candidates, targets[k], n, cfg.nopt, derive_seed(cfg.seed, "select", k), snapshots
+                    )
+                )
+                class_images, seeds[k] = class_images[kept], [seeds[k][j] for j in kept]
+            synthetic[k] = to_uint8(class_images)
     for k in classes:
         if n:
             rows.add_synthetic([encode_png(image, channels) for image in synthetic[k]], seeds[k], k)
@@ -369,7 +399,8 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
     n = cfg.num_synthetic
     return {
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
-        "nopt_target_batch": cfg.nopt.batch_for(n),  # the resolved default: max(128, 10 n), or 0 (all) for n = 1
+        "nopt_target_batch": cfg.nopt.batch_for(n * cfg.oversample),  # resolved: max(128, 10 n), all (0) for n = 1
+        "oversample": cfg.oversample,
         "doping_select": cfg.doping_select,
         "data_free": cfg.data_free,
         "pool_size": cfg.pool_for(n) if cfg.data_free else None,
@@ -393,14 +424,75 @@ def _select(cfg: ConcentrateConfig, source: SourceData, k: int) -> writer.Concen
 
 
 def _compute_unit(
-    unit: distributed.Unit, cfg: ConcentrateConfig, source: SourceData | None, channels: int, prior, class_ids
+    unit: distributed.Unit,
+    cfg: ConcentrateConfig,
+    source: SourceData | None,
+    channels: int,
+    prior,
+    class_ids,
+    snapshots: list[dict] | None = None,
 ) -> writer.ConcentratedRows:
     """The rows of one work unit (its slots, in output order); the same whatever process computes it."""
     if prior is None:
         return _select(cfg, source, unit.classes[0])
     if cfg.method == "diffusion":
         return _synthesize(cfg, channels, prior, class_ids, unit.slots())
-    return _dsco(cfg, source, channels, prior, class_ids, unit.classes)
+    return _dsco(cfg, source, channels, prior, class_ids, unit.classes, snapshots)
+
+
+FEATURES_FILE = "nopt_features.safetensors"  # in OUT.partial: the trained feature snapshots of a run
+
+
+def _feature_snapshots(
+    cfg: ConcentrateConfig, source: SourceData, prior, folder: Path, state: distributed.ProcessState, say
+) -> list[dict] | None:
+    """`--nopt-features trained`: the ConvNet-3 snapshots NOpt draws its feature maps from, trained once per run.
+
+    The main process trains them on `nopt.feature_images` real images per class (a seeded subset, in the denoiser's
+    space) and saves them in the run folder (atomically); the other processes, and a resumed run, load that file,
+    so every unit of every process uses the same networks.
+    """
+    if cfg.method != "dsco" or cfg.nopt.features != "trained" or not cfg.num_synthetic:
+        return None
+    from safetensors.torch import load_file, save_file
+
+    path = folder / FEATURES_FILE
+    if state.is_main and not path.exists():
+        seed = derive_seed(cfg.seed, "nopt-features")
+        channels, size = prior.image_shape[0], prior.image_shape[1]
+        images, labels = [], []
+        for k in range(source.num_classes):
+            rows = np.sort(doping.select_random(source.class_index[k], cfg.nopt.feature_images, seed, k))
+            pixels = to_model_range(decode_images(source, rows, channels, size))  # (r, C, H, W) in [-1, 1]
+            images.append(torch.cat([prior.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]).cpu())
+            labels.append(torch.full((len(rows),), k, dtype=torch.long))
+        started = dt.datetime.now()
+        snapshots = kernels.train_feature_snapshots(
+            torch.cat(images),
+            torch.cat(labels),
+            source.num_classes,
+            cfg.nopt.feature_epochs,
+            seed,
+            width=cfg.nopt.width,
+            device=prior.device,
+        )
+        seconds = (dt.datetime.now() - started).total_seconds()
+        say(f"NOpt features: ConvNet-3 trained {cfg.nopt.feature_epochs} epochs on {sum(map(len, labels))} images "
+            f"in {seconds:.0f} s")  # fmt: skip
+        files.make_dirs(folder)
+        tensors = {
+            f"{e}.{name}": value.contiguous() for e, snap in enumerate(snapshots) for name, value in snap.items()
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    state.wait_for_everyone()
+    loaded = load_file(str(path))
+    snapshots = [{} for _ in range(cfg.nopt.feature_epochs)]
+    for key, value in loaded.items():
+        epoch, name = key.split(".", 1)
+        snapshots[int(epoch)][name] = value
+    return snapshots
 
 
 def _run_units(
@@ -658,11 +750,12 @@ def _concentrate(
         if done and state.is_main:
             say(f"resuming {folder}: {done} of {len(units)} units done")
         label = {"dsco": "NOpt + doping", "diffusion": "sample (diffusion)"}.get(cfg.method, f"select ({cfg.method})")
+        snapshots = _feature_snapshots(cfg, source, prior, folder, state, say) if prior is not None else None
         _run_units(
             units,
             state,
             folder,
-            lambda unit: _compute_unit(unit, cfg, source, channels, prior, class_ids),
+            lambda unit: _compute_unit(unit, cfg, source, channels, prior, class_ids, snapshots),
             bar,
             say,
             label,

@@ -134,6 +134,10 @@ class RunPlan:
     output_bytes: float
     cost: ModelCost | None
     hours: dict[str, dict[int, float]] = field(default_factory=dict)  # GPU -> {number of GPUs: hours}
+    generated_per_class: int = 0  # synthetic images NOpt makes per class (`--oversample` x synthetic_per_class)
+    feature_images: int = 0  # `--nopt-features trained`: real images the feature network trains on
+    feature_epochs: int = 0
+    feature_flops: float = 0.0  # its training, forward + backward (3 x forward), in FLOPs
 
     def lines(self) -> list[str]:
         """The plan as lines of text for the terminal."""
@@ -142,6 +146,16 @@ class RunPlan:
             f"real per class; {self.classes * self.ipc} images",
             f"units: {self.units} ({self.unit_kind}), one shard each; processes take units round-robin",
         ]
+        if self.generated_per_class > self.synthetic_per_class:
+            out.append(
+                f"generate-then-select: NOpt makes {self.generated_per_class} images per class, herding keeps "
+                f"{self.synthetic_per_class}"
+            )
+        if self.feature_images:
+            out.append(
+                f"NOpt features: a ConvNet-3 trained {self.feature_epochs} epochs on {self.feature_images:,} real "
+                f"images ({self.feature_epochs} snapshots), {_pflop(self.feature_flops)} PFLOP"
+            )
         if self.cost is not None:
             extra = self.denoiser_calls_total - self.denoiser_calls_plain
             out += [
@@ -194,10 +208,21 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
     synthetic = num_classes * n
     plain = synthetic * cfg.steps * g
     total, encodes, pools = plain, 0, 0
+    generated = n * (cfg.oversample if cfg.method == "dsco" else 1)
+    feature_images, feature_flops = 0, 0.0
     if cfg.method == "dsco" and n:
+        total = num_classes * generated * cfg.steps * g  # every candidate is sampled
         optimized = math.ceil(cfg.nopt.window * cfg.steps) if cfg.nopt.iters else 0
-        per_iter = 3 + (1 if n * per_unit > cfg.sample_batch_size else 0)  # a second pass beyond one batch
-        total += synthetic * optimized * cfg.nopt.iters * per_iter * g
+        per_iter = 3 + (1 if generated * per_unit > cfg.sample_batch_size else 0)  # a second pass beyond one batch
+        total += num_classes * generated * optimized * cfg.nopt.iters * per_iter * g
+        if cfg.nopt.features == "trained":
+            feature_images = num_classes * cfg.nopt.feature_images
+            side = (cost.image_shape[1] if cost is not None else (image_shape or (1, 28, 28))[1]) or 28
+            channels = cost.image_shape[0] if cost is not None else (image_shape or (1, 28, 28))[0]
+            width, forward = cfg.nopt.width, 0.0
+            for layer in range(3):  # conv 3x3 FLOPs of ConvNet-3 at each resolution
+                forward += 2 * 9 * (channels if layer == 0 else width) * width * (side // 2**layer) ** 2
+            feature_flops = 3 * forward * feature_images * cfg.nopt.feature_epochs
         if cfg.data_free:
             pools = num_classes * cfg.pool_for(n)
             total += pools * cfg.steps * calls(cfg.pool_guidance)
@@ -207,6 +232,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
     flops = 0.0
     if cost is not None:
         flops = total * cost.denoiser + decodes * cost.decode + (encodes * cost.encode if cost.encode else 0.0)
+        flops += feature_flops
         encodes = encodes if cost.encode else 0
         image_shape = cost.image_shape
     c, h, w = image_shape or (3, 256, 256)
@@ -230,4 +256,8 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         output_bytes=num_classes * cfg.ipc * c * h * w * PNG_RATIO,
         cost=cost,
         hours=hours,
+        generated_per_class=generated,
+        feature_images=feature_images,
+        feature_epochs=cfg.nopt.feature_epochs if feature_images else 0,
+        feature_flops=feature_flops,
     )
