@@ -96,3 +96,25 @@ def test_evaluate_missing_test_split_points_to_test_split(tmp_path):
     assert "pass --test-split SPLIT, --test-dataset SOURCE with the same classes, or --no-eval" in " ".join(
         result.stderr.split()
     )
+
+
+def test_labels_file_gives_the_data_free_classes(tiny_prior, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("  Stripe\n\ncircle  \n", encoding="utf-8")  # stripped, blank lines skipped
+    out = tmp_path / "free"
+    args = ["concentrate", "--data-free", "--labels-file", str(labels), "--model", str(tiny_prior)]
+    result = dsco(*args, "--method", "diffusion", "--ipc", "1", "--steps", "2", "--no-eval", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.features["label"].names == ["Stripe", "circle"] and sorted(ds["label"]) == [0, 1]
+
+    both = dsco(*args, "--labels", "circle,square", "--out", str(tmp_path / "both"))
+    missing = dsco(
+        "concentrate", "--data-free", "--labels-file", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")
+    )
+    for result, message in (
+        (both, "--labels and --labels-file are both given; pass one of them."),
+        (missing, f"--labels-file={str(tmp_path / 'nope.txt')!r} does not exist; pass a file with one name per line."),
+    ):
+        assert result.returncode == 1 and message in " ".join(result.stderr.split()), result.stderr
+    assert not (tmp_path / "both").exists() and not (tmp_path / "x").exists()

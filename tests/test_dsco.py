@@ -5,8 +5,9 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+import torch
 
-from dsco_hub import pipeline
+from dsco_hub import models, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.errors import ConfigError, ModelError
 
@@ -120,3 +121,36 @@ def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):
 def test_bad_dsco_settings_are_refused(tiny_repo, tiny_prior, tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         pipeline.concentrate(_cfg(tiny_repo, tmp_path / "out", tiny_prior, **kwargs))
+
+
+@pytest.mark.parametrize("dtype, method", [("bfloat16", "dsco"), ("float16", "diffusion")])
+def test_half_precision_runs_the_denoiser_in_half_and_keeps_x_t_in_float32(
+    tiny_repo, tiny_prior, tmp_path, monkeypatch, dtype, method
+):
+    seen = set()
+    real = models.DiffusionPrior.predict_noise
+
+    def spy(self, x_t, t, labels, guidance_scale):
+        eps = real(self, x_t, t, labels, guidance_scale)
+        seen.add((self.dtype, x_t.dtype, eps.dtype))
+        return eps
+
+    monkeypatch.setattr(models.DiffusionPrior, "predict_noise", spy)
+    runs = {}
+    for name in (dtype, "float32"):
+        cfg = _cfg(tiny_repo, tmp_path / name, tiny_prior, ipc=2, evaluate=False, dtype=name)
+        cfg.method = method
+        pipeline.concentrate(cfg)
+        runs[name] = datasets.load_dataset(str(tmp_path / name), split="train")
+        expected = {(getattr(torch, name), torch.float32, torch.float32)}  # weights, x_t (and NOpt's noise), eps
+        assert seen == expected, name
+        seen.clear()
+    half, full = runs[dtype], runs["float32"]
+    assert half["seed"] == full["seed"] and half["label"] == full["label"]  # the same noise and classes ...
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(half["image"], full["image"]))
+    # ... other images, so a rerun in another dtype is refused rather than mixed with this set
+    again = _cfg(tiny_repo, tmp_path / dtype, tiny_prior, ipc=2, evaluate=False, dtype="float32")
+    again.method = method
+    with pytest.raises(ConfigError) as err:
+        pipeline.concentrate(again)
+    assert str(err.value).startswith(f"--dtype differs from the finished set in {tmp_path / dtype} ({dtype} there")

@@ -640,17 +640,23 @@ def test_evaluate_bad_repo_revision_or_config(fake_hub, tiny_repo, tmp_path, mon
     assert "\n" not in str(err.value)
 
 
-def test_concentrate_push_from_the_command_line_keeps_the_token_out(fake_hub, tiny_repo, tmp_path):
+@pytest.mark.parametrize("form", ["--token VALUE", "--token=VALUE"])
+def test_concentrate_push_from_the_command_line_keeps_the_token_out(fake_hub, tiny_repo, tmp_path, form):
     out = tmp_path / "cli-set"
     env = _env(fake_hub, tmp_path, token=None)
+    repo_id = "alice/from-cli" + ("-equals" if "=" in form else "")
+    token_args = ["--token", TOKEN] if form == "--token VALUE" else [f"--token={TOKEN}"]
     args = ["concentrate", str(tiny_repo), "--method", "random", "--ipc", "2", "--out", str(out), "--no-eval"]
-    result = _run("-m", "dsco_hub", *args, "--push", "--repo-id", "alice/from-cli", "--token", TOKEN, env=env)
+    result = _run("-m", "dsco_hub", *args, "--push", "--repo-id", repo_id, *token_args, env=env)
     assert result.returncode == 0, result.stderr
-    assert "alice/from-cli" in result.stdout and TOKEN not in result.stdout + result.stderr
-    for name, content in [(n, fake_hub.read("alice/from-cli", n)) for n in fake_hub.files("alice/from-cli")]:
+    assert repo_id in result.stdout and TOKEN not in result.stdout + result.stderr
+    for name, content in [(n, fake_hub.read(repo_id, n)) for n in fake_hub.files(repo_id)]:
         assert TOKEN.encode() not in content, name
+    for path in out.rglob("*"):
+        assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
     recorded = json.loads((out / "dsco_config.json").read_text())
-    assert "--token REDACTED" in recorded["command"] and "token" not in recorded["push"]
+    masked = "--token REDACTED" if form == "--token VALUE" else "--token=REDACTED"
+    assert recorded["command"].endswith(f"--repo-id {repo_id} {masked}") and "token" not in recorded["push"]
 
 
 def test_concentrate_push_without_token_is_refused_before_any_work(fake_hub, tiny_repo, tmp_path, monkeypatch):
