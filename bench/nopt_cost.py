@@ -1,15 +1,16 @@
 """Benchmark: the cost of NOpt over plain guided DDIM sampling (wall time and peak memory).
 
     python bench/nopt_cost.py --model dsco_hub/resources/prior_fashion_mnist \
-        --source ../shared/data/fashion_mnist --ipc 10 --steps 25 100 --target-batch 0 128
+        --source ../shared/data/fashion_mnist --ipc 10 --steps 25 100 --target-batch 0 128 \
+        --out bench/results/nopt_cost.md
 
 For one class at a time, `--ipc` images are sampled in one batch, once plainly (`models.sample`)
 and once with NOpt (`nopt.nopt_sample`, default `NOptConfig`: window 0.5, 1 iteration per step,
 500 real targets) for each `--target-batch` (targets embedded per iteration, 0 = all 500), from
 the same seeds. Each measurement runs in a fresh process so its peak resident memory (`ru_maxrss`)
 is its own. Targets: NOpt at most 3x the wall time of plain sampling, and the same peak memory at
-25 and 100 steps (the gradient goes through one denoiser call per iteration). Writes
-`bench/results/nopt_cost.md`.
+25 and 100 steps (the gradient goes through one denoiser call per iteration). Writes `--out`
+(default `bench/results/nopt_cost.md`); the command it quotes names `--out`, so it writes that file again.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ from dsco_hub.models import load_prior, sample
 from dsco_hub.nopt import nopt_sample
 
 
+def nopt_config(lr: float | None, target_batch: int | None = None) -> NOptConfig:
+    """NOpt's default settings, but `lr` when given and the targets embedded per iteration (0 = all)."""
+    return NOptConfig(target_batch=target_batch, **({} if lr is None else {"lr": lr}))
+
+
 def measure(args: dict) -> dict:
     """One measurement in this process: seconds per class and peak RSS (MiB) for `args["mode"]`."""
     torch.set_num_threads(args["threads"])
     prior = load_prior(args["model"])
     source = load_source(SourceConfig(source=args["source"]))
-    cfg = NOptConfig(target_batch=args.get("target_batch", 0))
+    cfg = nopt_config(args.get("nopt_lr"), args.get("target_batch", 0))
     seconds = []
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for k in args["classes"]:
@@ -63,12 +69,14 @@ def main() -> None:
     parser.add_argument("--target-batch", type=int, nargs="+", default=[0], help="0 = all targets")
     parser.add_argument("--classes", type=int, nargs="+", default=[0, 5, 9])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt's step length (default: NOptConfig's)")
     parser.add_argument("--out", default="bench/results/nopt_cost.md")
     args = parser.parse_args()
     modes = [("plain", 0)] + [("nopt", b) for b in args.target_batch]
     jobs = [
         {"mode": mode, "target_batch": batch, "steps": steps, "ipc": ipc}
         | {"model": args.model, "source": args.source, "classes": args.classes, "threads": args.threads}
+        | {"nopt_lr": args.nopt_lr}
         for ipc in args.ipc
         for steps in args.steps
         for mode, batch in modes
@@ -88,10 +96,12 @@ def main() -> None:
         "",
         f"Command: `python bench/nopt_cost.py --model {args.model} --source {args.source} --ipc {ipcs} "
         f"--steps {steps_list} --target-batch {' '.join(map(str, batches))} "
-        f"--classes {' '.join(map(str, args.classes))} --threads {args.threads}`. Machine: {platform.machine()}, "
-        f"{args.threads} torch thread(s), torch {torch.__version__}, fp32.",
+        f"--classes {' '.join(map(str, args.classes))} --threads {args.threads}"
+        + (f" --nopt-lr {args.nopt_lr}" if args.nopt_lr is not None else "")
+        + f" --out {args.out}`. Machine: {platform.machine()}, {args.threads} torch thread(s), "
+        f"torch {torch.__version__}, fp32.",
         "",
-        f"Per class: IPC images in one batch, guidance 2.0; NOpt with the default settings ({NOptConfig()}) "
+        f"Per class: IPC images in one batch, guidance 2.0; NOpt settings {nopt_config(args.nopt_lr)} "
         "except the targets embedded per iteration (target batch; all = the 500 targets). Seconds are the mean "
         f"over classes {args.classes}; peak memory is the measuring process's peak resident set (model, source "
         "index and 500 targets included).",

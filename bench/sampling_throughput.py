@@ -1,9 +1,10 @@
 """Benchmark: sampling throughput of a diffusion prior with our guided DDIM sampler.
 
-    python bench/sampling_throughput.py --model dsco_hub/resources/prior_fashion_mnist --steps 25 --guidance 2
+    python bench/sampling_throughput.py --model dsco_hub/resources/prior_fashion_mnist --steps 25 --guidance 2.0 \
+        --batch-sizes 1 10 100 --images 100 --repeats 1 --threads 1 --out bench/results/sampling_throughput.md
 
-Reports images per second for a few batch sizes (best of `--repeats` timed runs after one warm-up)
-and writes `bench/results/sampling_throughput.md`.
+Reports images per second for a few batch sizes (best of `--repeats` timed runs after one warm-up, on `--threads`
+torch threads) and writes `--out`; the command it quotes names every option, so it writes that file again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, i.e. the cores)")
     parser.add_argument("--out", default="bench/results/sampling_throughput.md")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     prior = load_prior(args.model)
     rows = []
     for batch in args.batch_sizes:
@@ -48,8 +53,9 @@ def main() -> None:
         f"# Sampling throughput: `{args.model}` ({params:.2f} M parameters)",
         "",
         f"Command: `python bench/sampling_throughput.py --model {args.model} --steps {args.steps} "
-        f"--guidance {args.guidance}`. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, fp32.",
+        f"--guidance {args.guidance} --batch-sizes {' '.join(map(str, args.batch_sizes))} --images {args.images} "
+        f"--repeats {args.repeats} --threads {threads} --out {args.out}`. Machine: {platform.machine()}, "
+        f"{threads} torch threads, torch {torch.__version__}, fp32.",
         "",
         f"DDIM {args.steps} steps, classifier-free guidance {args.guidance} "
         f"({2 if args.guidance != 1 else 1} denoiser evaluations per step). Best of {args.repeats} runs.",
