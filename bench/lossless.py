@@ -1,7 +1,8 @@
 """Benchmark: lossless concentration, accuracy against data volume (doped DsCo and random real subsets).
 
     python bench/lossless.py --source ../shared/data/fashion_mnist --per-class 1000 \
-        --volumes 0.05 0.1 0.25 0.5 1.0 --doping-ratio 0.5 --train-steps 1000 --runs 2
+        --volumes 0.05 0.1 0.25 0.5 1.0 --doping-ratio 0.5 --train-steps 1000 --runs 2 \
+        --work runs/bench-lossless --results bench/results/lossless.jsonl --table bench/results/lossless.md
 
 The source is a seeded random subset of `--per-class` training images per class (the full test split is
 kept), saved with `save_to_disk`: the data volume of a set is `IPC / per_class`. At every volume two
@@ -9,9 +10,11 @@ sets are made with `dsco_hub.pipeline.concentrate`: a random real subset (`--met
 DsCo (`--method dsco --doping-ratio RHO`, herding doping); volume 1.0 of the random arm is the whole
 source (the "full" reference). Every student trains the same number of SGD steps (`--train-steps`,
 batch 256; epochs = steps / batches per epoch), so volumes differ only in data, not in training budget.
-Rows are appended to `bench/results/lossless.jsonl` (a rerun skips what is done) and the table
-`bench/results/lossless.md` reports the smallest volume at which doped DsCo matches the full source's
-accuracy within the full source's standard deviation, and within the two sets' combined one.
+Rows are appended to `--results` (a rerun skips what is done) and the table `--table` reports the smallest volume
+at which doped DsCo matches the full source's accuracy within the full source's standard deviation, and within the
+two sets' combined one. The table quotes the command with its `--work`, `--results` and `--table`, so running the
+quoted command writes that table again (another sweep needs its own three). `--nopt-target-batch` sets NOpt's
+targets per iteration in the doped sets (default: the product's, max(128, 10 n) for n synthetic images per class).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from dsco_hub import pipeline
-from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.doping import select_random
 
@@ -60,6 +63,12 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=1000, help="SGD steps of every student")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--nopt-target-batch",
+        type=int,
+        default=None,
+        help="NOpt targets per iteration, 0 = all (default: the product's)",
+    )
     parser.add_argument("--work", default="runs/bench-lossless")
     parser.add_argument("--results", default="bench/results/lossless.jsonl")
     parser.add_argument("--table", default="bench/results/lossless.md")
@@ -81,7 +90,10 @@ def main() -> None:
         started = time.time()
         # a set finished by an interrupted sweep is reused (a set made with other settings is refused: use another
         # --work); the evaluation of a set is not resumable, so a row is written only when both are done
-        extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model} if arm != "random" else {}
+        extra = {}
+        if arm != "random":
+            nopt = NOptConfig(target_batch=args.nopt_target_batch)
+            extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model, "nopt": nopt}
         made_set = pipeline.concentrate(
             ConcentrateConfig(
                 source=source, ipc=ipc, out=str(out), overwrite=False, evaluate=False, **{"method": "random", **extra}
@@ -123,7 +135,11 @@ def write_table(done: dict, args) -> None:
         "",
         f"Command: `python bench/lossless.py --source {args.source} --per-class {args.per_class} --volumes "
         f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio} --train-steps {args.train_steps} "
-        f"--runs {args.runs}`. Source: {args.per_class} training images per class (a seeded subset), the "
+        f"--runs {args.runs}"
+        + (f" --model {args.model}" if args.model else "")
+        + (f" --nopt-target-batch {args.nopt_target_batch}" if args.nopt_target_batch is not None else "")
+        + f" --work {args.work} --results {args.results} --table {args.table}`. Source: {args.per_class} training "
+        "images per class (a seeded subset), the "
         f"{test_images} test images; every student trains about {args.train_steps} SGD steps (batch 256).",
         "",
         "NOpt targets embedded per iteration in the doped sets (0 = all): "
