@@ -8,7 +8,8 @@ tested on the real test split; it then labels `--per-class` samples of each clas
 prior (DDIM, `--steps`, seeds (0, class, slot)) at each guidance scale. The figure is the fraction
 of samples it labels as the class they were conditioned on, with each class's most frequent wrong
 label. `--scheduler KEY=VALUE` overrides the prior's DDIM scheduler config for the whole run (e.g.
-`clip_sample=false`, `timestep_spacing=trailing`). Writes `bench/results/prior_quality.md`.
+`clip_sample=false`, `timestep_spacing=trailing`). Writes `--out` (default `bench/results/prior_quality.md`)
+and quotes it in the command it writes, so that command writes the same file again.
 """
 
 from __future__ import annotations
@@ -111,14 +112,15 @@ def main() -> None:
         help="folder holding the trained classifier (safetensors + its real test accuracy); reused when it "
         "matches --source and --epochs",
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, i.e. the cores)")
     parser.add_argument("--out", default="bench/results/prior_quality.md")
     parser.add_argument(
         "--scheduler", nargs="*", default=[], metavar="KEY=VALUE", help="DDIM scheduler config overrides (JSON values)"
     )
     args = parser.parse_args()
     overrides = scheduler_overrides(parser, args)  # before any work
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     source = load_source(SourceConfig(source=args.source))
     test = load_test_source(SourceConfig(source=args.source), source.class_names)
@@ -155,7 +157,10 @@ def main() -> None:
         "",
         f"Command: `python bench/prior_quality.py --model {args.model} --source {args.source} "
         f"--guidance {' '.join(map(str, args.guidance))} --steps {args.steps} --per-class {args.per_class} "
-        f"--epochs {args.epochs}" + (f" --scheduler {' '.join(args.scheduler)}" if args.scheduler else "") + "`",
+        f"--epochs {args.epochs}"
+        + (f" --threads {args.threads}" if args.threads is not None else "")
+        + (f" --scheduler {' '.join(args.scheduler)}" if args.scheduler else "")
+        + f" --out {args.out}`",
         "",
         f"Classifier: ConvNet-3 trained {args.epochs} epochs on the {len(source.labels)} real training images, "
         f"{100 * real_acc:.1f} % on the {len(test.labels)} real test images ({classifier_seconds:.0f} s).",
