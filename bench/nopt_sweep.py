@@ -16,7 +16,8 @@ names as labels), then measured with proxies that need no training:
   as real data), averaged over classes;
 
 and by the evaluation protocol (ConvNet-3, hard labels, 300 epochs, `--runs` students). Rows are appended to
-`bench/results/nopt_sweep.jsonl`; `bench/results/nopt_sweep.md` is rewritten from it.
+`--results` (default `bench/results/nopt_sweep.jsonl`); the table beside it (`.md`) is rewritten from it, and
+`--table-only` rewrites only the table. The table quotes the call that made each row.
 """
 
 from __future__ import annotations
@@ -66,25 +67,50 @@ def proxies(folder: Path, source: SourceConfig, classifier: str) -> dict:
     }
 
 
-def write_table(rows: list[dict], path: Path) -> None:
-    """The markdown table of every row, grouped by IPC."""
+# Figures quoted beside the sweep, each naming where it comes from (they are not rows of the sweep's results file).
+REFERENCES = (
+    "References with lr 0.1, from `bench/results/baselines.md` (3 runs; rows named there): plain sampling 73.3 (IPC "
+    "10) and 81.4 (IPC 50), row `dsco-hub diffusion (prior 572c2ad7dd07)`; DsCo 77.0 (IPC 10), row `dsco-hub dsco "
+    "(prior 572c2ad7dd07, NOpt lr 0.1, target batch all)`, and 76.8 (IPC 10, 128 targets per iteration) and 79.1 (IPC"
+    " 50), row `dsco-hub dsco (prior 572c2ad7dd07, NOpt lr 0.1)`; data-free DsCo at IPC 1 with the old pool of 4 "
+    "samples per class 53.6, row `dsco-hub dsco-datafree (prior 572c2ad7dd07, NOpt lr 0.1, pool 4n)`. The same "
+    "proxies for those sets (fidelity, saturated, MMD^2, spread) were typed in by hand at 3dbadca (2026-11-22) and "
+    "are kept in no results file, so no command repeats them: plain IPC 10 99.0, 0.060, 0.383, 0.885; DsCo lr 0.1 IPC"
+    " 10 95.0, 0.107, 0.217, 0.962; plain IPC 50 97.0, 0.063, 0.139, 0.933; DsCo lr 0.1 IPC 50 87.4, 0.132, 0.082, "
+    "1.049. Real test images: saturated 0.013."
+)
+
+
+def row_command(row: dict) -> str:
+    """The call that makes `row` again: NOpt's step length and target batch pinned to the values the row used.
+
+    Rows record the settings they were given; the rest were the defaults of the day: NOpt's `lr` (`default_lr`) and,
+    before 2026-12-03, all targets per iteration (today max(128, 10 n)), so both are pinned in the command.
+    """
+    nopt = {"lr": row["default_lr"], "target_batch": 0, **row["nopt"]}
+    config = f" --config '{json.dumps(row['config'])}'" if row["config"] else ""
+    return (
+        f"python bench/nopt_sweep.py {row['name']} --ipc {row['ipc']} --runs {row['runs']} "
+        f"--nopt '{json.dumps(nopt)}'{config}"
+    )
+
+
+def write_table(rows: list[dict], path: Path, results: Path) -> None:
+    """The markdown table of every row, grouped by IPC, then the call that made each row."""
+    rows = sorted(rows, key=lambda r: (r["ipc"], r["name"]))
     lines = [
         "# NOpt settings sweep (Fashion-MNIST, shipped prior, DDIM 25 steps, guidance 2)",
         "",
-        "Command: `python bench/nopt_sweep.py NAME --ipc N --runs R --nopt JSON --config JSON` (one row per call; "
-        "see its docstring for the proxies). Accuracy: ConvNet-3, hard labels, 300 epochs, mean ± std over the "
-        "runs given. Settings not listed are the defaults; `lr` is always listed (its default moved from 0.1 to "
-        "0.05 with this sweep). References with lr 0.1 (3 runs, `bench/results/baselines.md`): plain sampling 73.3 "
-        "(IPC 10) and 81.4 (IPC 50); DsCo 77.0 (IPC 10; 76.8 with target batch 128) and 79.1 (IPC 50); data-free "
-        "DsCo at IPC 1 with the old pool of 4 samples per class 53.6. The same proxies for those sets (fidelity, "
-        "saturated, MMD^2, spread): plain IPC 10 99.0, 0.060, 0.383, 0.885; DsCo lr 0.1 IPC 10 95.0, 0.107, 0.217, "
-        "0.962; plain IPC 50 97.0, 0.063, 0.139, 0.933; DsCo lr 0.1 IPC 50 87.4, 0.132, 0.082, 1.049. Real test "
-        "images: saturated 0.013.",
+        f"Command: `python bench/nopt_sweep.py --table-only --results {results}` (rewrites this table from "
+        f"`{results}`; each row is made by one call, listed below the table; see the script's docstring for the "
+        "proxies). Accuracy: ConvNet-3, hard labels, 300 epochs, mean ± std over the runs given. Settings not "
+        "listed are the defaults of the day; `lr` is always listed (its default moved from 0.1 to 0.05 with this "
+        "sweep). " + REFERENCES,
         "",
         "| IPC | row | settings | fidelity % | saturated | MMD^2 | spread | accuracy % (runs) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in sorted(rows, key=lambda r: (r["ipc"], r["name"])):
+    for row in rows:
         given = {"lr": row["default_lr"], **row["nopt"], **row["config"]}
         settings = ", ".join(f"{k} {v}" for k, v in given.items())
         lines.append(
@@ -92,12 +118,14 @@ def write_table(rows: list[dict], path: Path) -> None:
             f"{row['mmd2']} | {row['spread'] or '—'} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} "
             f"({row['runs']}) |"
         )
+    lines += ["", "Rows, one call each (NOpt's step length and target batch pinned to what the row used):", ""]
+    lines += [f"    {row_command(row)}" for row in rows]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="row name (also the set's folder under --work)")
+    parser.add_argument("name", nargs="?", help="row name (also the set's folder under --work)")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--nopt", default="{}", help="NOptConfig overrides as JSON, e.g. '{\"lr\": 0.05}'")
@@ -108,8 +136,17 @@ def main() -> None:
     parser.add_argument("--classifier", default="runs/fidelity-convnet3", help="bench/prior_quality.py's cache")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work", default="runs/nopt-sweep")
-    parser.add_argument("--results", default="bench/results/nopt_sweep.jsonl")
+    parser.add_argument("--results", default="bench/results/nopt_sweep.jsonl", help="rows; the table is its .md")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from --results")
     args = parser.parse_args()
+    results = Path(args.results)
+    if args.table_only:
+        write_table(
+            [json.loads(line) for line in results.read_text().splitlines()], results.with_suffix(".md"), results
+        )
+        return
+    if args.name is None:
+        parser.error("NAME is required (the row's name), unless --table-only")
     try:
         nopt, overrides = json.loads(args.nopt), json.loads(args.config)
     except json.JSONDecodeError as err:
@@ -153,10 +190,9 @@ def main() -> None:
         "make_seconds": round(made),
         "eval_seconds": round(time.time() - started - made),
     }
-    results = Path(args.results)
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    write_table([json.loads(line) for line in results.read_text().splitlines()], results.with_suffix(".md"))
+    write_table([json.loads(line) for line in results.read_text().splitlines()], results.with_suffix(".md"), results)
     print(json.dumps(row))
 
 
