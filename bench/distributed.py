@@ -10,7 +10,7 @@ that larger source shows how peak memory follows the source size (it should not:
 and so does a `--streaming` run of it (which reads only the first rows of each class it needs).
 Appends the `--dry-run` plan of `imagenet-1k --ipc 50 --steps 50`, and the plans of `imagewoof --ipc 100 --steps 50`
 (plain sampling and DsCo) beside the synthesis cost MinimaxDiffusion reports for the same subset and IPC.
-Writes `bench/results/distributed.md`.
+Writes `--out` (default `bench/results/distributed.md`) and quotes it in the command it writes.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> None:
         f"Command: `python bench/distributed.py --ipc {args.ipc} --steps {args.steps} "
         f"--nopt-targets {args.nopt_targets}"
         + (f" --large-source {args.large_source}" if args.large_source else "")
-        + f"`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        + f" --out {os.path.relpath(args.out, ROOT)}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"load average {load:.1f} at the end (this benchmark's own processes included), torch {torch.__version__}, "
         "OMP_NUM_THREADS=1 per process.",
         "",

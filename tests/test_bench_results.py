@@ -1,0 +1,140 @@
+"""Every benchmark results file names the command that writes it, and that command runs as written.
+
+A file in `bench/results/*.md` starts with its title, then either
+
+- `Command: `python bench/SCRIPT.py ...``: the one command that writes the file whole. SCRIPT exists, its argument
+  parser accepts every option and value of the command, the command writes this very file (its `--out`, `--table`,
+  or the `.md` beside its `--results`), and a `--results` file it reads from is committed beside it; or
+- `Assembled by hand ...` followed by the commands (indented lines) of the runs it gathers, for files no script
+  writes: each command's options exist.
+
+Every other indented command in a results file (e.g. the call behind each row of `nopt_sweep.md`) is checked the
+same way. Nothing is run: the scripts' parsers are captured when their `main()` asks for the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = sorted((ROOT / "bench" / "results").glob("*.md"))
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+INDENTED_COMMAND = re.compile(r"^    ((?:[A-Z_][A-Z0-9_]*=\S+ )*(?:python bench/|dsco-hub ).*)$", re.M)
+
+
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__("parser captured")
+        self.parser = parser
+
+
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def script_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The `argparse` parser `bench/SCRIPT.py`'s `main()` builds, captured when it parses (nothing else runs)."""
+    if script not in _PARSERS:
+        path = ROOT / script
+        assert path.is_file(), f"{script} does not exist"
+        spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+        def capture(self, *args, **kwargs):
+            raise _Captured(self)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(argparse.ArgumentParser, "parse_args", capture)
+            with pytest.raises(_Captured) as captured:
+                module.main()
+        _PARSERS[script] = captured.value.parser
+    return _PARSERS[script]
+
+
+def cli_options(subcommand: str) -> set[str]:
+    """The options `dsco-hub SUBCOMMAND` accepts."""
+    import typer
+
+    from dsco_hub.cli import app
+
+    group = typer.main.get_command(app)
+    assert subcommand in group.commands, f"dsco-hub has no command {subcommand!r}"
+    return {o for p in group.commands[subcommand].params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+
+
+def parse(command: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace | None:
+    """Check `command`'s options against its parser; the parsed arguments of a bench script (None for dsco-hub)."""
+    argv = shlex.split(command)
+    while argv and ENV_ASSIGNMENT.match(argv[0]):  # OMP_NUM_THREADS=1 ...
+        argv.pop(0)
+    if argv[:1] == ["dsco-hub"]:
+        options = cli_options(argv[1])
+        used = {arg.split("=", 1)[0] for arg in argv[2:] if arg.startswith("--")}
+        assert used <= options, f"dsco-hub {argv[1]} has no option {sorted(used - options)}: {command}"
+        return None
+    assert argv[:1] == ["python"] and argv[1].startswith("bench/"), f"not a bench script or dsco-hub: {command}"
+    parser = script_parser(argv[1], monkeypatch)
+    try:
+        return parser.parse_args(argv[2:])
+    except SystemExit:
+        pytest.fail(f"{argv[1]} refuses the arguments of: {command}")
+
+
+def header(text: str) -> tuple[str, list[str]]:
+    """`("command", [command])` or `("by hand", [commands])` from the top of a results file."""
+    lines = text.splitlines()
+    assert lines[0].startswith("# "), "a results file starts with its title"
+    rest = "\n".join(lines[1:]).lstrip("\n")
+    if rest.startswith("Command: `"):
+        return "command", [rest[len("Command: `") : rest.index("`", len("Command: `"))]]
+    if rest.startswith("Assembled by hand"):
+        block = re.split(r"\n\S", rest.split("\n\n    ", 1)[1], maxsplit=1)[0]  # the first indented block
+        commands = [line.strip() for line in ("    " + block).splitlines() if line.strip()]
+        assert commands, "a file assembled by hand lists the commands of its runs"
+        return "by hand", commands
+    pytest.fail("after the title, a results file quotes its command (`Command: `...``) or says `Assembled by hand`")
+
+
+def test_every_results_file_is_checked():
+    assert len(RESULTS) >= 10 and all(path.suffix == ".md" for path in RESULTS)
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[path.name for path in RESULTS])
+def test_results_file_names_a_command_that_writes_it(path, monkeypatch):
+    text = path.read_text()
+    kind, commands = header(text)
+    relative = path.relative_to(ROOT)
+    for command in commands:
+        args = parse(command, monkeypatch)
+        if kind != "command":
+            continue
+        assert args is not None, f"{relative}: the command that writes a results file is a bench script"
+        results = getattr(args, "results", None)
+        written = {
+            getattr(args, "out", None),
+            getattr(args, "table", None),
+            str(Path(results).with_suffix(".md")) if results else None,
+        } - {None}
+        assert any((ROOT / str(w)).resolve() == path for w in written), (
+            f"{relative}: its command writes {sorted(map(str, written))}, not this file; quote --out/--table"
+        )
+        if results:
+            assert (ROOT / results).is_file(), f"{relative}: the raw results {results} are not committed"
+    for command in INDENTED_COMMAND.findall(text):  # the commands quoted further down (e.g. one per row)
+        parse(command, monkeypatch)
+
+
+def test_a_command_with_an_unknown_option_is_caught(monkeypatch):
+    """The check can fail: an option no parser knows, or a file the command does not write."""
+    with pytest.raises(pytest.fail.Exception, match="refuses the arguments"):
+        parse("python bench/sampling_throughput.py --steps 25 --best-of 3", monkeypatch)
+    with pytest.raises(AssertionError, match="has no option"):
+        parse("dsco-hub concentrate SOURCE --ipc 1 --nopt-magic 2", monkeypatch)
+    args = parse("python bench/nopt_cost.py --ipc 1", monkeypatch)
+    assert args.out == "bench/results/nopt_cost.md"  # the default: a command for nopt_cost_ipc1.md must say --out
