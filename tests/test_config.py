@@ -233,7 +233,8 @@ def test_to_dict_holds_everything_but_the_token():
 
 def test_prior_train_config_boundaries():
     PriorTrainConfig(max_steps=1, batch_size=1, label_dropout=0.0, channels=1, checkpoint_every=1).validate()
-    PriorTrainConfig(channels=3, resolution=16, mixed_precision="fp16").validate()  # 3 levels: multiples of 4
+    for precision in ("auto", "no", "bf16", "fp16"):
+        PriorTrainConfig(channels=3, resolution=16, mixed_precision=precision).validate()  # 3 levels: multiples of 4
     PriorTrainConfig(block_out_channels=(8,), norm_num_groups=8, resolution=7).validate()  # 1 level: any size
     refused = [
         (PriorTrainConfig(max_steps=0), "--max-steps=0 must be at least 1."),
@@ -253,6 +254,10 @@ def test_prior_train_config_boundaries():
         (
             PriorTrainConfig(resolution=3),
             "--resolution=3 must be a multiple of 4 for a 3-level UNet; e.g. --resolution 4.",
+        ),
+        (
+            PriorTrainConfig(block_out_channels=(16, 16, 16, 16), resolution=12),
+            "--resolution=12 must be a multiple of 8 for a 4-level UNet; e.g. --resolution 8.",
         ),
         (
             PriorTrainConfig(mixed_precision="fp8"),
@@ -292,6 +297,7 @@ def test_option_names_of_settings_keys():
     assert option_name("eval.epochs") == "--epochs" and option_name("source.image_column") == "--image-column"
     assert option_name("source.source") == "SOURCE" and option_name("evaluate") == "--eval/--no-eval"
     assert option_name("nopt.kernel") == "--kernel" and option_name("eval.lr") == "--eval-lr"
+    assert option_name("source.a.b_c") == "--a-b-c"  # only the first part is dropped
 
 
 def test_first_difference_counts_a_missing_setting_as_its_default():
@@ -300,6 +306,7 @@ def test_first_difference_counts_a_missing_setting_as_its_default():
     older = {k: v for k, v in now.items() if k != "nopt.window"}  # saved by a version without that option
     assert first_difference(older, now) is None
     assert first_difference(older, {**now, "nopt.window": 0.25}) == ("--nopt-window", 0.5, 0.25)
+    assert first_difference(now, older) is None  # missing on either side
     saved = {**now, "ipc": 2, "steps": 30}
     assert first_difference(saved, now) == ("--ipc", 2, 3)  # the first in sorted order
     assert first_difference({**now, "source.classes": ["a"]}, now) == ("--classes", ["a"], None)
