@@ -128,9 +128,9 @@ def train_feature_snapshots(
     """Train a ConvNet-3 classifier on real images and keep its trunk after each epoch (snapshots).
 
     The feature maps of improved distribution matching (Zhao et al., "Improved Distribution Matching for Dataset
-    Condensation", CVPR 2023): instead of random networks only, networks at several stages of training on the real
-    data, whose features separate the classes. SGD with momentum 0.9, weight decay 5e-4, cosine learning rate, a
-    seeded batch order; no augmentation.
+    Condensation", CVPR 2023, arXiv 2307.09742): instead of random networks only, networks at several stages of
+    training on the real data, whose features separate the classes. SGD with momentum 0.9, weight decay 5e-4,
+    cosine learning rate, a seeded batch order; no augmentation.
 
     Args:
         images (`torch.Tensor`): `(N, C, H, W)` float in the denoiser's space (e.g. `[-1, 1]` pixels).
