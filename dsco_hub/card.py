@@ -226,6 +226,7 @@ def render_dataset_card(
             "weight_decay": f"{protocol.get('weight_decay', 5e-4):g}",
             "batch_size": protocol.get("batch_size", 256),
             "augmentation": augmentation if protocol.get("augment", True) else "no augmentation",
+            "labels": labels_text(protocol),
             "test_dataset": evaluation["test"]["dataset"],
             "test_split": evaluation["test"]["split"],
             "test_images": evaluation["test"]["num_images"],
@@ -312,6 +313,28 @@ EVAL_BEGIN = "<!-- dsco-hub eval -->"
 EVAL_END = "<!-- /dsco-hub eval -->"
 
 
+def labels_text(protocol: dict) -> str:
+    """The students' labels as a card states them: "hard labels", or the soft labels of a named teacher.
+
+    Args:
+        protocol (`dict`): an `eval.protocol` block; one without `labels` (older cards) had hard labels.
+
+    Returns:
+        `str`: e.g. "soft labels of the teacher `fmnist-teacher` (ConvNet-3, config 1a2b3c4d5e6f, 88.10 % test
+        accuracy), temperature 4".
+    """
+    if protocol.get("labels", "hard") != "soft":
+        return "hard labels"
+    teacher = protocol.get("teacher") or {}
+    model = {"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}.get(teacher.get("model"), teacher.get("model"))
+    accuracy = teacher.get("test_accuracy")
+    shown = f", {accuracy * 100:.2f} % test accuracy" if accuracy is not None else ""
+    return (
+        f"soft labels of the teacher `{teacher.get('name')}` ({model}, config {teacher.get('digest')}{shown}), "
+        f"temperature {protocol.get('temperature', 4.0):g}"
+    )
+
+
 def eval_section(blocks: dict[str, dict]) -> str:
     """A marked Markdown section with the `eval` results of each config, for cards dsco-hub did not render.
 
@@ -332,8 +355,10 @@ def eval_section(blocks: dict[str, dict]) -> str:
             continue
         result = evaluation["result"]
         test = evaluation["test"]
+        soft = evaluation["protocol"].get("labels") == "soft"
+        student = f"{result['model']}, {labels_text(evaluation['protocol'])}" if soft else result["model"]
         lines.append(
-            f"| `{name}` | `{test['dataset']}` [`{test['split']}`] | {result['model']} | "
+            f"| `{name}` | `{test['dataset']}` [`{test['split']}`] | {student} | "
             f"{result['epochs']} × {result['runs']} | {_format_result(result)} | "
             f"{_format_result(evaluation.get('baseline_random')) or '-'} | `{(evaluation.get('commit') or '-')[:8]}` |"
         )

@@ -16,7 +16,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, NOptConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.config import (
+    ConcentrateConfig,
+    EvalConfig,
+    HubConfig,
+    NOptConfig,
+    PriorTrainConfig,
+    SourceConfig,
+    TeacherConfig,
+)
 from dsco_hub.errors import ConfigError, DscoError
 from dsco_hub.results import EXIT_GATE_FAILED, Gates, append_step_summary, document
 from dsco_hub.results import write as write_results
@@ -31,6 +39,8 @@ app = typer.Typer(
 )
 prior_app = typer.Typer(help="Class-conditional diffusion priors.", no_args_is_help=True)
 app.add_typer(prior_app, name="prior")
+teacher_app = typer.Typer(help="Teacher networks of the soft-label evaluation.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
 err_console = Console(stderr=True)
 
 # Shared options, defined once
@@ -55,6 +65,12 @@ EvalModelOpt = Annotated[
 ]
 BaselineOpt = Annotated[bool, typer.Option(help="Also evaluate a random real subset of the same IPC.")]
 EvalSeedOpt = Annotated[int, typer.Option(help="Seed of the students' initialisation and augmentation.")]
+TeacherOpt = Annotated[
+    Optional[str], typer.Option(help="--eval-labels soft: a folder written by `dsco-hub teacher train`.")
+]
+TemperatureOpt = Annotated[
+    float, typer.Option(help="--eval-labels soft: softmax temperature T (loss scaled by T^2; RDED uses 4).")
+]
 JsonOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -216,6 +232,11 @@ def concentrate(
     eval_model: EvalModelOpt = "auto",
     baseline: BaselineOpt = True,
     eval_seed: EvalSeedOpt = 0,
+    eval_labels: Annotated[
+        str, typer.Option("--eval-labels", help="hard (the set's labels) or soft (a teacher's, with --teacher).")
+    ] = "hard",
+    teacher: TeacherOpt = None,
+    temperature: TemperatureOpt = 4.0,
     json_path: JsonOpt = None,
     fail_under: FailUnderOpt = None,
     fail_below_baseline: FailBelowBaselineOpt = None,
@@ -291,7 +312,16 @@ def concentrate(
         overwrite=overwrite,
         evaluate=not no_eval,
         test_dataset=test_dataset,
-        eval=EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed),
+        eval=EvalConfig(
+            model=eval_model,
+            runs=runs,
+            epochs=epochs,
+            baseline=baseline,
+            seed=eval_seed,
+            labels=eval_labels,
+            teacher=teacher,
+            temperature=temperature,
+        ),
         push=HubConfig(repo_id=repo_id, private=private, token=token, endpoint=endpoint) if push else None,
     )
     if classes is not None:
@@ -404,6 +434,14 @@ def evaluate(
     eval_model: EvalModelOpt = "auto",
     baseline: BaselineOpt = True,
     eval_seed: EvalSeedOpt = 0,
+    eval_labels: Annotated[
+        str,
+        typer.Option(
+            "--labels", "--eval-labels", help="hard (the set's labels) or soft (a teacher's, with --teacher)."
+        ),
+    ] = "hard",
+    teacher: TeacherOpt = None,
+    temperature: TemperatureOpt = 4.0,
     update_card: Annotated[
         bool, typer.Option(help="Write the results into the set's card (on the Hub: a commit, or a PR).")
     ] = False,
@@ -438,7 +476,16 @@ def evaluate(
     if (create_pr or commit_message) and not update_card:
         raise ConfigError("--create-pr and --commit-message apply to the card update; add --update-card.")
     test = SourceConfig(source=test_dataset, config_name=config, revision=revision, test_split=test_split)
-    cfg = EvalConfig(model=eval_model, runs=runs, epochs=epochs, baseline=baseline, seed=eval_seed)
+    cfg = EvalConfig(
+        model=eval_model,
+        runs=runs,
+        epochs=epochs,
+        baseline=baseline,
+        seed=eval_seed,
+        labels=eval_labels,
+        teacher=teacher,
+        temperature=temperature,
+    )
     gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
     hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
@@ -569,6 +616,39 @@ def prior_train(
     )
     path = train_prior(cfg)
     Console().print(f"prior saved to [bold]{path}[/bold]")
+
+
+@teacher_app.command("train")
+def teacher_train(
+    source: SourceArg = None,
+    out: Annotated[str, typer.Option(help="Output folder (weights, teacher_config.json, card).")] = "teacher-out",
+    config: ConfigOpt = None,
+    split: SplitOpt = "train",
+    revision: RevisionOpt = None,
+    image_column: ImageColOpt = None,
+    label_column: LabelColOpt = None,
+    test_split: TestSplitOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs (learning rate / 10 from epochs // 2).")] = 30,
+    max_images: Annotated[
+        Optional[int], typer.Option(help="Train on a seeded random subset of this many images (default: all).")
+    ] = None,
+    eval_model: EvalModelOpt = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, subset, order and augmentation.")] = 0,
+):
+    """Train the teacher of `evaluate --labels soft` on SOURCE's training split (the students' network); a rerun
+    resumes."""
+    from dsco_hub.teacher import train_teacher
+
+    cfg = TeacherConfig(
+        source=_source(source, config, split, revision, image_column, label_column, test_split),
+        out=out,
+        model=eval_model,
+        epochs=epochs,
+        max_images=max_images,
+        seed=seed,
+    )
+    path = train_teacher(cfg, command=_command_line(), report=err_console.print)
+    Console().print(f"teacher saved to [bold]{path}[/bold]")
 
 
 class Interrupted(BaseException):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dsco_hub.errors import ConfigError
@@ -23,6 +25,8 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNELS = ("gaussian", "linear")
 NOPT_FEATURES = ("random", "ensemble", "trained")  # NOpt feature spaces (`NOptConfig.features`)
 EVAL_MODELS = ("auto", "convnet3", "resnet18")
+EVAL_LABELS = ("hard", "soft")  # the students' targets: the set's labels, or a teacher's soft labels
+TEACHER_CONFIG = "teacher_config.json"  # the file that makes a folder a dsco-hub teacher (`dsco-hub teacher train`)
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -82,11 +86,40 @@ class EvalConfig:
     flip: bool | None = None  # horizontal flip; None = on for RGB, off for grayscale (digits, scans)
     baseline: bool = True  # also evaluate a random real subset of the same IPC
     seed: int = 0  # seed of the students' initialisation and of the augmentation
+    # "hard" = cross-entropy on the set's labels (DC/DSA); "soft" = KL divergence to a teacher's temperature-softened
+    # predictions on each augmented batch (SRe2L, RDED): the ImageNet-scale protocol, not comparable with "hard"
+    labels: str = "hard"
+    teacher: str | None = None  # labels="soft": folder written by `dsco-hub teacher train`
+    # labels="soft": softmax temperature T of student and teacher, the loss scaled by T^2 (Hinton et al. 2015);
+    # 4 as RDED's evaluation code with mixup (its argument.py: 4 with mixup, 20 with cutmix, as SRe2L's -T 20 with
+    # cutmix); the students here see no mixed images, only DSA's single transformations
+    temperature: float = 4.0
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
         _check(
             self.model in EVAL_MODELS, f"--eval-model={self.model!r} is unknown; use one of {', '.join(EVAL_MODELS)}."
+        )
+        _check(
+            self.labels in EVAL_LABELS,
+            f"--eval-labels={self.labels!r} is unknown; use hard (the set's labels) or soft (with --teacher DIR).",
+        )
+        _check(
+            self.labels == "hard" or self.teacher is not None,
+            "--eval-labels=soft needs a teacher: pass --teacher DIR (a folder written by `dsco-hub teacher train`).",
+        )
+        _check(
+            self.labels == "soft" or self.teacher is None,
+            f"--teacher={self.teacher!r} is only used with soft labels: add --eval-labels soft, or drop --teacher.",
+        )
+        _check(
+            self.teacher is None or (Path(self.teacher).expanduser() / TEACHER_CONFIG).is_file(),
+            f"--teacher={self.teacher!r} is not a teacher folder (no {TEACHER_CONFIG}); pass a folder written by "
+            "`dsco-hub teacher train SOURCE --out DIR`.",
+        )
+        _check(
+            self.temperature > 0 and math.isfinite(self.temperature),
+            f"--temperature={self.temperature} must be a positive number; RDED uses 4 (with mixup).",
         )
         _check(self.runs >= 1, f"--runs={self.runs} must be at least 1; pass --runs 3 for the standard protocol.")
         _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1; the protocol uses --epochs 300.")
@@ -367,6 +400,48 @@ class ConcentrateConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """`dsco-hub teacher train`: the teacher network of the soft-label evaluation (`EvalConfig.labels == "soft"`).
+
+    The network is the student the evaluation's rule chooses, trained with the students' SGD settings and
+    augmentation (the defaults of `EvalConfig`) on the source's training split; saved with `teacher_config.json`.
+    """
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    out: str = "teacher-out"  # output folder: model.safetensors, teacher_config.json, README.md (model card)
+    model: str = "auto"  # "auto" = ConvNet-3 up to 64 px, ResNet-18 above (the students' rule)
+    epochs: int = 30  # passes over the training images; the learning rate is divided by 10 from epochs // 2
+    # train on a seeded random subset of this many images (None = the whole split): one CPU thread trains
+    # ConvNet-3 on about 10,000 Fashion-MNIST images a minute
+    max_images: int | None = None
+    seed: int = 0  # seed of the initialisation, the subset, the order and the augmentation
+    lr: float = 0.01  # SGD learning rate (the students'), divided by 10 at half of the epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augment: bool = True  # DSA-style augmentation, as the students
+    flip: bool | None = None  # horizontal flips; None = on for RGB, off for grayscale
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option."""
+        _check(
+            self.model in EVAL_MODELS, f"--eval-model={self.model!r} is unknown; use one of {', '.join(EVAL_MODELS)}."
+        )
+        _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1; e.g. --epochs 30.")
+        _check(
+            self.max_images is None or self.max_images >= 1,
+            f"--max-images={self.max_images} must be at least 1; omit it to train on the whole split.",
+        )
+        _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
+        _check(self.lr > 0, f"--lr={self.lr} must be positive; the students use 0.01.")
+        _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-serialisable data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class PriorTrainConfig:
     """`dsco-hub prior train`: a class-conditional pixel-space `UNet2DModel` trained as a DDPM.
 
@@ -463,6 +538,7 @@ _OPTION_NAMES = {
     "eval.seed": "--eval-seed",
     "eval.batch_size": "--eval-batch-size",
     "eval.lr": "--eval-lr",
+    "eval.labels": "--eval-labels",
     "nopt.kernel": "--kernel",
 }
 

@@ -377,6 +377,138 @@ def _check_inputs(
         )
 
 
+def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge-distillation loss on soft labels: `T^2 KL(softmax(t / T) || softmax(s / T))`, batch mean.
+
+    Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network" (arXiv 1503.02531): the student
+    matches the teacher's temperature-softened distribution, and the `T^2` factor keeps the gradient's scale
+    independent of `T`. This is the loss SRe2L (Yin et al., NeurIPS 2023, arXiv 2306.13092) and RDED (Sun et al.,
+    CVPR 2024, arXiv 2312.03526) evaluate their sets with, on the teacher's logits of each augmented batch. Its
+    gradient in the student's logits is `T (softmax(s / T) - softmax(t / T)) / B`: with `T = 1` and a teacher whose
+    softmax is exactly one-hot, the gradient of cross-entropy on the hard labels.
+
+    Args:
+        student_logits (`torch.Tensor`): `(batch_size, num_classes)` float logits of the student.
+        teacher_logits (`torch.Tensor`): `(batch_size, num_classes)` float logits of the teacher (no gradient).
+        temperature (`float`): `T > 0`.
+
+    Returns:
+        `torch.Tensor`: a scalar, >= 0 (0 when the two distributions are equal).
+    """
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)  # (B, K)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)  # (B, K)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    generator: torch.Generator,
+    batch_size: int,
+    augment: bool,
+    flip: bool,
+    precision: str,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+) -> None:
+    """One epoch of the protocol's training: a seeded reshuffle, DSA augmentation, one SGD step per batch.
+
+    The epoch's randomness (order, then each batch's augmentation draws, in batch order) is drawn on the CPU from
+    `generator` and moved to the model's device at once. Without a teacher the loss is cross-entropy on `y_train`;
+    with one it is `soft_label_loss` on the teacher's logits of the same augmented batch (`y_train` unused).
+
+    Args:
+        model (`nn.Module`): the network, in training mode, on the device of `x_train`.
+        optimizer (`torch.optim.Optimizer`): its optimizer (the learning rate is the caller's).
+        x_train (`torch.Tensor`): `(N, C, H, W)` uint8 in `[0, 255]`, or float in `[-1, 1]`.
+        y_train (`torch.Tensor`): `(N,)` int64 labels, on the same device.
+        generator (`torch.Generator`): CPU generator of the order and the augmentation.
+        batch_size (`int`): images per step.
+        augment (`bool`): DSA-style augmentation (`augment`).
+        flip (`bool`): include horizontal flips.
+        precision (`str`): "no" (float32) or an autocast precision (`distributed.eval_precision`).
+        teacher (`nn.Module`, *optional*): a trained network in eval mode on the same device; soft labels when given.
+        temperature (`float`, *optional*, defaults to 4.0): `T` of `soft_label_loss`.
+    """
+    device = x_train.device
+    order = torch.randperm(len(x_train), generator=generator)
+    starts = range(0, len(order), batch_size)
+    if augment:
+        draws = [augment_draws(len(order[start : start + batch_size]), generator, flip) for start in starts]
+        choices = torch.cat([choice for choice, _ in draws]).to(device)  # (N,)
+        uniforms = torch.cat([u for _, u in draws]).to(device)  # (N, 7)
+    order = order.to(device)
+    for start in starts:
+        stop = start + batch_size
+        idx = order[start:stop]
+        x = x_train[idx]  # (b, C, H, W)
+        if x.dtype == torch.uint8:
+            x = to_model_range(x)
+        if augment:
+            x = apply_augment(x, choices[start:stop], uniforms[start:stop])
+        with distributed.autocast(device, precision):
+            logits = model(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits.float(), y_train[idx])
+        else:
+            with torch.no_grad(), distributed.autocast(device, precision):
+                teacher_logits = teacher(x)  # (b, K)
+            loss = soft_label_loss(logits.float(), teacher_logits.float(), temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def test_accuracy(model: nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor, precision: str) -> float:
+    """Test accuracy of `model` (put in eval mode) on a test split, in batches of `TEST_BATCH_SIZE`.
+
+    Args:
+        model (`nn.Module`): the network, on its device.
+        test_images (`torch.Tensor`): `(M, C, H, W)` uint8 in `[0, 255]`, on any device.
+        test_labels (`torch.Tensor`): `(M,)` int64.
+        precision (`str`): "no" or an autocast precision.
+
+    Returns:
+        `float`: the fraction of images whose arg-max prediction is their label, in `[0, 1]`.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad():
+        for start in range(0, len(test_images), TEST_BATCH_SIZE):
+            x = to_model_range(test_images[start : start + TEST_BATCH_SIZE].to(device))  # (b, C, H', W')
+            with distributed.autocast(device, precision):
+                pred = model(x).argmax(dim=1)  # (b,)
+            correct += (pred == test_labels[start : start + TEST_BATCH_SIZE].to(device)).sum()
+    return int(correct) / len(test_images)
+
+
+def _ready_teacher(
+    cfg: EvalConfig, teacher: nn.Module | None, test_images: torch.Tensor, num_classes: int, device: torch.device
+) -> nn.Module | None:
+    """The teacher of `cfg.labels == "soft"` on `device` in eval mode (None for hard labels), checked on one image."""
+    if cfg.labels != "soft":
+        return None
+    if teacher is None:
+        raise ConfigError(
+            f"--eval-labels=soft needs a teacher network; pass teacher=dsco_hub.teacher.load_teacher({cfg.teacher!r})."
+        )
+    teacher = teacher.to(device).eval()
+    with torch.no_grad():
+        try:
+            outputs = teacher(to_model_range(test_images[:1].to(device))).shape[-1]  # (1, K')
+        except RuntimeError:
+            outputs = None
+    if outputs != num_classes:
+        raise ConfigError(
+            f"--teacher={cfg.teacher!r} does not fit the test images {tuple(test_images.shape[1:])} of "
+            f"{num_classes} classes; train a teacher on this source: dsco-hub teacher train SOURCE --out DIR."
+        )
+    return teacher
+
+
 def train_and_test(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -387,8 +519,9 @@ def train_and_test(
     run: int,
     progress: Callable[[int], Any] | None = None,
     device: torch.device | str | None = None,
+    teacher: nn.Module | None = None,
 ) -> float:
-    """Train one student from scratch on the training set (hard labels) and return its test accuracy.
+    """Train one student from scratch on the training set (hard or soft labels) and return its test accuracy.
 
     The student, batch order and augmentation of run `run` derive from `derive_seed(cfg.seed, "eval", run)`;
     the global torch RNG is left as it was. The student, the images and the augmentation live on `device`; the
@@ -407,17 +540,21 @@ def train_and_test(
         device (`torch.device` or `str`, *optional*): where the student trains; defaults to this process's device
             (`distributed.process_state().device`). bf16 autocast on CUDA devices with bf16, float32 elsewhere
             (`distributed.eval_precision`).
+        teacher (`nn.Module`, *optional*): with `cfg.labels == "soft"`, the network whose soft labels of each
+            augmented batch the student learns (`dsco_hub.teacher.load_teacher`); moved to `device`, in eval mode.
 
     Returns:
         `float`: test accuracy, a fraction in `[0, 1]`.
 
     Raises:
-        ConfigError: the inputs are unusable (see `evaluate_images`) or the student is unknown.
+        ConfigError: the inputs are unusable (see `evaluate_images`), the student is unknown, or soft labels are
+            asked without a teacher (or with one of another number of classes).
     """
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
     device = torch.device(device) if device is not None else distributed.process_state().device
     precision = distributed.eval_precision(device)
     channels, height, width = test_images.shape[1:]
+    teacher = _ready_teacher(cfg, teacher, test_images, num_classes, device)
     seed = derive_seed(cfg.seed, "eval", run)
 
     # Training set at the test resolution, on the device: uint8 (converted to [-1, 1] per batch), or float in
@@ -439,47 +576,30 @@ def train_and_test(
     generator = torch.Generator().manual_seed(seed)
     flip = cfg.flip if cfg.flip is not None else channels == 3
 
-    # Training: SGD with hard labels, lr / 10 from epoch epochs // 2
+    # Training: SGD on the hard labels (or the teacher's soft labels), lr / 10 from epoch epochs // 2
     model.train()
     for epoch in range(cfg.epochs):
         if epoch == cfg.epochs // 2 and epoch > 0:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr / 10
-        # The epoch's randomness, drawn in the batch-by-batch order, then moved to the device at once
-        order = torch.randperm(len(x_train), generator=generator)
-        starts = range(0, len(order), cfg.batch_size)
-        if cfg.augment:
-            draws = [augment_draws(len(order[start : start + cfg.batch_size]), generator, flip) for start in starts]
-            choices = torch.cat([choice for choice, _ in draws]).to(device)  # (N,)
-            uniforms = torch.cat([u for _, u in draws]).to(device)  # (N, 7)
-        order = order.to(device)
-        for start in starts:
-            stop = start + cfg.batch_size
-            idx = order[start:stop]
-            x = x_train[idx]  # (b, C, H, W)
-            if x.dtype == torch.uint8:
-                x = to_model_range(x)
-            if cfg.augment:
-                x = apply_augment(x, choices[start:stop], uniforms[start:stop])
-            with distributed.autocast(device, precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_epoch(
+            model,
+            optimizer,
+            x_train,
+            y_train,
+            generator,
+            cfg.batch_size,
+            cfg.augment,
+            flip,
+            precision,
+            teacher=teacher,
+            temperature=cfg.temperature,
+        )
         if progress is not None:
             progress(1)
 
     # Test: batches moved to the device one at a time; the count is read once
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    with torch.no_grad():
-        for start in range(0, len(test_images), TEST_BATCH_SIZE):
-            x = to_model_range(test_images[start : start + TEST_BATCH_SIZE].to(device))  # (b, C, H', W')
-            with distributed.autocast(device, precision):
-                pred = model(x).argmax(dim=1)  # (b,)
-            correct += (pred == test_labels[start : start + TEST_BATCH_SIZE].to(device)).sum()
-    return int(correct) / len(test_images)
+    return test_accuracy(model, test_images, test_labels, precision)
 
 
 def evaluate_images(
@@ -492,6 +612,7 @@ def evaluate_images(
     progress: Callable[[int], Any] | None = None,
     state: distributed.ProcessState | None = None,
     spread: bool = False,
+    teacher: nn.Module | None = None,
 ) -> EvalResult:
     """Run the evaluation protocol (`docs/method.md` §6): `cfg.runs` students trained from scratch, then tested.
 
@@ -509,13 +630,15 @@ def evaluate_images(
         spread (`bool`, *optional*, defaults to `False`): with several processes, train run `r` on process
             `r % world_size` and gather the accuracies on every process (a collective: every process must call
             this with the same inputs). Runs are seeded by their index, so the accuracies are those of one process.
+        teacher (`nn.Module`, *optional*): the teacher of `cfg.labels == "soft"` (`dsco_hub.teacher.load_teacher`).
 
     Returns:
         `EvalResult`: per-run accuracies (in run order), their mean and (population) std, and what was run.
 
     Raises:
         ConfigError: an option of `cfg` is out of range, a set is empty, a label is outside `[0, num_classes)`,
-            images are not uint8 `(N, C, H, W)`, or train and test channel counts differ.
+            images are not uint8 `(N, C, H, W)`, train and test channel counts differ, or soft labels are asked
+            without a teacher that fits the test images.
     """
     cfg.validate()
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
@@ -527,7 +650,16 @@ def evaluate_images(
         (
             run,
             train_and_test(
-                train_images, train_labels, test_images, test_labels, num_classes, cfg, run, progress, state.device
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+                num_classes,
+                cfg,
+                run,
+                progress,
+                state.device,
+                teacher,
             ),
         )
         for run in mine

@@ -36,6 +36,7 @@ from dsco_hub import (
     plan,
     presets,
     results,
+    teacher,
     writer,
 )
 from dsco_hub.config import (
@@ -545,11 +546,16 @@ def _evaluate(
     """Run the protocol on `train` and (when `baseline_source`) on a random real subset of the same IPC.
 
     Students train on this process's device (`distributed.process_state().device`). With `spread` (every process
-    of the launch calls this), each set's runs are shared among the processes and gathered on all of them.
+    of the launch calls this), each set's runs are shared among the processes and gathered on all of them. With
+    `cfg.labels == "soft"`, both sets' students learn the soft labels of the teacher in `cfg.teacher`, which must
+    have been trained on the test split's classes, channels and size.
     """
     state = distributed.process_state()
     channels, height, width = test.image_shape
     size = min(height, width)
+    soft = teacher.load_teacher(cfg.teacher) if cfg.labels == "soft" else None
+    if soft is not None:
+        soft.check(test.class_names, channels, (size, size))
     test_rows = np.flatnonzero(test.labels >= 0)  # with --classes, rows of other classes are labelled -1
     test_images = decode_images(test, test_rows, channels, size)
     test_labels = torch.from_numpy(test.labels[test_rows])
@@ -563,7 +569,7 @@ def _evaluate(
         )
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
-        "protocol": {**_protocol(cfg, channels, state.device)},
+        "protocol": {**_protocol(cfg, channels, state.device, soft)},
         "test": {"dataset": _shown(test.source_id), "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -581,14 +587,16 @@ def _evaluate(
             progress=lambda n, t=task: bar.advance(t, n),
             state=state,
             spread=spread,
+            teacher=soft.model if soft is not None else None,
         )
         bar.update(task, info=f"{result.mean * 100:.2f} ± {result.std * 100:.2f} %")
         block[key] = result.to_dict()
     return block
 
 
-def _protocol(cfg: EvalConfig, channels: int, device: torch.device) -> dict:
-    """The card's `eval.protocol`: the settings, and the device and precision the students trained with."""
+def _protocol(cfg: EvalConfig, channels: int, device: torch.device, soft: teacher.Teacher | None = None) -> dict:
+    """The card's `eval.protocol`: the settings, and the device and precision the students trained with; with soft
+    labels, the teacher (its folder's name and config digest, never a path) and the temperature."""
     flip = cfg.flip if cfg.flip is not None else channels == 3
     precision = distributed.eval_precision(device)
     return {
@@ -602,7 +610,8 @@ def _protocol(cfg: EvalConfig, channels: int, device: torch.device) -> dict:
         "augment": cfg.augment,
         "flip": flip,
         "seed": cfg.seed,
-        "labels": "hard",
+        "labels": cfg.labels,
+        **({"teacher": soft.describe(), "temperature": cfg.temperature} if soft is not None else {}),
         "device": distributed.describe_device(device),  # e.g. "cpu", "cuda (NVIDIA H200)"
         "precision": "float32" if precision == "no" else f"{precision} autocast",
     }
