@@ -263,6 +263,9 @@ def test_evaluate_with_soft_labels_records_the_teacher_and_validates(tiny_set, t
     assert protocol["teacher"]["name"] == "teacher"
     assert protocol["teacher"]["digest"] == teacher_module.teacher_digest(tiny_teacher)
     assert str(tmp_path) not in text and os.sep + "teacher" not in json.dumps(protocol["teacher"])
+    del doc["protocol"]["teacher"]  # a soft-label result must name its teacher
+    with pytest.raises(jsonschema.ValidationError, match="'teacher' is a required property"):
+        jsonschema.validate(doc, results.schema())
     card = (tiny_set / "README.md").read_text()
     assert "with soft labels of the teacher `teacher` (ConvNet-3, config " in card and "temperature 4" in card
     hard = dsco("evaluate", str(tiny_set), "--runs", "1", "--epochs", "2", "--json", "-", "--no-baseline")
