@@ -274,3 +274,17 @@ def test_evaluate_with_soft_labels_records_the_teacher_and_validates(tiny_set, t
     refused = dsco("evaluate", str(tiny_set), "--labels", "soft")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "--eval-labels=soft needs a teacher: pass --teacher DIR" in refused.stderr
+
+
+def test_concentrate_evaluates_with_soft_labels(tiny_repo, tiny_teacher, tmp_path):
+    made = dsco("concentrate", str(tiny_repo), "--method", "random", "--ipc", "1", "--runs", "1", "--epochs", "1",
+                "--eval-labels", "soft", "--teacher", str(tiny_teacher), "--temperature", "2", "--out",
+                str(tmp_path / "s"), "--json", "-")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(made.stdout)
+    jsonschema.validate(doc, results.schema())
+    assert (doc["protocol"]["labels"], doc["protocol"]["temperature"]) == ("soft", 2.0)
+    assert doc["protocol"]["teacher"]["digest"] == teacher_module.teacher_digest(tiny_teacher)
+    assert doc["baseline"] is not None  # the random-real baseline learns the same teacher's soft labels
+    card = (tmp_path / "s" / "README.md").read_text()
+    assert "soft labels of the teacher `teacher`" in card and "temperature 2" in card
