@@ -217,13 +217,19 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
         `Path`: the teacher folder.
 
     Raises:
-        ConfigError: an option is out of range, or `cfg.out` holds a teacher of other settings (the message names
-            the first differing option).
+        ConfigError: an option is out of range, `cfg.out` holds a teacher of other settings (the message names
+            the first differing option), or the command runs under a launcher with several processes.
         OutputError: `cfg.out` is refused by `files.check_out_path`, or holds files that are not a teacher.
         SourceError: the source, its split or its test split cannot be used.
     """
     cfg.validate()
     say = report or (lambda message: None)
+    state = distributed.process_state()
+    if state.world_size > 1:
+        raise ConfigError(
+            f"dsco-hub teacher train runs in one process, not {state.world_size}: launch it without torchrun or "
+            "accelerate launch (it trains on that process's device)."
+        )
     out = check_out_path(cfg.out, "--out", [cfg.source.source])
     settings = _settings(cfg)
     saved = _check_rerun(out, settings)
@@ -242,7 +248,6 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
         rows = np.sort(torch.randperm(len(rows), generator=generator)[: cfg.max_images].numpy())
     test_rows = np.flatnonzero(test.labels >= 0)  # with --classes, rows of other classes are labelled -1
     say(f"decoding {len(rows)} training and {len(test_rows)} test images at {size} px")
-    state = distributed.process_state()
     device = state.device
     x_train = decode_images(train, rows, channels, size).to(device)  # (N, C, S, S) uint8
     y_train = torch.from_numpy(train.labels[rows]).long().to(device)
