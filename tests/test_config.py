@@ -12,6 +12,7 @@ from dsco_hub.config import (
     NOptConfig,
     PriorTrainConfig,
     SourceConfig,
+    TeacherConfig,
     derive_seed,
     first_difference,
     option_name,
@@ -46,6 +47,53 @@ def test_eval_config_boundaries():
     _refused(EvalConfig(epochs=0), "--epochs=0 must be at least 1; the protocol uses --epochs 300.")
     _refused(EvalConfig(batch_size=0), "--eval-batch-size=0 must be at least 1.")
     _refused(EvalConfig(lr=0.0), "--eval-lr=0.0 must be positive; the protocol uses 0.01.")
+
+
+def test_soft_label_settings(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "teacher_config.json").write_text("{}")
+    EvalConfig(labels="soft", teacher=str(teacher), temperature=1e-9).validate()
+    _refused(
+        EvalConfig(labels="fuzzy"),
+        "--eval-labels='fuzzy' is unknown; use hard (the set's labels) or soft (with --teacher DIR).",
+    )
+    _refused(
+        EvalConfig(labels="soft"),
+        "--eval-labels=soft needs a teacher: pass --teacher DIR (a folder written by `dsco-hub teacher train`).",
+    )
+    _refused(
+        EvalConfig(teacher=str(teacher)),
+        f"--teacher={str(teacher)!r} is only used with soft labels: add --eval-labels soft, or drop --teacher.",
+    )
+    _refused(
+        EvalConfig(labels="soft", teacher=str(tmp_path)),
+        f"--teacher={str(tmp_path)!r} is not a teacher folder (no teacher_config.json); pass a folder written by "
+        "`dsco-hub teacher train SOURCE --out DIR`.",
+    )
+    for temperature in (0.0, float("inf"), float("nan")):
+        _refused(
+            EvalConfig(labels="soft", teacher=str(teacher), temperature=temperature),
+            f"--temperature={temperature} must be a positive number; RDED uses 4 (with mixup).",
+        )
+    assert (EvalConfig().labels, EvalConfig().teacher, EvalConfig().temperature) == ("hard", None, 4.0)
+
+
+def test_teacher_config_boundaries():
+    TeacherConfig(model="convnet3", epochs=1, max_images=1, seed=0, lr=1e-9, batch_size=1).validate()
+    TeacherConfig(model="resnet18", max_images=None).validate()
+    refused = [
+        (TeacherConfig(model="vit"), "--eval-model='vit' is unknown; use one of auto, convnet3, resnet18."),
+        (TeacherConfig(epochs=0), "--epochs=0 must be at least 1; e.g. --epochs 30."),
+        (TeacherConfig(max_images=0), "--max-images=0 must be at least 1; omit it to train on the whole split."),
+        (TeacherConfig(seed=-1), "--seed=-1 must be non-negative."),
+        (TeacherConfig(lr=0.0), "--lr=0.0 must be positive; the students use 0.01."),
+        (TeacherConfig(batch_size=0), "--batch-size=0 must be at least 1."),
+    ]
+    for config, message in refused:
+        _refused(config, message)
+    data = TeacherConfig(source=SourceConfig(source="x")).to_dict()
+    assert data["source"]["source"] == "x" and (data["epochs"], data["batch_size"], data["lr"]) == (30, 256, 0.01)
 
 
 def test_nopt_config_boundaries():
