@@ -134,8 +134,8 @@ def write_table(done: dict, digest: str, args) -> None:
     reference = _reference(digest)
     command = (
         f"python bench/quality.py --source {args.source} --ipcs {' '.join(map(str, ipcs))} --runs {args.runs} "
-        f"--epochs {args.epochs} --rows {' '.join(rows)}"
-    )
+        f"--epochs {args.epochs} --rows {' '.join(rows)} --results {args.results} --table {args.table}"
+    )  # its own --results and --table: the quoted command writes this table, not another sweep's
     lines = [
         "# DsCo's levers on Fashion-MNIST (ConvNet-3, hard labels)",
         "",
