@@ -75,7 +75,7 @@ def run(args) -> None:
                 ["hard"] if quoted_hard(method, ipc, args.runs, args.epochs, Path(BASELINES)) is None else []
             )
             for kind in labels:
-                if (method, ipc, kind) in done:
+                if (method, ipc, kind) in done or (method, ipc, kind) in finished(results):  # or another process's
                     continue
                 out = work / f"{method}-ipc{ipc}"
                 started = time.time()
@@ -165,11 +165,14 @@ def write_table(done: dict, args) -> None:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Hard-label rows quoted from the baselines benchmark:", ""] + [f"- {n}" for n in notes]
     lines += ["", "Teacher:", ""]
+    config = Path(args.teacher) / "teacher_config.json"
+    made_by = json.loads(config.read_text()).get("command") if config.is_file() else None
     for row in teachers.values():
         t = row["teacher"]
         lines.append(
             f"- `{t['name']}` (config {t['digest']}): {t['model']} trained {t['epochs']} epochs on {t['num_images']} "
-            f"images of `{t['source']}`, {t['test_accuracy'] * 100:.2f} % test accuracy."
+            f"images of `{t['source']}`, {t['test_accuracy'] * 100:.2f} % test accuracy"
+            + (f", made by `{made_by}` (as its `teacher_config.json` records it)." if made_by else ".")
         )
     lines += ["", "Wall time per row (selection / evaluation of all runs, seconds):", ""]
     for (method, ipc, kind), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
