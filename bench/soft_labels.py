@@ -174,7 +174,12 @@ def write_table(done: dict, args) -> None:
             f"images of `{t['source']}`, {t['test_accuracy'] * 100:.2f} % test accuracy"
             + (f", made by `{made_by}` (as its `teacher_config.json` records it)." if made_by else ".")
         )
-    lines += ["", "Wall time per row (selection / evaluation of all runs, seconds):", ""]
+    lines += [
+        "",
+        "Wall time per row (selection / evaluation of all runs, seconds; one thread on a 2-core machine shared with "
+        "other jobs, so the times follow the load more than the method):",
+        "",
+    ]
     for (method, ipc, kind), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         lines.append(
             f"- {method} IPC {ipc} {kind}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})"
