@@ -140,9 +140,11 @@ def _relative(path: str, out: Path) -> str:
 
 def _portable(data: dict, out: Path) -> dict:
     """`ConcentrateConfig.to_dict()` as the set records it: local paths (SOURCE, --model, --class-map,
-    --test-dataset, --out) relative to the set's folder, so that no absolute path is written into the set."""
+    --test-dataset, --teacher, --out) relative to the set's folder, so that no absolute path is written into the
+    set."""
     data = json.loads(json.dumps(data, default=str))
     places = [(data["source"], "source"), (data, "model"), (data, "class_map"), (data, "test_dataset")]
+    places.append((data["eval"], "teacher"))  # the soft-label teacher's folder
     for holder, key in places:
         value = holder.get(key)
         if value and Path(value).expanduser().exists():
