@@ -260,8 +260,14 @@ def concentrate(
 
     set_quiet(quiet)
     gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
-    if no_eval and (json_path is not None or fail_under is not None or fail_below_baseline is not None):
+    reports = json_path is not None or fail_under is not None or fail_below_baseline is not None
+    if reports and no_eval:
         raise ConfigError("--json, --fail-under and --fail-below-baseline report the evaluation; drop --no-eval.")
+    if reports and data_free and source is None and test_dataset is None:
+        raise ConfigError(
+            "--json, --fail-under and --fail-below-baseline report the evaluation, which a data-free run makes only "
+            "on a test split: pass SOURCE or --test-dataset."
+        )
     gates.validate(baseline)
     if not push and (repo_id or private or token or endpoint):
         raise ConfigError("--repo-id, --private, --token and --endpoint apply to the upload; add --push.")

@@ -457,7 +457,7 @@ def _feature_snapshots(
     """
     if cfg.method != "dsco" or cfg.nopt.features != "trained" or not cfg.num_synthetic:
         return None
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     path = folder / FEATURES_FILE
     if state.is_main and not path.exists():
@@ -486,9 +486,7 @@ def _feature_snapshots(
         tensors = {
             f"{e}.{name}": value.contiguous() for e, snap in enumerate(snapshots) for name, value in snap.items()
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        files.atomic_write(path, save(tensors))
     state.wait_for_everyone()
     loaded = load_file(str(path))
     snapshots = [{} for _ in range(cfg.nopt.feature_epochs)]

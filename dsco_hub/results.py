@@ -79,6 +79,7 @@ class Gates:
         return failures
 
     def to_dict(self) -> dict:
+        """The thresholds as the document's `gates` records them (None where not set)."""
         return {"fail_under": self.fail_under, "fail_below_baseline": self.fail_below_baseline}
 
 

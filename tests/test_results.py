@@ -237,3 +237,11 @@ def test_the_workflow_example_is_a_valid_github_workflow_using_json_and_a_gate()
     assert "git+https://github.com/dsco-hub" not in text  # installs what exists: the distribution's name
     assert "--json results.json" in text and "--fail-below-baseline" in text and "upload-artifact" in text
     assert "DSCO_HUB_GPU_RUNNER" in text
+
+
+def test_json_on_a_data_free_run_without_a_test_split_is_one_line_before_any_work(tmp_path):
+    made = dsco("concentrate", "--data-free", "--labels", "Trouser,Dress", "--ipc", "1", "--json", "r.json",
+                "--out", "set", cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 1, made.stderr
+    assert "a data-free run makes only on a test split: pass SOURCE or --test-dataset" in " ".join(made.stderr.split())
+    assert list(tmp_path.iterdir()) == []
