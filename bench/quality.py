@@ -37,6 +37,13 @@ ROWS: dict[str, tuple[dict, dict]] = {
     "oversample4": ({"oversample": 4}, {}),
     "trained-oversample2": ({"oversample": 2}, {"features": "trained"}),
     "trained-doped0.5": ({"doping_ratio": 0.5}, {"features": "trained"}),
+    # joint doping (the default "herding": continued from the class's synthetic images) against independent doping
+    # (herding from zero, blind to them) at three doping ratios; joint at 0.5 is baselines.jsonl's dsco-doped row
+    "doped0.25": ({"doping_ratio": 0.25}, {}),
+    "doped0.75": ({"doping_ratio": 0.75}, {}),
+    "independent0.25": ({"doping_ratio": 0.25, "doping_select": "herding-independent"}, {}),
+    "independent0.5": ({"doping_ratio": 0.5, "doping_select": "herding-independent"}, {}),
+    "independent0.75": ({"doping_ratio": 0.75, "doping_select": "herding-independent"}, {}),
 }
 REFERENCE = "bench/results/baselines.jsonl"  # rows quoted beside ours (same prior and protocol)
 

@@ -173,7 +173,13 @@ def concentrate(
         int, typer.Option(help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order).")
     ] = 1000,
     doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
-    doping_select: Annotated[str, typer.Option(help="dsco doping: herding or random.")] = "herding",
+    doping_select: Annotated[
+        str,
+        typer.Option(
+            help="dsco doping: herding (joint: continued from the class's synthetic images), herding-independent "
+            "(blind to them) or random."
+        ),
+    ] = "herding",
     data_free: Annotated[
         bool,
         typer.Option("--data-free", help="Only class names are known (SOURCE, if given, serves only the evaluation)."),

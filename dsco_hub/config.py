@@ -18,7 +18,7 @@ from typing import Any
 from dsco_hub.errors import ConfigError
 
 METHODS = ("random", "herding", "diffusion", "dsco")
-DOPING_SELECT = ("herding", "random")
+DOPING_SELECT = ("herding", "herding-independent", "random")
 REAL_METHODS = ("random", "herding")  # methods that select real images only
 SCHEDULERS = ("ddim",)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -248,7 +248,9 @@ class ConcentrateConfig:
     gradient_checkpointing: bool = False  # recompute denoiser activations in NOpt's backward: less memory, same images
     torch_compile: bool = False  # `torch.compile` the denoiser on CUDA (ignored on the CPU: its results must not move)
     doping_ratio: float = 0.0  # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only)
-    doping_select: str = "herding"  # how doped real images are chosen: "herding" (MMD-greedy) or "random"
+    # how doped real images are chosen: "herding" (MMD-greedy, continued from the class's synthetic images: joint
+    # doping), "herding-independent" (MMD-greedy from zero, blind to the synthetic images) or "random"
+    doping_select: str = "herding"
     data_free: bool = False  # only class names are known: no real image is read (targets = the model's own samples)
     labels: tuple[str, ...] | None = None  # class names in data-free mode, mapped to the model through id2label
     pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 256)
@@ -301,7 +303,7 @@ class ConcentrateConfig:
         from these rows, which sample the class as well as the stream is shuffled (`shuffle_buffer`).
         """
         needed = [self.ipc]
-        if self.method == "herding" or (self.method == "dsco" and self.num_doped and self.doping_select == "herding"):
+        if self.method == "herding" or (self.method == "dsco" and self.num_doped and self.doping_select != "random"):
             needed.append(self.herding_pool)
         if self.method == "dsco" and not self.data_free:
             needed.append(self.nopt.targets)

@@ -353,13 +353,14 @@ def _dsco(
 
 def _doped(cfg: ConcentrateConfig, source: SourceData, k: int, m: int, synthetic: torch.Tensor | None):
     """Doping of class k: `m` real images (their stored values and source indices), chosen at random or by herding
-    beside the class's synthetic images `(n, C, H, W)` uint8 (None when there are none)."""
+    beside the class's synthetic images `(n, C, H, W)` uint8 (None when there are none; "herding-independent" ignores
+    them: herding from zero, as if the class had no synthetic images)."""
     if cfg.doping_select == "random":
         picks = doping.select_random(source.class_index[k], m, cfg.seed, k)
         source.decode_pil(picks)  # copied undecoded: a corrupt image is reported here, by its source row
     else:
         start = None
-        if synthetic is not None:  # synthetic images in the source's format, where herding measures
+        if synthetic is not None and cfg.doping_select == "herding":  # in the source's format, where herding measures
             side = min(source.image_shape[1:])
             start = to_model_range(pil_to_uint8([to_pil(im) for im in synthetic], source.image_shape[0], side))
         picks = doping.select_herding(

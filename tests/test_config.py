@@ -219,7 +219,10 @@ def test_concentrate_config_accepts_its_boundaries():
             dict(method="random", doping_ratio=0.5),
             "--doping-ratio=0.5 needs --method dsco (doping mixes real images into NOpt's set).",
         ),
-        (dict(doping_select="best"), "--doping-select='best' is unknown; use one of herding, random."),
+        (
+            dict(doping_select="best"),
+            "--doping-select='best' is unknown; use one of herding, herding-independent, random.",
+        ),
         (
             dict(method="herding", data_free=True, labels=("a", "b")),
             "--data-free works with --method dsco or diffusion, not 'herding' (it reads no real image).",

@@ -51,6 +51,23 @@ def test_dsco_with_doping_mixes_synthetic_and_real_rows(tiny_repo, tiny_prior, t
         assert f"`{setting}`" in settings.split(", "), setting
 
 
+def test_independent_doping_picks_what_herding_alone_picks_and_joint_doping_looks_at_the_synthetic_images(
+    tiny_repo, tiny_prior, tmp_path
+):
+    def real_rows(out, method="dsco", **kwargs):
+        cfg = _cfg(tiny_repo, tmp_path / out, tiny_prior, evaluate=False, **kwargs)
+        cfg.method = method
+        pipeline.concentrate(cfg)
+        ds = datasets.load_dataset(str(tmp_path / out), split="train")
+        return {k: [r["source_index"] for r in ds if r["label"] == k and r["source"] == "real"] for k in range(3)}
+
+    independent = real_rows("independent", ipc=4, doping_ratio=0.5, doping_select="herding-independent")
+    joint = real_rows("joint", ipc=4, doping_ratio=0.5)  # the default, "herding": continued from the synthetic rows
+    herding = real_rows("herding", ipc=2, method="herding")
+    assert independent == herding and all(len(rows) == 2 for rows in herding.values())
+    assert joint != independent
+
+
 def test_dsco_is_deterministic(tiny_repo, tiny_prior, tmp_path):
     for name in ("a", "b"):
         pipeline.concentrate(_cfg(tiny_repo, tmp_path / name, tiny_prior, ipc=2, doping_ratio=0.5, evaluate=False))
@@ -113,7 +130,7 @@ def test_data_free_unknown_label_lists_closest(tiny_prior, tmp_path):
     "kwargs, match",
     [
         (dict(doping_ratio=1.5), "--doping-ratio=1.5 must be in"),
-        (dict(doping_select="best"), "--doping-select='best'"),
+        (dict(doping_select="best"), "--doping-select='best' is unknown; use one of herding, herding-independent"),
         (dict(nopt=NOptConfig(window=2.0)), "--nopt-window=2.0"),
         (dict(nopt=NOptConfig(targets=1)), "--nopt-targets=1"),
     ],
