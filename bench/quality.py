@@ -44,6 +44,7 @@ ROWS: dict[str, tuple[dict, dict]] = {
     "independent0.25": ({"doping_ratio": 0.25, "doping_select": "herding-independent"}, {}),
     "independent0.5": ({"doping_ratio": 0.5, "doping_select": "herding-independent"}, {}),
     "independent0.75": ({"doping_ratio": 0.75, "doping_select": "herding-independent"}, {}),
+    "doped-auto": ({"doping_ratio": "auto"}, {}),  # rho = IPC / (IPC + 10)
 }
 REFERENCE = "bench/results/baselines.jsonl"  # rows quoted beside ours (same prior and protocol)
 

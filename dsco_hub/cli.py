@@ -122,6 +122,20 @@ def _source(source, config, split, revision, image_column, label_column, test_sp
     )
 
 
+def _doping_ratio(value: str) -> float | str:
+    """`--doping-ratio`'s text as a number, or "auto" (`config.auto_doping_ratio`).
+
+    Raises:
+        typer.BadParameter: neither a number nor "auto" (a usage error, exit code 2).
+    """
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither a number in [0, 1] nor auto.") from None
+
+
 @app.command()
 def concentrate(
     source: SourceArg = None,
@@ -172,7 +186,13 @@ def concentrate(
     shuffle_buffer: Annotated[
         int, typer.Option(help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order).")
     ] = 1000,
-    doping_ratio: Annotated[float, typer.Option(help="dsco: real images per class = round(RHO x IPC).")] = 0.0,
+    doping_ratio: Annotated[
+        str,
+        typer.Option(
+            metavar="RHO",
+            help="dsco: real images per class = round(RHO x IPC), RHO in [0, 1]; auto = IPC / (IPC + 10).",
+        ),
+    ] = "0.0",
     doping_select: Annotated[
         str,
         typer.Option(
@@ -314,7 +334,7 @@ def concentrate(
         oversample=oversample,
         gradient_checkpointing=gradient_checkpointing,
         torch_compile=torch_compile,
-        doping_ratio=doping_ratio,
+        doping_ratio=_doping_ratio(doping_ratio),
         doping_select=doping_select,
         data_free=data_free,
         labels=_labels(labels, labels_file),

@@ -406,6 +406,7 @@ def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> di
         "nopt_target_batch": cfg.nopt.batch_for(n * cfg.oversample),  # resolved: max(128, 10 n), all (0) for n = 1
         "oversample": cfg.oversample,
         "doping_select": cfg.doping_select,
+        **({"doping_ratio": "auto"} if cfg.doping_ratio == "auto" else {}),  # the dsco block holds the ratio reached
         "data_free": cfg.data_free,
         "pool_size": cfg.pool_for(n) if cfg.data_free else None,
         "pool_guidance_scale": cfg.pool_guidance if cfg.data_free else None,

@@ -45,6 +45,16 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()
 
 
+def test_doping_ratio_takes_a_number_or_auto_and_refuses_anything_else_as_a_usage_error(tmp_path):
+    result = dsco("concentrate", "--doping-ratio", "half", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "'half' is neither a number in [0, 1] nor auto." in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()
+    plan = dsco("concentrate", "--doping-ratio", "AUTO", "--dry-run", "--out", str(tmp_path / "out"))
+    assert plan.returncode == 0, plan.stderr
+    assert "IPC 10 = 5 synthetic + 5 real per class" in plan.stdout + plan.stderr  # auto: 10 / (10 + 10)
+
+
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_a_folder_dsco_hub_did_not_write_is_never_replaced(tmp_path, overwrite):
     (tmp_path / "out").mkdir()

@@ -13,6 +13,7 @@ from dsco_hub.config import (
     PriorTrainConfig,
     SourceConfig,
     TeacherConfig,
+    auto_doping_ratio,
     derive_seed,
     first_difference,
     option_name,
@@ -158,6 +159,17 @@ def test_doping_counts_round_half_to_even():
     assert ConcentrateConfig(ipc=10, doping_ratio=0.3).num_synthetic == 7
 
 
+def test_auto_doping_ratio_grows_with_ipc():
+    assert [auto_doping_ratio(ipc) for ipc in (1, 10, 50)] == [1 / 11, 0.5, 50 / 60]
+    counts = [ConcentrateConfig(ipc=ipc, doping_ratio="auto").num_doped for ipc in (1, 2, 10, 50, 90)]
+    assert counts == [0, 0, 5, 42, 81]  # round(1/11), round(4/12), round(5), round(41.67), round(81)
+    assert ConcentrateConfig(ipc=10, doping_ratio="auto").rho == 0.5
+    # data-free: nothing real to dope with, so auto means 0 (and is accepted; a number > 0 is refused)
+    free = ConcentrateConfig(ipc=10, doping_ratio="auto", data_free=True, labels=("a", "b"))
+    free.validate()
+    assert (free.rho, free.num_doped, free.num_synthetic) == (0.0, 0, 10)
+
+
 def test_pool_and_its_guidance():
     assert [ConcentrateConfig().pool_for(n) for n in (1, 64, 65)] == [256, 256, 260]
     assert ConcentrateConfig(pool_size=3).pool_for(100) == 3
@@ -213,8 +225,16 @@ def test_concentrate_config_accepts_its_boundaries():
         (dict(sample_batch_size=0), "--sample-batch-size=0 must be at least 1."),
         (dict(dtype="int8"), "--dtype='int8' is unknown; use one of auto, float32, float16, bfloat16."),
         (dict(seed=-1), "--seed=-1 must be non-negative."),
-        (dict(doping_ratio=-0.1), "--doping-ratio=-0.1 must be in [0, 1] (0 = all synthetic, 1 = all real)."),
-        (dict(doping_ratio=1.5), "--doping-ratio=1.5 must be in [0, 1] (0 = all synthetic, 1 = all real)."),
+        (dict(doping_ratio=-0.1), "--doping-ratio=-0.1 must be in [0, 1] (0 = all synthetic, 1 = all real) or auto."),
+        (dict(doping_ratio=1.5), "--doping-ratio=1.5 must be in [0, 1] (0 = all synthetic, 1 = all real) or auto."),
+        (
+            dict(doping_ratio="half"),
+            "--doping-ratio=half must be in [0, 1] (0 = all synthetic, 1 = all real) or auto.",
+        ),
+        (
+            dict(method="herding", doping_ratio="auto"),
+            "--doping-ratio=auto needs --method dsco (doping mixes real images into NOpt's set).",
+        ),
         (
             dict(method="random", doping_ratio=0.5),
             "--doping-ratio=0.5 needs --method dsco (doping mixes real images into NOpt's set).",

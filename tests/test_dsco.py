@@ -68,6 +68,13 @@ def test_independent_doping_picks_what_herding_alone_picks_and_joint_doping_look
     assert joint != independent
 
 
+def test_auto_doping_ratio_is_resolved_from_ipc_and_recorded(tiny_repo, tiny_prior, tmp_path):
+    cfg = _cfg(tiny_repo, tmp_path / "out", tiny_prior, ipc=4, doping_ratio="auto", evaluate=False)
+    dsco = pipeline.concentrate(cfg).dsco
+    assert dsco["counts"] == {"rows": 12, "real": 3, "synthetic": 9}  # round(4 x 4 / 14) = 1 real per class
+    assert dsco["doping_ratio"] == 0.25 and dsco["settings"]["doping_ratio"] == "auto"
+
+
 def test_dsco_is_deterministic(tiny_repo, tiny_prior, tmp_path):
     for name in ("a", "b"):
         pipeline.concentrate(_cfg(tiny_repo, tmp_path / name, tiny_prior, ipc=2, doping_ratio=0.5, evaluate=False))
