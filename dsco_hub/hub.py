@@ -14,8 +14,9 @@ Layout of a repo on the Hub (one config per IPC, as `Dataset.push_to_hub(config_
 
 The first config pushed to a repo is marked `default: true`, so `load_dataset("user/name")` keeps loading it
 when more IPCs are added; `load_dataset("user/name", "ipc50")` loads another. Pushing an IPC again replaces that
-config (its stale shards are deleted) and leaves the others untouched. The card's YAML is merged with
-`datasets.utils.metadata.MetadataConfigs` and `datasets.info.DatasetInfosDict`, as `push_to_hub` does.
+config (its stale shards are deleted) and leaves the others untouched. The card is merged by `card.hub_card`
+(with `datasets.utils.metadata.MetadataConfigs` and `datasets.info.DatasetInfosDict`, as `push_to_hub` does):
+this module moves files and never edits YAML.
 
 Uploads are resumable: the local files are compared with the remote tree (LFS sha256, or the git blob id of
 regular files) and only what differs is committed, in a few commits of at most `HubConfig.commit_max_files`
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -58,18 +59,6 @@ logger = logging.getLogger(__name__)
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 MAX_NAME_LENGTH = 96  # the Hub's limit on a repo name
 LOGIN_HINT = "log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass --token"
-# Source card fields that carry the source's terms of use over to the concentrated set
-TERMS_KEYS = (
-    "license",
-    "license_name",
-    "license_link",
-    "license_details",
-    "extra_gated_prompt",
-    "extra_gated_fields",
-    "extra_gated_heading",
-    "extra_gated_description",
-    "extra_gated_button_content",
-)
 TEXT_FILES = ("README.md", "dsco_config.json")  # files checked for the token before any upload
 
 
@@ -339,74 +328,6 @@ def default_repo_id(user: str, dsco: dict) -> str:
     return f"{user}/{slug[: MAX_NAME_LENGTH - len(suffix)].rstrip('-._')}{suffix}"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Cards
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def card_blocks(data) -> dict[str, dict]:
-    """The `dsco:` block of every config of a card, by config name.
-
-    A folder's card has one `dsco:` block (config "default"); a Hub card has `dsco:` (with `config:`) for the
-    default config and `dsco_configs:` for the others. Cards without a `dsco:` block give `{}`.
-    """
-    blocks: dict[str, dict] = {}
-    dsco = data.get("dsco") if data is not None else None
-    if isinstance(dsco, dict) and dsco:
-        blocks[dsco.get("config") or "default"] = dict(dsco)
-    for name, block in ((data.get("dsco_configs") if data is not None else None) or {}).items():
-        blocks[name] = dict(block)
-    return blocks
-
-
-def _place_blocks(data, blocks: dict[str, dict], default: str) -> None:
-    """Write `blocks` into the card YAML: `dsco:` for `default`, `dsco_configs:` for the others."""
-    name = default if default in blocks else sorted(blocks)[0]
-
-    def with_config(config: str, block: dict) -> dict:
-        return {"config": config, **{k: v for k, v in block.items() if k != "config"}}
-
-    data["dsco"] = with_config(name, blocks[name])
-    others = {k: with_config(k, v) for k, v in sorted(blocks.items()) if k != name}
-    if others:
-        data["dsco_configs"] = others
-    else:
-        data.pop("dsco_configs", None)
-
-
-def _default_config(data) -> str | None:
-    from datasets.utils.metadata import MetadataConfigs
-
-    configs = MetadataConfigs.from_dataset_card_data(data)
-    if not configs:
-        return None
-    try:
-        return configs.get_default_config_name()
-    except ValueError:
-        return None
-
-
-def _is_dsco_block(block: dict) -> bool:
-    return all(key in block for key in ("method", "ipc", "source", "counts", "settings", "versions"))
-
-
-def _render(data, repo_id: str, citation: str | None) -> DatasetCard:
-    """The Hub card of a dsco-hub repo: the template rendered for the default config, plus a configs table."""
-    blocks = card_blocks(data)
-    default = data["dsco"]["config"]
-    dsco = blocks[default]
-    grid_classes = min(dsco["source"]["num_classes"], card.GRID_CLASSES)
-    rendered = card.render_dataset_card(
-        data, dsco, citation, repo_id, grid_classes, samples_file=f"{default}/samples.png"
-    )
-    if len(blocks) > 1:
-        section = card.configs_section(blocks, default, repo_id)
-        marker = "## Source, licence and citation"
-        text = rendered.text
-        rendered.text = text.replace(marker, section + "\n" + marker, 1) if marker in text else text + "\n" + section
-    return rendered
-
-
 def _read_card(api: HfApi, call: _Caller, repo_id: str, revision: str) -> DatasetCard | None:
     """The README card of `repo_id` at `revision`, or None when the repo has none."""
 
@@ -421,7 +342,7 @@ def _read_card(api: HfApi, call: _Caller, repo_id: str, revision: str) -> Datase
 
 
 def _source_terms(api: HfApi, call: _Caller, dsco: dict) -> dict:
-    """Licence and gating fields of a Hub source's card (and its `gated` setting) to carry over to the set."""
+    """The terms of use of a Hub source to carry over to the set (`card.source_terms`); `{}` for other sources."""
     source = dsco["source"]
     if not source.get("is_hub"):
         return {}
@@ -430,16 +351,7 @@ def _source_terms(api: HfApi, call: _Caller, dsco: dict) -> dict:
         source["id"],
         lambda: api.dataset_info(source["id"], revision=source.get("revision")),
     )
-    data = info.card_data.to_dict() if info.card_data is not None else {}
-    terms = {key: data[key] for key in TERMS_KEYS if data.get(key) not in (None, "", [])}
-    if info.gated:
-        terms["gated"] = info.gated
-        terms.setdefault(
-            "extra_gated_prompt",
-            f"This dataset holds images of {source['id']}, a gated dataset: by requesting access you agree to the "
-            f"terms of {source['id']} (https://huggingface.co/datasets/{source['id']}).",
-        )
-    return terms
+    return card.source_terms(info.card_data.to_dict() if info.card_data is not None else {}, info.gated, source["id"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -518,47 +430,6 @@ def _batches(files: list[tuple[str, Path]], max_files: int, max_bytes: int) -> l
     return batches
 
 
-def _hub_card(local: DatasetCard, remote: DatasetCard | None, config_name: str, repo_id: str, terms: dict) -> str:
-    """The README.md to push: the remote card (if any) with this config added or replaced, re-rendered."""
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-
-    dsco = {**local.data["dsco"], "config": config_name}
-    info = next(iter(DatasetInfosDict.from_dataset_card_data(local.data).values()))
-    splits = list(info.splits) if info.splits else ["train"]
-    blocks = card_blocks(remote.data) if remote is not None else {}
-    remote_configs = MetadataConfigs.from_dataset_card_data(remote.data) if remote is not None else MetadataConfigs()
-    blocks[config_name] = dsco
-
-    # YAML: the remote card's keys, then the fields derived from the default config, then this config's
-    data = DatasetCardData(**(remote.data.to_dict() if remote is not None else {}))
-    metadata = {"data_files": [{"split": s, "path": f"{config_name}/{s}-*"} for s in splits]}
-    if not remote_configs or remote_configs.get(config_name, {}).get("default"):
-        metadata["default"] = True  # the first config pushed stays the default: load_dataset(repo) keeps working
-    DatasetInfosDict({config_name: info}).to_dataset_card_data(data)
-    MetadataConfigs({config_name: metadata}).to_dataset_card_data(data)
-    default = _default_config(data) or config_name
-    if not _is_dsco_block(blocks.get(default, {})):
-        default = config_name  # the card is rendered from a block dsco-hub wrote
-    default_block = blocks[default]
-    ipcs = sorted(int(b["ipc"]) for b in blocks.values() if "ipc" in b)
-    pretty = (
-        f"{card.display_name(default_block['source'])} concentrated ({default_block['method']}, "
-        f"IPC {', '.join(map(str, ipcs))})"
-    )
-    base = card.card_data(default_block, pretty_name=pretty).to_dict()
-    base["tags"] = sorted(
-        {t for b in blocks.values() if _is_dsco_block(b) for t in card.card_data(b, pretty).to_dict()["tags"]}
-        | set(data.get("tags") or [])
-    )
-    base.pop("dsco", None)
-    for key, value in {**base, **{k: v for k, v in terms.items() if k != "gated"}}.items():
-        data[key] = value
-    _place_blocks(data, blocks, default)
-    citation = card.citation_of(local) or (card.citation_of(remote) if remote is not None else None)
-    return str(_render(data, repo_id, citation))
-
-
 def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     """Publish a folder written by `dsco-hub concentrate` as config `ipc<IPC>` of a dataset repo on the Hub.
 
@@ -632,7 +503,7 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     remote_files = call("listing", repo_id, tree, revision=base)
     remote_card = _read_card(api, call, repo_id, base)
     terms = _source_terms(api, call, dsco)
-    content = _hub_card(local, remote_card, config_name, repo_id, terms).encode()
+    content = card.hub_card(local, remote_card, config_name, repo_id, terms).encode()
     if token in content.decode(errors="ignore"):
         raise HubError("refusing to upload README.md: the card would contain the Hub token.")
     wanted = {path for path, _ in files}
@@ -744,26 +615,7 @@ def open_set(target: str, cfg: HubConfig, config_name: str | None = None) -> Pub
             f"Pass one of them or a commit sha, e.g. {repo_id}@main."
         )
     found = _read_card(api, call, repo_id, sha)
-    blocks = card_blocks(found.data) if found is not None else {}
-    declared = []
-    if found is not None:
-        from datasets.utils.metadata import MetadataConfigs
-
-        declared = list(MetadataConfigs.from_dataset_card_data(found.data))
-    if config_name is None:
-        config_name = (_default_config(found.data) if found is not None else None) or (
-            declared[0] if len(declared) == 1 else None
-        )
-        if config_name is None and declared:
-            raise HubError(
-                f"datasets/{repo_id} has several configs and no default ({', '.join(declared)}); "
-                "pick one with --set-config."
-            )
-    elif declared and config_name not in declared:
-        raise HubError(
-            f"--set-config={config_name!r} is not a config of datasets/{repo_id}; its configs: {', '.join(declared)}."
-        )
-    dsco = blocks.get(config_name or "default") or (blocks.get("default") if len(blocks) == 1 else None) or {}
+    config_name, dsco = card.evaluated_config(found, config_name, repo_id)
     return PublishedSet(repo_id, revision, sha, config_name, found, dsco)
 
 
@@ -771,9 +623,7 @@ def update_card_eval(published: PublishedSet, block: dict, cfg: HubConfig) -> tu
     """Write an `eval` block (with the evaluated commit) into the card of a published set and push the README.
 
     The card is read at the head of the target branch (`cfg.revision`, else the evaluated branch, else main), so
-    commits made since the evaluated one are kept. dsco-hub cards are re-rendered; cards of other tools keep
-    their text and get a `dsco:` block with just `eval` (and `config`) plus a marked "dsco-hub evaluation"
-    section, replaced in place by later evaluations.
+    commits made since the evaluated one are kept; `card.with_hub_evaluation` makes the new card.
 
     Args:
         published (`PublishedSet`): the evaluated set.
@@ -798,22 +648,7 @@ def update_card_eval(published: PublishedSet, block: dict, cfg: HubConfig) -> tu
             if published.revision in {b.name for b in refs.branches}:
                 target = published.revision
     current = _read_card(api, call, repo_id, target)
-    data = DatasetCardData(**(current.data.to_dict() if current is not None else {}))
-    blocks = card_blocks(data)
-    name = published.config_name or next(iter(blocks), "default")
-    blocks[name] = {**blocks.get(name, {}), "eval": block}
-    default = _default_config(data) or (data.get("dsco") or {}).get("config") or name
-    _place_blocks(data, blocks, default)
-    if all(_is_dsco_block(b) for b in blocks.values()):
-        rendered = str(_render(data, repo_id, card.citation_of(current) if current is not None else None))
-    else:  # a card another tool wrote: keep its text, (re)place our marked section
-        text = current.text if current is not None else ""
-        section = card.eval_section(blocks)
-        pattern = re.compile(re.escape(card.EVAL_BEGIN) + r".*?" + re.escape(card.EVAL_END) + r"\n?", re.S)
-        text = (
-            pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        )
-        rendered = f"---\n{data.to_yaml()}\n---\n{text}"
+    rendered, name = card.with_hub_evaluation(current, published.config_name, block, repo_id)
     if token in rendered:
         raise HubError("refusing to upload README.md: the card would contain the Hub token.")
     message = cfg.commit_message or f"dsco-hub evaluation of {name} at {published.sha[:8]}"
