@@ -524,7 +524,19 @@ def concentrate(
         OutputError: `cfg.out` is a non-empty folder not written by dsco-hub and `cfg.overwrite` is False.
         SourceError: the source or its test split cannot be used.
         ImageDecodeError: an image cannot be decoded (names the row).
+        HubError: with `cfg.push`, no token, a malformed repo id (both before any work), or the push failed (the
+            hint says how to finish it with `dsco-hub push`).
     """
+    result = _concentrate_set(cfg, command, report)
+    if cfg.push is not None and result.main:  # the one place a set is pushed: once it is complete
+        result.push = push(result.out, cfg.push, finishing=True)
+    return result
+
+
+def _concentrate_set(
+    cfg: ConcentrateConfig, command: str | None, report: Callable[[str], Any] | None
+) -> ConcentrateResult:
+    """`concentrate` up to the push: check the settings and `cfg.out`, then make the set (or find it complete)."""
     presets.apply_preset(cfg)
     cfg.validate()
     say = report or (lambda message: print(message, file=sys.stderr))
@@ -540,8 +552,7 @@ def concentrate(
         if state.is_main:
             say(f"{cfg.out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
         dsco = dict(DatasetCard.load(out / "README.md").data.get("dsco") or {})
-        pushed = _push_written(out, cfg.push) if cfg.push is not None and state.is_main else None
-        return ConcentrateResult(out=out, dsco=dsco, push=pushed, main=state.is_main)
+        return ConcentrateResult(out=out, dsco=dsco, main=state.is_main)
     settings = run_settings(plain, "rows")
     folder, discard = writer.check_run(out, settings, cfg.overwrite, compared)
     state.wait_for_everyone()  # every process has read the saved run before it is discarded
@@ -673,8 +684,7 @@ def _concentrate(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     shutil.rmtree(folder, ignore_errors=True)  # the set is complete: its units are no longer needed
-    pushed = _push_written(final, cfg.push) if cfg.push is not None else None
-    return ConcentrateResult(out=final, dsco=dsco, push=pushed)
+    return ConcentrateResult(out=final, dsco=dsco)
 
 
 def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
@@ -706,22 +716,16 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
     return plan.make_plan(cfg, num_classes, cost, image_shape)
 
 
-def _push_written(folder: Path, cfg: HubConfig) -> hub.PushResult:
-    """Push a complete output folder; on failure, say how to finish without concentrating again."""
-    try:
-        return hub.push_folder(folder, cfg)
-    except HubError as err:
-        repo = f" --repo-id {cfg.repo_id}" if cfg.repo_id else ""
-        err.hint = f"the set is complete in {folder}; finish the upload with `dsco-hub push {folder}{repo}`."
-        raise
-
-
-def push(folder: str | Path, cfg: HubConfig) -> hub.PushResult:
+def push(folder: str | Path, cfg: HubConfig, finishing: bool = False) -> hub.PushResult:
     """`dsco-hub push`: publish a folder written by `concentrate` as config `ipc<IPC>` of a dataset repo.
+
+    `concentrate --push` pushes through here too, once its set is complete.
 
     Args:
         folder (`str` or `Path`): the set (README.md with a `dsco:` block, data/*.parquet, samples.png).
         cfg (`HubConfig`): repo id, branch, pull request, commit message, token, endpoint.
+        finishing (`bool`, *optional*, defaults to False): the push ends `concentrate`; a failure's hint then says
+            how to finish the upload without concentrating again.
 
     Returns:
         `hub.PushResult`: the repo, config, commits and what was uploaded, skipped or deleted.
@@ -730,7 +734,13 @@ def push(folder: str | Path, cfg: HubConfig) -> hub.PushResult:
         OutputError: `folder` is not a set written by dsco-hub.
         HubError: no token, malformed repo id, 401/403, or the Hub kept failing (rerun: it resumes).
     """
-    return hub.push_folder(folder, cfg)
+    try:
+        return hub.push_folder(folder, cfg)
+    except HubError as err:
+        if finishing:
+            repo = f" --repo-id {cfg.repo_id}" if cfg.repo_id else ""
+            err.hint = f"the set is complete in {folder}; finish the upload with `dsco-hub push {folder}{repo}`."
+        raise
 
 
 def evaluate_set(
