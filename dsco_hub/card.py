@@ -28,7 +28,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardDa
 
 from dsco_hub import __version__
 from dsco_hub.config import ConcentrateConfig, EvalConfig, PriorTrainConfig
-from dsco_hub.errors import HubError
+from dsco_hub.errors import HubError, OutputError, SourceError
 
 if TYPE_CHECKING:
     import datasets
@@ -205,12 +205,27 @@ def versions() -> dict[str, str]:
 
 
 def local_name(path: str) -> str:
-    """A local folder's name, as a card records it (its absolute path would publish the user's folders)."""
+    """A local folder's (or file's) name, as a card records it (its absolute path would publish the user's folders).
+
+    Args:
+        path (`str`): the path, absolute, relative or with `~`.
+
+    Returns:
+        `str`: the last component of the resolved path, e.g. "tiny" for "~/data/tiny/".
+    """
     return Path(path).expanduser().resolve().name
 
 
 def relative_path(path: str, out: Path) -> str:
-    """`path` relative to the set's folder `out` (POSIX form), which `evaluate` resolves against that folder."""
+    """`path` relative to the set's folder `out`, which `evaluate` resolves against that folder.
+
+    Args:
+        path (`str`): a local path (SOURCE, --model, --class-map, --test-dataset, --teacher).
+        out (`Path`): the set's folder.
+
+    Returns:
+        `str`: the relative path in POSIX form, e.g. "../tiny" (never an absolute path: the set may be published).
+    """
     return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(out).resolve())).as_posix()
 
 
@@ -543,8 +558,16 @@ def with_evaluation(existing: DatasetCard, block: dict, load_id: str) -> Dataset
 
     Returns:
         `huggingface_hub.DatasetCard`: the card, its `dataset_info`/`configs` and source citation carried over.
+
+    Raises:
+        SourceError: `existing` has no `dsco:` block (another tool wrote it).
     """
-    dsco = {**dict(existing.data.get("dsco") or {}), "eval": block}
+    if not isinstance(existing.data.get("dsco"), dict) or "source" not in existing.data["dsco"]:
+        raise SourceError(
+            f"existing={existing.data.get('pretty_name')!r} is not a card dsco-hub wrote (no dsco: block with a "
+            "source); evaluate without --update-card, or pass the card of a set made by `dsco-hub concentrate`."
+        )
+    dsco = {**dict(existing.data["dsco"]), "eval": block}
     data = _folder_data(dsco)
     carried = existing.data.to_dict()
     for key in ("dataset_info", "configs"):
@@ -577,7 +600,13 @@ def card_blocks(data: DatasetCardData | None) -> dict[str, dict]:
     """The `dsco:` block of every config of a card, by config name.
 
     A folder's card has one `dsco:` block (config "default"); a Hub card has `dsco:` (with `config:`) for the
-    default config and `dsco_configs:` for the others. Cards without a `dsco:` block give `{}`.
+    default config and `dsco_configs:` for the others.
+
+    Args:
+        data (`DatasetCardData`, *optional*): the card's YAML (None: no card).
+
+    Returns:
+        `dict[str, dict]`: a copy of each block by config name; `{}` for a card without a `dsco:` block.
     """
     blocks: dict[str, dict] = {}
     dsco = data.get("dsco") if data is not None else None
@@ -589,7 +618,14 @@ def card_blocks(data: DatasetCardData | None) -> dict[str, dict]:
 
 
 def default_config(data: DatasetCardData) -> str | None:
-    """The config a card's `configs:` marks `default` (or its only one), None when it declares none or several."""
+    """The config a card's `configs:` marks `default` (or its only one).
+
+    Args:
+        data (`DatasetCardData`): the card's YAML.
+
+    Returns:
+        `str` or None: the config name; None when the card declares no configs, or several and none is the default.
+    """
     from datasets.utils.metadata import MetadataConfigs
 
     configs = MetadataConfigs.from_dataset_card_data(data)
@@ -650,8 +686,17 @@ def hub_card(
 
     Returns:
         `str`: the card's text.
+
+    Raises:
+        OutputError: `local` has no `dsco:` block with an `ipc` (not a set written by dsco-hub).
     """
     from datasets.info import DatasetInfosDict
+
+    if not isinstance(local.data.get("dsco"), dict) or "ipc" not in local.data["dsco"]:
+        raise OutputError(
+            f"local={local.data.get('pretty_name')!r} is not the card of a set written by dsco-hub (no dsco: block "
+            "with an ipc); push a folder written by `dsco-hub concentrate`."
+        )
     from datasets.utils.metadata import MetadataConfigs
 
     dsco = {**local.data["dsco"], "config": config_name}

@@ -262,6 +262,10 @@ def default_repo_id(user: str, dsco: dict) -> str:
     Args:
         user (`str`): the namespace (the token's user).
         dsco (`dict`): the set's `dsco:` block (source id, method, ipc).
+
+    Returns:
+        `str`: e.g. "alice/fashion-mnist-subset-herding-ipc50": the source's last path part without a parenthesised
+        note, characters other than letters, digits, ".", "_" turned into "-", cut to the Hub's 96 characters.
     """
     stem = str(dsco["source"]["id"]).rstrip("/").replace("\\", "/").split("/")[-1]
     stem = re.sub(r"\s*\(.*?\)\s*", "", stem)  # "fashion-mnist-subset (embedded)"
