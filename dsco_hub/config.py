@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsco_hub.errors import ConfigError
+from dsco_hub.errors import ConfigError, HubError
 
 METHODS = ("random", "herding", "diffusion", "dsco")
 DOPING_SELECT = ("herding", "herding-independent", "random")
@@ -222,14 +223,14 @@ class HubConfig:
     commit_message: str | None = None  # message of the (last) commit; None = a summary of what is uploaded
     token: str | None = field(default=None, repr=False)  # None = HF_TOKEN, else the stored login (`hf auth login`)
     endpoint: str | None = None  # Hub URL; None = HF_ENDPOINT, else https://huggingface.co
-    max_retries: int = 5  # retries of a Hub call answered 429 or 5xx (or not answered)
+    max_retries: int = 5  # retries of a call huggingface_hub sends once (commit, create_repo...) on 429/5xx/drop
     retry_wait: float = 2.0  # seconds before the first retry, doubled at each retry (Retry-After wins when given)
     max_wait: float = 600.0  # longest wait in seconds; a longer Retry-After stops the push (rerun it later)
     commit_max_files: int = 50  # files per commit: the Hub limits commits per hour, never one commit per class
     commit_max_bytes: int = 5 << 30  # bytes per commit (parquet shards are at most ~500 MB each)
 
     def validate(self) -> None:
-        """Raise `ConfigError` on an out-of-range option (the repo id format is checked by `hub.check_repo_id`)."""
+        """Raise `ConfigError` on an out-of-range option (the repo id format is checked by `check_repo_id`)."""
         _check(self.max_retries >= 0, f"max_retries={self.max_retries} must be >= 0 (0 = no retry).")
         _check(self.retry_wait >= 0, f"retry_wait={self.retry_wait} must be >= 0 seconds.")
         _check(self.commit_max_files >= 1, f"commit_max_files={self.commit_max_files} must be at least 1.")
@@ -244,6 +245,57 @@ class HubConfig:
         data = dataclasses.asdict(self)
         data.pop("token")
         return data
+
+
+REPO_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")  # a repo's user or name on the Hub
+MAX_NAME_LENGTH = 96  # the Hub's limit on a repo name
+
+
+def check_repo_id(repo_id: str, option: str = "--repo-id") -> None:
+    """Raise `HubError` unless `repo_id` is `NAME` or `USER/NAME` as the Hub accepts them.
+
+    Args:
+        repo_id (`str`): the repo id to check.
+        option (`str`, *optional*, defaults to "--repo-id"): the argument named in the message.
+
+    Raises:
+        HubError: the id has more than one "/", an empty part, characters other than letters, digits, "-", "_" and
+            ".", "--" or "..", or a name longer than 96 characters.
+    """
+    parts = repo_id.split("/")
+    ok = 1 <= len(parts) <= 2 and all(
+        REPO_NAME_RE.match(p) and "--" not in p and ".." not in p and len(p) <= MAX_NAME_LENGTH for p in parts
+    )
+    if not ok or repo_id.endswith(".git"):
+        raise HubError(
+            f"{option}={repo_id!r} is not a valid dataset repo id; use USER/NAME with letters, digits, '-', '_' and "
+            f"'.' (no '--' or '..', at most {MAX_NAME_LENGTH} characters), e.g. {option} alice/mnist-herding-ipc10."
+        )
+
+
+def parse_set_ref(target: str) -> tuple[str, str | None]:
+    """Split `USER/NAME[@REVISION]` into the repo id and the revision (None when not given)."""
+    repo_id, _, revision = target.partition("@")
+    return repo_id, (revision or None)
+
+
+def default_repo_id(user: str, dsco: dict) -> str:
+    """`<user>/<source-name>-<method>-ipc<IPC>`, the name of a set pushed without `--repo-id`.
+
+    Args:
+        user (`str`): the namespace (the token's user).
+        dsco (`dict`): the set's `dsco:` block (source id, method, ipc).
+
+    Returns:
+        `str`: e.g. "alice/fashion-mnist-subset-herding-ipc50": the source's last path part without a parenthesised
+        note, characters other than letters, digits, ".", "_" turned into "-", cut to the Hub's 96 characters.
+    """
+    stem = str(dsco["source"]["id"]).rstrip("/").replace("\\", "/").split("/")[-1]
+    stem = re.sub(r"\s*\(.*?\)\s*", "", stem)  # "fashion-mnist-subset (embedded)"
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", stem).strip("-._") or "dataset"
+    slug = re.sub(r"\.{2,}", ".", slug)
+    suffix = f"-{dsco['method']}-ipc{dsco['ipc']}"
+    return f"{user}/{slug[: MAX_NAME_LENGTH - len(suffix)].rstrip('-._')}{suffix}"
 
 
 @dataclass

@@ -3,25 +3,18 @@
 The only module that talks to the Hub for publishing. Everything goes through `huggingface_hub.HfApi`
 (`create_repo`, `create_commit`, `list_repo_tree`, `hf_hub_download`); datasets are read with `datasets`.
 
-Layout of a repo on the Hub (one config per IPC, as `Dataset.push_to_hub(config_name="ipc10")` lays it out):
-
-    README.md                           card: `configs:` and `dataset_info:` of every config, `dsco:` (the block of
-                                        the default config, with `config: ipc10`), `dsco_configs:` (the others)
-    ipc10/train-00000-of-00001.parquet  the local folder's `data/train-*` shards
-    ipc10/samples.png                   the local folder's samples grid
-    ipc10/dsco_config.json              the run configuration
-    ipc50/...                           a second IPC pushed to the same repo
-
-The first config pushed to a repo is marked `default: true`, so `load_dataset("user/name")` keeps loading it
-when more IPCs are added; `load_dataset("user/name", "ipc50")` loads another. Pushing an IPC again replaces that
-config (its stale shards are deleted) and leaves the others untouched. The card's YAML is merged with
-`datasets.utils.metadata.MetadataConfigs` and `datasets.info.DatasetInfosDict`, as `push_to_hub` does.
+A pushed folder becomes the config `ipc<IPC>` of a dataset repo (`ipc10/train-*.parquet`, `ipc10/samples.png`,
+`ipc10/dsco_config.json`, as `Dataset.push_to_hub(config_name="ipc10")` lays it out) and the repo's README.md is
+the card `card.hub_card` merges for every config (docs/format.md describes the layout).
 
 Uploads are resumable: the local files are compared with the remote tree (LFS sha256, or the git blob id of
 regular files) and only what differs is committed, in a few commits of at most `HubConfig.commit_max_files`
 files / `commit_max_bytes` bytes (the Hub limits commits per hour), the card last. LFS objects uploaded by a
-failed run are not sent again (the LFS batch API reports them present). Every Hub call is retried with
-exponential backoff on 429 and 5xx, honouring `Retry-After`.
+failed run are not sent again (the LFS batch API reports them present). This module moves files and never edits
+YAML: `card` makes every card.
+
+Every call runs through `hub_errors.Caller`, which retries only what `huggingface_hub` does not retry itself and
+turns failures into one-line `HubError`s (the list of which call is retried where is in `hub_errors`).
 
 The token comes from `--token`, else `HF_TOKEN`, else the stored login (`hf auth login`); it is never printed,
 logged or written into a file, and uploads refuse text files that contain it.
@@ -30,94 +23,28 @@ logged or written into a file, and uploads refuse text files that contain it.
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import hashlib
-import logging
 import os
-import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, DatasetCardData, HfApi
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils.sha import git_hash
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
+from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from dsco_hub import __version__, card
-from dsco_hub.config import HubConfig
+from dsco_hub.config import REPO_NAME_RE, HubConfig, check_repo_id, default_repo_id, parse_set_ref
 from dsco_hub.errors import HubError, OutputError
+from dsco_hub.hub_errors import LOGIN_HINT
+from dsco_hub.hub_errors import Caller as _Caller  # the name tests patch to record waits
+from dsco_hub.hub_errors import endpoint as _endpoint
 
-logger = logging.getLogger(__name__)
-
-REPO_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
-MAX_NAME_LENGTH = 96  # the Hub's limit on a repo name
-LOGIN_HINT = "log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass --token"
-# Source card fields that carry the source's terms of use over to the concentrated set
-TERMS_KEYS = (
-    "license",
-    "license_name",
-    "license_link",
-    "license_details",
-    "extra_gated_prompt",
-    "extra_gated_fields",
-    "extra_gated_heading",
-    "extra_gated_description",
-    "extra_gated_button_content",
-)
 TEXT_FILES = ("README.md", "dsco_config.json")  # files checked for the token before any upload
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of the HTTP client `huggingface_hub` uses (retried like 5xx)."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            errors.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-TRANSPORT_ERRORS = _transport_errors()
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Repo ids, tokens, errors
+# Targets, tokens, the client
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def check_repo_id(repo_id: str, option: str = "--repo-id") -> None:
-    """Raise `HubError` unless `repo_id` is `NAME` or `USER/NAME` as the Hub accepts them.
-
-    Args:
-        repo_id (`str`): the repo id to check.
-        option (`str`, *optional*, defaults to "--repo-id"): the argument named in the message.
-
-    Raises:
-        HubError: the id has more than one "/", an empty part, characters other than letters, digits, "-", "_" and
-            ".", "--" or "..", or a name longer than 96 characters.
-    """
-    parts = repo_id.split("/")
-    ok = 1 <= len(parts) <= 2 and all(
-        REPO_NAME_RE.match(p) and "--" not in p and ".." not in p and len(p) <= MAX_NAME_LENGTH for p in parts
-    )
-    if not ok or repo_id.endswith(".git"):
-        raise HubError(
-            f"{option}={repo_id!r} is not a valid dataset repo id; use USER/NAME with letters, digits, '-', '_' and "
-            f"'.' (no '--' or '..', at most {MAX_NAME_LENGTH} characters), e.g. {option} alice/mnist-herding-ipc10."
-        )
-
-
-def parse_set_ref(target: str) -> tuple[str, str | None]:
-    """Split `USER/NAME[@REVISION]` into the repo id and the revision (None when not given)."""
-    repo_id, _, revision = target.partition("@")
-    return repo_id, (revision or None)
 
 
 def is_hub_ref(target: str) -> bool:
@@ -146,155 +73,20 @@ def resolve_token(cfg: HubConfig, required: bool = True) -> str | None:
     return token
 
 
-def _endpoint(cfg: HubConfig) -> str:
-    from huggingface_hub import constants
-
-    return (cfg.endpoint or constants.ENDPOINT).rstrip("/")
-
-
-def _scrub(text: str, token: str | None) -> str:
-    """`text` on one line, without the token."""
-    text = " ".join(str(text).split())
-    return text.replace(token, "***") if token else text
-
-
-def _find(err: BaseException | None, types) -> BaseException | None:
-    """The first exception of `types` in the chain of `err` (clients wrap errors, e.g. LFS uploads in RuntimeError)."""
-    for _ in range(10):
-        if err is None or isinstance(err, types):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def _status(err: HfHubHTTPError) -> int | None:
-    return err.response.status_code if getattr(err, "response", None) is not None else None
-
-
-def hub_error(
-    err: HfHubHTTPError,
-    what: str,
-    repo_id: str | None,
-    cfg: HubConfig,
-    token: str | None,
-    attempts: int = 1,
-    revision: str | None = None,
-) -> HubError:
-    """A one-line `HubError` for a failed Hub call: what failed, on which repo, and how to fix it (never the token).
-
-    Args:
-        err (`HfHubHTTPError`): the client's error.
-        what (`str`): the operation, e.g. "uploading to".
-        repo_id (`str`, *optional*): the repo concerned.
-        cfg (`HubConfig`): for the endpoint.
-        token (`str`, *optional*): the token in use (only to scrub it from server messages).
-        attempts (`int`, *optional*, defaults to 1): how many times the call was made.
-        revision (`str`, *optional*): the revision asked for, named when it does not exist.
-    """
-    status = _status(err)
-    where = f"datasets/{repo_id}" if repo_id else _endpoint(cfg)
-    if isinstance(err, RevisionNotFoundError):
-        return HubError(
-            f"revision {revision!r} does not exist in {where}; pass an existing branch, tag or commit sha "
-            f"(e.g. {repo_id}@main)."
-        )
-    if status == 401 and token:
-        return HubError(f"the Hub rejected the token (HTTP 401) while {what} {where}; {LOGIN_HINT}.")
-    if isinstance(err, RepositoryNotFoundError) or (status in (401, 404) and not isinstance(err, EntryNotFoundError)):
-        return HubError(
-            f"{where} does not exist on {_endpoint(cfg)} or is private; check the repo id, or {LOGIN_HINT} "
-            "with a token that can read it."
-        )
-    if status == 403:
-        return HubError(
-            f"the token has no write access to {where} (HTTP 403) while {what} it; use a token with write "
-            "permission for that namespace (https://huggingface.co/settings/tokens) or a --repo-id under your user."
-        )
-    if status == 429:
-        return HubError(
-            f"the Hub rate-limited {what} {where} (HTTP 429, {attempts} attempts); wait a few minutes and rerun "
-            "the same command: it uploads only what is missing."
-        )
-    if status is not None and status >= 500:
-        return HubError(
-            f"the Hub failed while {what} {where} (HTTP {status}, {attempts} attempts); rerun the same command: "
-            "it uploads only what is missing."
-        )
-    detail = _scrub(getattr(err, "server_message", None) or str(err).split("\n")[0], token)
-    return HubError(f"{what} {where} failed (HTTP {status}): {detail}")
-
-
-def _retry_after(err: HfHubHTTPError) -> float | None:
-    """Seconds asked by the server's `Retry-After` header (delay-seconds or HTTP-date), if any."""
-    response = getattr(err, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 @dataclass
-class _Caller:
-    """Runs Hub calls with retries (429, 5xx, connection errors) and turns failures into one-line `HubError`s."""
+class _Client:
+    """An `HfApi` on the endpoint of a `HubConfig`, with its token and the caller that runs its calls."""
 
-    cfg: HubConfig
+    api: HfApi
+    call: _Caller
     token: str | None
-    sleep: Callable[[float], None] = time.sleep
-
-    def __call__(self, what: str, repo_id: str | None, fn: Callable, revision: str | None = None):
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except HubError:
-                raise
-            except Exception as exc:  # sorted below: an HTTP status, a connection error, or anything else (re-raised)
-                http = _find(exc, HfHubHTTPError)
-                status = _status(http) if http is not None else None
-                cause = _find(exc, TRANSPORT_ERRORS) if http is None else None
-                transport = cause is not None
-                retryable = transport or status == 429 or (status is not None and status >= 500)
-                if http is None and not transport:
-                    raise
-                if not retryable or attempt >= self.cfg.max_retries:
-                    if transport:
-                        raise HubError(
-                            f"cannot reach {_endpoint(self.cfg)} while {what} "
-                            f"{'datasets/' + repo_id if repo_id else 'the Hub'} ({type(cause).__name__}, "
-                            f"{attempt + 1} attempts); check your connection and --endpoint / HF_ENDPOINT, then rerun."
-                        ) from exc
-                    raise hub_error(http, what, repo_id, self.cfg, self.token, attempt + 1, revision) from exc
-                wait = _retry_after(http) if http is not None else None
-                if wait is None:
-                    wait = self.cfg.retry_wait * 2**attempt
-                if wait > self.cfg.max_wait:
-                    raise HubError(
-                        f"the Hub asks to wait {wait:.0f} s (HTTP {status}) before {what} datasets/{repo_id}; "
-                        "rerun the same command later: it uploads only what is missing."
-                    ) from exc
-                reason = f"HTTP {status}" if status is not None else type(cause).__name__
-                logger.warning(
-                    "%s %s: %s, retrying in %.1f s (%d/%d)",
-                    what,
-                    repo_id or "",
-                    reason,
-                    wait,
-                    attempt + 1,
-                    self.cfg.max_retries,
-                )
-                self.sleep(wait)
-                attempt += 1
 
 
-def _api(cfg: HubConfig, token: str | None) -> HfApi:
-    return HfApi(endpoint=cfg.endpoint, token=token, library_name="dsco-hub", library_version=__version__)
+def _connect(cfg: HubConfig, required: bool = True) -> _Client:
+    """The client of `cfg` (token from `resolve_token`; `HubError` when `required` and there is none)."""
+    token = resolve_token(cfg, required=required)
+    api = HfApi(endpoint=cfg.endpoint, token=token, library_name="dsco-hub", library_version=__version__)
+    return _Client(api, _Caller(cfg, token), token)
 
 
 def whoami(cfg: HubConfig) -> str:
@@ -303,9 +95,8 @@ def whoami(cfg: HubConfig) -> str:
     Raises:
         HubError: no token, or the Hub rejects it (HTTP 401).
     """
-    token = resolve_token(cfg)
-    call = _Caller(cfg, token)
-    return call("checking the token on", None, lambda: _api(cfg, token).whoami()["name"])
+    client = _connect(cfg)
+    return client.call("checking the token on", None, lambda: client.api.whoami()["name"])
 
 
 def preflight(cfg: HubConfig) -> str:
@@ -324,122 +115,58 @@ def preflight(cfg: HubConfig) -> str:
     return whoami(cfg)
 
 
-def default_repo_id(user: str, dsco: dict) -> str:
-    """`<user>/<source-name>-<method>-ipc<IPC>`, the name of a set pushed without `--repo-id`.
-
-    Args:
-        user (`str`): the namespace (the token's user).
-        dsco (`dict`): the set's `dsco:` block (source id, method, ipc).
-    """
-    stem = str(dsco["source"]["id"]).rstrip("/").replace("\\", "/").split("/")[-1]
-    stem = re.sub(r"\s*\(.*?\)\s*", "", stem)  # "fashion-mnist-subset (embedded)"
-    slug = re.sub(r"[^A-Za-z0-9._]+", "-", stem).strip("-._") or "dataset"
-    slug = re.sub(r"\.{2,}", ".", slug)
-    suffix = f"-{dsco['method']}-ipc{dsco['ipc']}"
-    return f"{user}/{slug[: MAX_NAME_LENGTH - len(suffix)].rstrip('-._')}{suffix}"
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Cards
+# Reading and committing
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def card_blocks(data) -> dict[str, dict]:
-    """The `dsco:` block of every config of a card, by config name.
-
-    A folder's card has one `dsco:` block (config "default"); a Hub card has `dsco:` (with `config:`) for the
-    default config and `dsco_configs:` for the others. Cards without a `dsco:` block give `{}`.
-    """
-    blocks: dict[str, dict] = {}
-    dsco = data.get("dsco") if data is not None else None
-    if isinstance(dsco, dict) and dsco:
-        blocks[dsco.get("config") or "default"] = dict(dsco)
-    for name, block in ((data.get("dsco_configs") if data is not None else None) or {}).items():
-        blocks[name] = dict(block)
-    return blocks
-
-
-def _place_blocks(data, blocks: dict[str, dict], default: str) -> None:
-    """Write `blocks` into the card YAML: `dsco:` for `default`, `dsco_configs:` for the others."""
-    name = default if default in blocks else sorted(blocks)[0]
-
-    def with_config(config: str, block: dict) -> dict:
-        return {"config": config, **{k: v for k, v in block.items() if k != "config"}}
-
-    data["dsco"] = with_config(name, blocks[name])
-    others = {k: with_config(k, v) for k, v in sorted(blocks.items()) if k != name}
-    if others:
-        data["dsco_configs"] = others
-    else:
-        data.pop("dsco_configs", None)
-
-
-def _default_config(data) -> str | None:
-    from datasets.utils.metadata import MetadataConfigs
-
-    configs = MetadataConfigs.from_dataset_card_data(data)
-    if not configs:
-        return None
-    try:
-        return configs.get_default_config_name()
-    except ValueError:
-        return None
-
-
-def _is_dsco_block(block: dict) -> bool:
-    return all(key in block for key in ("method", "ipc", "source", "counts", "settings", "versions"))
-
-
-def _render(data, repo_id: str, citation: str | None) -> DatasetCard:
-    """The Hub card of a dsco-hub repo: the template rendered for the default config, plus a configs table."""
-    blocks = card_blocks(data)
-    default = data["dsco"]["config"]
-    dsco = blocks[default]
-    grid_classes = min(dsco["source"]["num_classes"], card.GRID_CLASSES)
-    rendered = card.render_dataset_card(
-        data, dsco, citation, repo_id, grid_classes, samples_file=f"{default}/samples.png"
-    )
-    if len(blocks) > 1:
-        section = card.configs_section(blocks, default, repo_id)
-        marker = "## Source, licence and citation"
-        text = rendered.text
-        rendered.text = text.replace(marker, section + "\n" + marker, 1) if marker in text else text + "\n" + section
-    return rendered
-
-
-def _read_card(api: HfApi, call: _Caller, repo_id: str, revision: str) -> DatasetCard | None:
-    """The README card of `repo_id` at `revision`, or None when the repo has none."""
+def _read_card(client: _Client, repo_id: str, revision: str) -> DatasetCard | None:
+    """The README card of `repo_id` at `revision`, or None when the repo has none (huggingface_hub retries)."""
 
     def download():
         try:
-            path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)
+            path = client.api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)
         except EntryNotFoundError:
             return None
         return DatasetCard.load(path)
 
-    return call("reading the card of", repo_id, download, revision=revision)
+    return client.call("reading the card of", repo_id, download, revision=revision, retry=False)
 
 
-def _source_terms(api: HfApi, call: _Caller, dsco: dict) -> dict:
-    """Licence and gating fields of a Hub source's card (and its `gated` setting) to carry over to the set."""
+def _source_terms(client: _Client, dsco: dict) -> dict:
+    """The terms of use of a Hub source to carry over to the set (`card.source_terms`); `{}` for other sources."""
     source = dsco["source"]
     if not source.get("is_hub"):
         return {}
-    info = call(
+    info = client.call(
         "reading the licence and gating of the source",
         source["id"],
-        lambda: api.dataset_info(source["id"], revision=source.get("revision")),
+        lambda: client.api.dataset_info(source["id"], revision=source.get("revision")),
     )
-    data = info.card_data.to_dict() if info.card_data is not None else {}
-    terms = {key: data[key] for key in TERMS_KEYS if data.get(key) not in (None, "", [])}
-    if info.gated:
-        terms["gated"] = info.gated
-        terms.setdefault(
-            "extra_gated_prompt",
-            f"This dataset holds images of {source['id']}, a gated dataset: by requesting access you agree to the "
-            f"terms of {source['id']} (https://huggingface.co/datasets/{source['id']}).",
+    return card.source_terms(info.card_data.to_dict() if info.card_data is not None else {}, info.gated, source["id"])
+
+
+def _commit(client: _Client, what: str, repo_id: str, operations: list, title: str, revision: str, create_pr: bool):
+    """Upload the files of `operations` (preupload and LFS: huggingface_hub retries them), then commit (retried
+    here: huggingface_hub sends the commit once). A retried commit sends nothing already uploaded again.
+
+    Returns:
+        `huggingface_hub.CommitInfo`: the commit (`oid`, `commit_url`; `pr_url`, `pr_revision` with `create_pr`).
+    """
+    additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
+
+    def upload():
+        client.api.preupload_lfs_files(
+            repo_id, additions, repo_type="dataset", revision=revision, create_pr=create_pr, free_memory=False
         )
-    return terms
+
+    def commit():
+        return client.api.create_commit(
+            repo_id, operations, commit_message=title, repo_type="dataset", revision=revision, create_pr=create_pr
+        )
+
+    client.call(what, repo_id, upload, revision=revision, retry=False)
+    return client.call(what, repo_id, commit, revision=revision)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -476,20 +203,13 @@ class PushResult:
     commits: int = 0
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _same(remote, local: Path) -> bool:
     """Whether the remote file (a `RepoFile`) holds the content of `local` (LFS sha256 or git blob id)."""
     if remote is None or getattr(remote, "size", None) != local.stat().st_size:
         return False
     if remote.lfs is not None:
-        return remote.lfs.sha256 == _sha256(local)
+        with open(local, "rb") as f:
+            return remote.lfs.sha256 == sha_fileobj(f).hex()
     return remote.blob_id == git_hash(local.read_bytes())
 
 
@@ -518,53 +238,12 @@ def _batches(files: list[tuple[str, Path]], max_files: int, max_bytes: int) -> l
     return batches
 
 
-def _hub_card(local: DatasetCard, remote: DatasetCard | None, config_name: str, repo_id: str, terms: dict) -> str:
-    """The README.md to push: the remote card (if any) with this config added or replaced, re-rendered."""
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-
-    dsco = {**local.data["dsco"], "config": config_name}
-    info = next(iter(DatasetInfosDict.from_dataset_card_data(local.data).values()))
-    splits = list(info.splits) if info.splits else ["train"]
-    blocks = card_blocks(remote.data) if remote is not None else {}
-    remote_configs = MetadataConfigs.from_dataset_card_data(remote.data) if remote is not None else MetadataConfigs()
-    blocks[config_name] = dsco
-
-    # YAML: the remote card's keys, then the fields derived from the default config, then this config's
-    data = DatasetCardData(**(remote.data.to_dict() if remote is not None else {}))
-    metadata = {"data_files": [{"split": s, "path": f"{config_name}/{s}-*"} for s in splits]}
-    if not remote_configs or remote_configs.get(config_name, {}).get("default"):
-        metadata["default"] = True  # the first config pushed stays the default: load_dataset(repo) keeps working
-    DatasetInfosDict({config_name: info}).to_dataset_card_data(data)
-    MetadataConfigs({config_name: metadata}).to_dataset_card_data(data)
-    default = _default_config(data) or config_name
-    if not _is_dsco_block(blocks.get(default, {})):
-        default = config_name  # the card is rendered from a block dsco-hub wrote
-    default_block = blocks[default]
-    ipcs = sorted(int(b["ipc"]) for b in blocks.values() if "ipc" in b)
-    pretty = (
-        f"{card.display_name(default_block['source'])} concentrated ({default_block['method']}, "
-        f"IPC {', '.join(map(str, ipcs))})"
-    )
-    base = card.card_data(default_block, pretty_name=pretty).to_dict()
-    base["tags"] = sorted(
-        {t for b in blocks.values() if _is_dsco_block(b) for t in card.card_data(b, pretty).to_dict()["tags"]}
-        | set(data.get("tags") or [])
-    )
-    base.pop("dsco", None)
-    for key, value in {**base, **{k: v for k, v in terms.items() if k != "gated"}}.items():
-        data[key] = value
-    _place_blocks(data, blocks, default)
-    citation = card.citation_of(local) or (card.citation_of(remote) if remote is not None else None)
-    return str(_render(data, repo_id, citation))
-
-
 def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     """Publish a folder written by `dsco-hub concentrate` as config `ipc<IPC>` of a dataset repo on the Hub.
 
     Creates the repo (`private` when asked) and the branch if needed, uploads only the files whose content is
-    not already on the Hub, deletes the config's stale shards and writes the merged card last. Rerunning after a
-    failure finishes the upload without sending again what was committed.
+    not already on the Hub, deletes the config's stale shards and writes the merged card (`card.hub_card`) last.
+    Rerunning after a failure finishes the upload without sending again what was committed.
 
     Args:
         folder (`str` or `Path`): the set: `README.md` with a `dsco:` block, `data/*.parquet`, `samples.png`,
@@ -591,12 +270,11 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         )
     if cfg.repo_id is not None:
         check_repo_id(cfg.repo_id)
-    token = resolve_token(cfg)
-    api = _api(cfg, token)
-    call = _Caller(cfg, token)
+    client = _connect(cfg)
+    api, call, token = client.api, client.call, client.token
     config_name = f"ipc{dsco['ipc']}"
     files = _local_files(folder, config_name)
-    for path in [readme, folder / "dsco_config.json"]:
+    for path in (folder / name for name in TEXT_FILES):
         if path.exists() and token in path.read_text(errors="ignore"):
             raise HubError(f"refusing to upload {path}: it contains the Hub token; remove it and rerun.")
 
@@ -629,10 +307,10 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         except EntryNotFoundError:
             return {}
 
-    remote_files = call("listing", repo_id, tree, revision=base)
-    remote_card = _read_card(api, call, repo_id, base)
-    terms = _source_terms(api, call, dsco)
-    content = _hub_card(local, remote_card, config_name, repo_id, terms).encode()
+    remote_files = call("listing", repo_id, tree, revision=base, retry=False)
+    remote_card = _read_card(client, repo_id, base)
+    terms = _source_terms(client, dsco)
+    content = card.hub_card(local, remote_card, config_name, repo_id, terms).encode()
     if token in content.decode(errors="ignore"):
         raise HubError("refusing to upload README.md: the card would contain the Hub token.")
     wanted = {path for path, _ in files}
@@ -661,14 +339,7 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
             if card_changed:
                 operations.append(CommitOperationAdd("README.md", content))
         title = message if last else f"{message} [part {index + 1}/{len(batches)}]"
-        info = call(
-            "uploading to",
-            repo_id,
-            lambda ops=operations, title=title, rev=revision, pr=create_pr: api.create_commit(
-                repo_id, ops, commit_message=title, repo_type="dataset", revision=rev, create_pr=pr
-            ),
-            revision=revision,
-        )
+        info = _commit(client, "uploading to", repo_id, operations, title, revision, create_pr)
         result.commits += 1
         result.commit = info.oid
         result.uploaded += [op.path_in_repo for op in operations if isinstance(op, CommitOperationAdd)]
@@ -725,9 +396,8 @@ def open_set(target: str, cfg: HubConfig, config_name: str | None = None) -> Pub
     """
     repo_id, revision = parse_set_ref(target)
     check_repo_id(repo_id, "TARGET")
-    token = resolve_token(cfg, required=False)
-    api = _api(cfg, token)
-    call = _Caller(cfg, token)
+    client = _connect(cfg, required=False)
+    api, call = client.api, client.call
 
     def resolve() -> str | None:
         try:
@@ -743,27 +413,8 @@ def open_set(target: str, cfg: HubConfig, config_name: str | None = None) -> Pub
             f"revision {revision!r} does not exist in datasets/{repo_id}; its branches: {branches}. "
             f"Pass one of them or a commit sha, e.g. {repo_id}@main."
         )
-    found = _read_card(api, call, repo_id, sha)
-    blocks = card_blocks(found.data) if found is not None else {}
-    declared = []
-    if found is not None:
-        from datasets.utils.metadata import MetadataConfigs
-
-        declared = list(MetadataConfigs.from_dataset_card_data(found.data))
-    if config_name is None:
-        config_name = (_default_config(found.data) if found is not None else None) or (
-            declared[0] if len(declared) == 1 else None
-        )
-        if config_name is None and declared:
-            raise HubError(
-                f"datasets/{repo_id} has several configs and no default ({', '.join(declared)}); "
-                "pick one with --set-config."
-            )
-    elif declared and config_name not in declared:
-        raise HubError(
-            f"--set-config={config_name!r} is not a config of datasets/{repo_id}; its configs: {', '.join(declared)}."
-        )
-    dsco = blocks.get(config_name or "default") or (blocks.get("default") if len(blocks) == 1 else None) or {}
+    found = _read_card(client, repo_id, sha)
+    config_name, dsco = card.evaluated_config(found, config_name, repo_id)
     return PublishedSet(repo_id, revision, sha, config_name, found, dsco)
 
 
@@ -771,9 +422,7 @@ def update_card_eval(published: PublishedSet, block: dict, cfg: HubConfig) -> tu
     """Write an `eval` block (with the evaluated commit) into the card of a published set and push the README.
 
     The card is read at the head of the target branch (`cfg.revision`, else the evaluated branch, else main), so
-    commits made since the evaluated one are kept. dsco-hub cards are re-rendered; cards of other tools keep
-    their text and get a `dsco:` block with just `eval` (and `config`) plus a marked "dsco-hub evaluation"
-    section, replaced in place by later evaluations.
+    commits made since the evaluated one are kept; `card.with_hub_evaluation` makes the new card.
 
     Args:
         published (`PublishedSet`): the evaluated set.
@@ -786,50 +435,24 @@ def update_card_eval(published: PublishedSet, block: dict, cfg: HubConfig) -> tu
     Raises:
         HubError: no token, 401/403, or the Hub kept failing.
     """
-    token = resolve_token(cfg)
-    api = _api(cfg, token)
-    call = _Caller(cfg, token)
+    client = _connect(cfg)
     repo_id = published.repo_id
     target = cfg.revision
     if target is None:
         target = "main"
         if published.revision and published.revision != published.sha:
-            refs = call("listing the branches of", repo_id, lambda: api.list_repo_refs(repo_id, repo_type="dataset"))
+            refs = client.call(
+                "listing the branches of", repo_id, lambda: client.api.list_repo_refs(repo_id, repo_type="dataset")
+            )
             if published.revision in {b.name for b in refs.branches}:
                 target = published.revision
-    current = _read_card(api, call, repo_id, target)
-    data = DatasetCardData(**(current.data.to_dict() if current is not None else {}))
-    blocks = card_blocks(data)
-    name = published.config_name or next(iter(blocks), "default")
-    blocks[name] = {**blocks.get(name, {}), "eval": block}
-    default = _default_config(data) or (data.get("dsco") or {}).get("config") or name
-    _place_blocks(data, blocks, default)
-    if all(_is_dsco_block(b) for b in blocks.values()):
-        rendered = str(_render(data, repo_id, card.citation_of(current) if current is not None else None))
-    else:  # a card another tool wrote: keep its text, (re)place our marked section
-        text = current.text if current is not None else ""
-        section = card.eval_section(blocks)
-        pattern = re.compile(re.escape(card.EVAL_BEGIN) + r".*?" + re.escape(card.EVAL_END) + r"\n?", re.S)
-        text = (
-            pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        )
-        rendered = f"---\n{data.to_yaml()}\n---\n{text}"
-    if token in rendered:
+    current = _read_card(client, repo_id, target)
+    rendered, name = card.with_hub_evaluation(current, published.config_name, block, repo_id)
+    if client.token in rendered:
         raise HubError("refusing to upload README.md: the card would contain the Hub token.")
     message = cfg.commit_message or f"dsco-hub evaluation of {name} at {published.sha[:8]}"
-    info = call(
-        "updating the card of",
-        repo_id,
-        lambda: api.create_commit(
-            repo_id,
-            [CommitOperationAdd("README.md", rendered.encode())],
-            commit_message=message,
-            repo_type="dataset",
-            revision=target,
-            create_pr=cfg.create_pr,
-        ),
-        revision=target,
-    )
+    operations = [CommitOperationAdd("README.md", rendered.encode())]
+    info = _commit(client, "updating the card of", repo_id, operations, message, target, cfg.create_pr)
     return info.commit_url, info.pr_url
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import shlex
@@ -25,7 +24,6 @@ import torch
 from huggingface_hub import DatasetCard
 
 from dsco_hub import (
-    __version__,
     card,
     distributed,
     doping,
@@ -82,17 +80,6 @@ class ConcentrateResult:
     main: bool = True  # False on the other processes of a launch (they only computed their units)
 
 
-def _versions() -> dict[str, str]:
-    names = ["torch", "diffusers", "datasets", "huggingface_hub", "accelerate"]
-    found = {"dsco_hub": __version__}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 def _check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
     """Refuse needing more real images per class than the smallest class has (names the class and its size)."""
     sizes = [len(rows) for rows in source.class_index]
@@ -123,19 +110,9 @@ def _load_train(
     return source if state.is_main else load()
 
 
-def _local_name(path: str) -> str:
-    """A local folder's name, as the card records it (its absolute path would publish the user's folders)."""
-    return Path(path).expanduser().resolve().name
-
-
 def _shown(source_id: str) -> str:
     """A source as a card shows it: a local folder by its name (never its absolute path), a Hub id as it is."""
-    return _local_name(source_id) if Path(source_id).expanduser().exists() else source_id
-
-
-def _relative(path: str, out: Path) -> str:
-    """`path` relative to the set's folder `out` (POSIX form), which `evaluate` resolves against that folder."""
-    return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(out).resolve())).as_posix()
+    return card.local_name(source_id) if Path(source_id).expanduser().exists() else source_id
 
 
 def _portable(data: dict, out: Path) -> dict:
@@ -148,7 +125,7 @@ def _portable(data: dict, out: Path) -> dict:
     for holder, key in places:
         value = holder.get(key)
         if value and Path(value).expanduser().exists():
-            holder[key] = _relative(value, out)
+            holder[key] = card.relative_path(value, out)
     data["out"] = Path(out).name
     return data
 
@@ -177,44 +154,6 @@ def _test_config(cfg: ConcentrateConfig) -> SourceConfig | None:
     if cfg.data_free and cfg.source.source is None:
         return None
     return cfg.source
-
-
-def _source_block(
-    cfg: ConcentrateConfig, source: SourceData | None, class_names: list[str], out: Path | None = None
-) -> dict:
-    """The card's `dsco.source`: where the data came from (in data-free mode, only the class names; for a streamed
-    source, the split's size when it declares one and what was read of it)."""
-    if source is None:
-        return {
-            "id": "data-free",
-            "data_free": True,
-            "is_hub": False,
-            "config": None,
-            "split": None,
-            "revision": None,
-            "num_rows": 0,
-            "num_classes": len(class_names),
-            "license": None,
-        }
-    local = cfg.source.source is not None and Path(cfg.source.source).expanduser().exists()
-    block = {
-        "id": _local_name(cfg.source.source) if local else source.source_id,
-        "data_free": cfg.data_free,
-        "is_hub": cfg.source.source is not None and not local,
-        "config": cfg.source.config_name,
-        "split": source.split,
-        "revision": source.revision,
-        "num_rows": len(source.labels),
-        "num_classes": source.num_classes,
-        "license": source.license,
-    }
-    if local:  # how to reach the source from the set's folder (never an absolute path: a push publishes the card)
-        block["path"] = _relative(cfg.source.source, out)
-    streamed = source.extra.get("streaming")
-    if streamed:  # the split's declared size, else None (the stream stopped before its end)
-        block["num_rows"] = streamed["num_examples"]
-        block["streaming"] = {k: streamed[k] for k in ("rows_read", "rows_kept", "per_class", "shuffle_buffer")}
-    return block
 
 
 def _load_model(
@@ -376,44 +315,6 @@ def _doped(cfg: ConcentrateConfig, source: SourceData, k: int, m: int, synthetic
     return source.raw_images(picks), source.source_index(picks)
 
 
-def _settings(cfg: ConcentrateConfig, prior: models.DiffusionPrior | None) -> dict:
-    """The method settings recorded in the card (only those the method uses)."""
-    if cfg.method == "herding":
-        return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
-    if prior is None:
-        return {}
-
-    def named(path: str | None) -> str | None:  # a local folder or file by its name, a Hub id as it is
-        return _local_name(path) if path and Path(path).expanduser().exists() else path
-
-    sampler = {
-        "model": named(cfg.model) or f"dsco-hub shipped prior ({models.SHIPPED_PRIOR})",
-        "model_revision": cfg.model_revision,
-        "class_map": named(cfg.class_map),
-        "scheduler": cfg.scheduler,
-        "steps": cfg.steps,
-        "guidance_scale": cfg.guidance_scale,
-        "eta": cfg.eta,
-        "clip_sample": bool(prior.scheduler.config.get("clip_sample", False)),  # the model's own DDIM x0 clipping
-        "sample_batch_size": cfg.sample_batch_size,
-        "resolution": prior.image_shape[1],
-    }
-    if cfg.method != "dsco":
-        return sampler
-    n = cfg.num_synthetic
-    return {
-        **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
-        "nopt_target_batch": cfg.nopt.batch_for(n * cfg.oversample),  # resolved: max(128, 10 n), all (0) for n = 1
-        "oversample": cfg.oversample,
-        "doping_select": cfg.doping_select,
-        **({"doping_ratio": "auto"} if cfg.doping_ratio == "auto" else {}),  # the dsco block holds the ratio reached
-        "data_free": cfg.data_free,
-        "pool_size": cfg.pool_for(n) if cfg.data_free else None,
-        "pool_guidance_scale": cfg.pool_guidance if cfg.data_free else None,
-        **sampler,
-    }
-
-
 def _select(cfg: ConcentrateConfig, source: SourceData, k: int) -> writer.ConcentratedRows:
     """`random` or `herding`: IPC real images of class k."""
     rows = writer.ConcentratedRows()
@@ -571,7 +472,7 @@ def _evaluate(
         )
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
-        "protocol": {**_protocol(cfg, channels, state.device, soft)},
+        "protocol": {**card.protocol_block(cfg, channels, state.device, soft)},
         "test": {"dataset": _shown(test.source_id), "split": test.split, "num_images": len(test_rows)},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -594,56 +495,6 @@ def _evaluate(
         bar.update(task, info=f"{result.mean * 100:.2f} ± {result.std * 100:.2f} %")
         block[key] = result.to_dict()
     return block
-
-
-def _protocol(cfg: EvalConfig, channels: int, device: torch.device, soft: teacher.Teacher | None = None) -> dict:
-    """The card's `eval.protocol`: the settings, and the device and precision the students trained with; with soft
-    labels, the teacher (its folder's name and config digest, never a path) and the temperature."""
-    flip = cfg.flip if cfg.flip is not None else channels == 3
-    precision = distributed.eval_precision(device)
-    return {
-        "model": cfg.model,
-        "epochs": cfg.epochs,
-        "runs": cfg.runs,
-        "lr": cfg.lr,
-        "momentum": cfg.momentum,
-        "weight_decay": cfg.weight_decay,
-        "batch_size": cfg.batch_size,
-        "augment": cfg.augment,
-        "flip": flip,
-        "seed": cfg.seed,
-        "labels": cfg.labels,
-        **({"teacher": soft.describe(), "temperature": cfg.temperature} if soft is not None else {}),
-        "device": distributed.describe_device(device),  # e.g. "cpu", "cuda (NVIDIA H200)"
-        "precision": "float32" if precision == "no" else f"{precision} autocast",
-    }
-
-
-def _write_card(
-    folder: Path,
-    dsco: dict,
-    ds_card_yaml: dict | None,
-    citation: str | None,
-    load_id: str,
-    grid_classes: int,
-    ds: datasets.Dataset | None = None,
-    split_info=None,
-    download_size=None,
-) -> None:
-    """Render README.md into `folder` from the `dsco` block (dataset_info/configs recomputed or carried over)."""
-    data = card.card_data(
-        dsco, pretty_name=f"{card.display_name(dsco['source'])} concentrated ({dsco['method']}, IPC {dsco['ipc']})"
-    )
-    if ds is not None:
-        writer.dataset_info_yaml(data, ds, split_info, download_size)
-    elif ds_card_yaml:
-        for key in ("dataset_info", "configs"):
-            if key in ds_card_yaml:
-                data[key] = ds_card_yaml[key]
-    rendered = card.render_dataset_card(data, dsco, citation, load_id, grid_classes)
-    tmp = folder / "README.md.tmp"
-    tmp.write_text(str(rendered))
-    tmp.replace(folder / "README.md")
 
 
 def concentrate(
@@ -674,7 +525,19 @@ def concentrate(
         OutputError: `cfg.out` is a non-empty folder not written by dsco-hub and `cfg.overwrite` is False.
         SourceError: the source or its test split cannot be used.
         ImageDecodeError: an image cannot be decoded (names the row).
+        HubError: with `cfg.push`, no token, a malformed repo id (both before any work), or the push failed (the
+            hint says how to finish it with `dsco-hub push`).
     """
+    result = _concentrate_set(cfg, command, report)
+    if cfg.push is not None and result.main:  # the one place a set is pushed: once it is complete
+        result.push = push(result.out, cfg.push, finishing=True)
+    return result
+
+
+def _concentrate_set(
+    cfg: ConcentrateConfig, command: str | None, report: Callable[[str], Any] | None
+) -> ConcentrateResult:
+    """`concentrate` up to the push: check the settings and `cfg.out`, then make the set (or find it complete)."""
     presets.apply_preset(cfg)
     cfg.validate()
     say = report or (lambda message: print(message, file=sys.stderr))
@@ -690,8 +553,7 @@ def concentrate(
         if state.is_main:
             say(f"{cfg.out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
         dsco = dict(DatasetCard.load(out / "README.md").data.get("dsco") or {})
-        pushed = _push_written(out, cfg.push) if cfg.push is not None and state.is_main else None
-        return ConcentrateResult(out=out, dsco=dsco, push=pushed, main=state.is_main)
+        return ConcentrateResult(out=out, dsco=dsco, main=state.is_main)
     settings = run_settings(plain, "rows")
     folder, discard = writer.check_run(out, settings, cfg.overwrite, compared)
     state.wait_for_everyone()  # every process has read the saved run before it is discarded
@@ -796,20 +658,22 @@ def _concentrate(
                 "ipc": cfg.ipc,
                 "doping_ratio": round(rows.source.count("real") / max(len(rows), 1), 4),
                 "seed": cfg.seed,
-                "settings": _settings(cfg, prior),
+                "settings": card.settings_block(cfg, prior),
                 "counts": {
                     "rows": len(rows),
                     "real": rows.source.count("real"),
                     "synthetic": rows.source.count("synthetic"),
                 },
-                "source": _source_block(cfg, source, class_names, out),
-                "versions": _versions(),
+                "source": card.source_block(cfg, source, class_names, out),
+                "versions": card.versions(),
             }
             if test is not None:
                 baseline = source if cfg.eval.baseline and not cfg.data_free else None
                 dsco["eval"] = _evaluate(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar)
             citation = source.citation if source is not None else None
-            _write_card(staging, dsco, None, citation, out.name, grid_classes, ds, split_info, download_size)
+            writer.write_card(
+                staging, card.dataset_card(dsco, citation, out.name, grid_classes, ds, split_info, download_size)
+            )
             command = command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]])
             writer.write_json(
                 staging / "dsco_config.json",
@@ -821,8 +685,7 @@ def _concentrate(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     shutil.rmtree(folder, ignore_errors=True)  # the set is complete: its units are no longer needed
-    pushed = _push_written(final, cfg.push) if cfg.push is not None else None
-    return ConcentrateResult(out=final, dsco=dsco, push=pushed)
+    return ConcentrateResult(out=final, dsco=dsco)
 
 
 def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
@@ -854,22 +717,16 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
     return plan.make_plan(cfg, num_classes, cost, image_shape)
 
 
-def _push_written(folder: Path, cfg: HubConfig) -> hub.PushResult:
-    """Push a complete output folder; on failure, say how to finish without concentrating again."""
-    try:
-        return hub.push_folder(folder, cfg)
-    except HubError as err:
-        repo = f" --repo-id {cfg.repo_id}" if cfg.repo_id else ""
-        err.hint = f"the set is complete in {folder}; finish the upload with `dsco-hub push {folder}{repo}`."
-        raise
-
-
-def push(folder: str | Path, cfg: HubConfig) -> hub.PushResult:
+def push(folder: str | Path, cfg: HubConfig, finishing: bool = False) -> hub.PushResult:
     """`dsco-hub push`: publish a folder written by `concentrate` as config `ipc<IPC>` of a dataset repo.
+
+    `concentrate --push` pushes through here too, once its set is complete.
 
     Args:
         folder (`str` or `Path`): the set (README.md with a `dsco:` block, data/*.parquet, samples.png).
         cfg (`HubConfig`): repo id, branch, pull request, commit message, token, endpoint.
+        finishing (`bool`, *optional*, defaults to False): the push ends `concentrate`; a failure's hint then says
+            how to finish the upload without concentrating again.
 
     Returns:
         `hub.PushResult`: the repo, config, commits and what was uploaded, skipped or deleted.
@@ -878,7 +735,13 @@ def push(folder: str | Path, cfg: HubConfig) -> hub.PushResult:
         OutputError: `folder` is not a set written by dsco-hub.
         HubError: no token, malformed repo id, 401/403, or the Hub kept failing (rerun: it resumes).
     """
-    return hub.push_folder(folder, cfg)
+    try:
+        return hub.push_folder(folder, cfg)
+    except HubError as err:
+        if finishing:
+            repo = f" --repo-id {cfg.repo_id}" if cfg.repo_id else ""
+            err.hint = f"the set is complete in {folder}; finish the upload with `dsco-hub push {folder}{repo}`."
+        raise
 
 
 def evaluate_set(
@@ -970,11 +833,7 @@ def _evaluate_command(
             report(f"card pull request: {pr_url}" if pr_url else f"card updated: {url}")
     elif update_card:
         folder = Path(target).expanduser()
-        dsco = {**opened.dsco, "eval": block}
-        yaml_data = opened.existing.data.to_dict()
-        grid_classes = min(dsco["source"]["num_classes"], GRID_CLASSES)
-        load_id = folder.resolve().name
-        _write_card(folder, dsco, yaml_data, card.citation_of(opened.existing), load_id, grid_classes)
+        writer.write_card(folder, card.with_evaluation(opened.existing, block, folder.resolve().name), "TARGET")
     return block, doc
 
 

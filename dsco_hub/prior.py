@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -28,10 +27,9 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
-from huggingface_hub import ModelCard, ModelCardData
 
 from dsco_hub import distributed
-from dsco_hub.card import template_path
+from dsco_hub.card import prior_card
 from dsco_hub.config import PriorTrainConfig, derive_seed
 from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
 from dsco_hub.errors import ConfigError, OutputError
@@ -203,10 +201,9 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         grid_seeds = [derive_seed(cfg.seed, "card", k, j) for k in range(num_classes) for j in range(per_class)]
         grid = sample(prior, grid_labels, grid_seeds, steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance)
         image_grid(to_uint8(grid), rows=num_classes).save(staging / "samples.png")
-        _write_prior_card(
+        prior_card(
             cfg,
             source,
-            staging,
             final,
             num_classes,
             channels,
@@ -216,7 +213,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
             command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
             per_class,
             extended_from,
-        )
+        ).save(staging / "README.md")
         for item in staging.iterdir():
             target = out / item.name
             if target.is_dir():
@@ -404,57 +401,3 @@ def _save_checkpoint(accelerator, ckpt_dir: Path, step: int, elapsed: float, los
         for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _write_prior_card(
-    cfg, source, folder, unet, num_classes, channels, resolution, wall, loss_ema, command, per_class, extended_from
-):
-    hours, rem = divmod(int(wall), 3600)
-    minutes = rem // 60
-    card_data = ModelCardData(
-        library_name="diffusers",
-        license=source.license,
-        tags=["dsco-hub", "diffusion", "class-conditional", "unconditional-image-generation"],
-        pipeline_tag="unconditional-image-generation",
-        datasets=[source.source_id] if "/" in source.source_id and " " not in source.source_id else None,
-    )
-    classes = "\n".join(f"- {k}: {name}" for k, name in enumerate(source.class_names))
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template_path("prior_card.md")),
-        title=f"Class-conditional diffusion prior for {source.source_id}",
-        num_params=f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M",
-        samples_file="samples.png",
-        samples_per_class=per_class,
-        sample_steps=cfg.sample_steps,
-        sample_guidance=cfg.sample_guidance,
-        classes=classes,
-        null_class=num_classes,
-        num_class_embeds=num_classes + 1,
-        source=source.source_id,
-        split=source.split,
-        num_images=len(source.labels),
-        resolution=resolution,
-        channels=channels,
-        command=command,
-        extended_from=", ".join(map(str, extended_from)),
-        steps=cfg.max_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        ema_power=cfg.ema_power,
-        ema_max_decay=cfg.ema_max_decay,
-        label_dropout=cfg.label_dropout,
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        mixed_precision=cfg.mixed_precision,
-        final_loss=f"{loss_ema:.4f}" if loss_ema is not None else "n/a",
-        wall_time=f"{hours} h {minutes} min ({wall:.0f} s)",
-        hardware=f"{os.cpu_count()} CPU cores ({platform.machine()})"
-        if not torch.cuda.is_available()
-        else torch.cuda.get_device_name(0),
-        load_path=str(cfg.out),
-        license=source.license,
-        citation=source.citation,
-    )
-    card.save(folder / "README.md")

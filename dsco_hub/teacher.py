@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import load, save
 from torch import nn
 
 from dsco_hub import __version__, distributed
-from dsco_hub.card import template_path
+from dsco_hub.card import teacher_card
 from dsco_hub.config import TEACHER_CONFIG, TeacherConfig, derive_seed
 from dsco_hub.data import decode_images, load_source, load_test_source
 from dsco_hub.errors import ConfigError, OutputError
@@ -303,7 +301,7 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     config["test_accuracy"] = accuracy
     config["device"] = distributed.describe_device(device)
     atomic_write(out / TEACHER_CONFIG, json.dumps(config, indent=2) + "\n")
-    _write_card(out, config, train, sum(p.numel() for p in model.parameters()))
+    atomic_write(out / "README.md", str(teacher_card(config, train, sum(p.numel() for p in model.parameters()))))
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
 
@@ -333,40 +331,3 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, devi
         if buffer is not None:
             optimizer.state[param]["momentum_buffer"] = buffer.to(device)
     return epochs_done
-
-
-def _write_card(out: Path, config: dict[str, Any], train, num_params: int) -> None:
-    """The teacher's model card (`README.md`): source, network, training, test accuracy, command."""
-    card_data = ModelCardData(
-        library_name="pytorch",
-        license=train.license,
-        tags=["dsco-hub", "image-classification", "dataset-distillation-teacher"],
-        pipeline_tag="image-classification",
-        datasets=[train.source_id] if "/" in train.source_id and " " not in train.source_id else None,
-        metrics=["accuracy"],
-    )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template_path("teacher_card.md")),
-        source=config["source_name"],
-        split=config["split"],
-        model_name={"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}[config["model"]],
-        num_params=f"{num_params / 1e6:.2f} M",
-        num_classes=len(config["class_names"]),
-        channels=config["channels"],
-        image_size=config["image_size"][0],
-        num_images=config["num_images"],
-        epochs=config["epochs"],
-        lr=config["lr"],
-        momentum=config["momentum"],
-        weight_decay=config["weight_decay"],
-        batch_size=config["batch_size"],
-        seed=config["seed"],
-        test_images=config["test_images"],
-        test_accuracy=f"{config['test_accuracy'] * 100:.2f}",
-        device=config["device"],
-        machine=platform.machine(),
-        command=config["command"] or "(library call)",
-        version=config["dsco_hub_version"],
-    )
-    atomic_write(out / "README.md", str(card))

@@ -32,6 +32,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.table import embed_table_storage
+from huggingface_hub import DatasetCard
 
 from dsco_hub.config import first_difference, run_settings
 from dsco_hub.errors import ConfigError, OutputError
@@ -397,22 +398,21 @@ def write_parquet(ds: datasets.Dataset, folder: Path, split: str = "train", max_
     return datasets.SplitInfo(name=split, num_bytes=nbytes, num_examples=len(ds)), written
 
 
-def dataset_info_yaml(card_data, ds: datasets.Dataset, split_info: datasets.SplitInfo, download_size: int) -> None:
-    """Add `dataset_info` and `configs` to `card_data` exactly as `Dataset.push_to_hub` writes them."""
-    from datasets.info import DatasetInfo, DatasetInfosDict
-    from datasets.splits import SplitDict
-    from datasets.utils.metadata import MetadataConfigs
+def write_card(folder: Path, card: DatasetCard, option: str = "--out") -> Path:
+    """Write `card` (made by `card.dataset_card` or `card.with_evaluation`) as the set's README.md, atomically.
 
-    info = DatasetInfo(
-        config_name="default", features=ds.features, splits=SplitDict(), download_size=0, dataset_size=0
-    )
-    info.splits.add(split_info)
-    info.download_size += download_size
-    info.dataset_size += split_info.num_bytes
-    info.size_in_bytes = info.download_size + info.dataset_size
-    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    configs = {"default": {"data_files": [{"split": split_info.name, "path": f"data/{split_info.name}-*"}]}}
-    MetadataConfigs(configs).to_dataset_card_data(card_data)
+    Args:
+        folder (`Path`): the set's folder (or its staging folder).
+        card (`huggingface_hub.DatasetCard`): the card, written as `str(card)` in UTF-8.
+        option (`str`, *optional*, defaults to "--out"): the argument named if the write fails.
+
+    Returns:
+        `Path`: the README.md written.
+
+    Raises:
+        OutputError: the file cannot be written (one line: the path, the reason, the fix).
+    """
+    return atomic_write(Path(folder) / "README.md", str(card), option)
 
 
 def write_json(path: Path, data: dict) -> None:

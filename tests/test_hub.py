@@ -264,6 +264,32 @@ def test_a_429_on_preupload_or_lfs_is_retried_by_huggingface_hub(
     assert result.commits == 1 and "README.md" in fake_hub.files(result.repo_id)
 
 
+def test_calls_huggingface_hub_retries_are_not_retried_again_and_a_retried_commit_uploads_nothing_twice(
+    fake_hub, waits, tiny_repo, tmp_path
+):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    # a preupload failing every time: huggingface_hub's http_backoff tries it 1 + 5 times, dsco-hub adds none
+    fake_hub.fail("POST", r"/api/datasets/alice/no-double/preupload/", 500, times=100)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/no-double", max_retries=3))
+    assert str(err.value) == (
+        "the Hub failed while uploading to datasets/alice/no-double (HTTP 500, after huggingface_hub's retries); "
+        "rerun the same command: it uploads only what is missing."
+    )
+    assert [status for status, _ in _calls(fake_hub, "POST", "/preupload/")] == [500] * 6
+    assert {who for who, _ in waits} == {"huggingface_hub"} and fake_hub.commits == []
+
+    fake_hub.clear_failures()  # a commit answered 500 once: only the commit is sent again, no file is uploaded twice
+    fake_hub.reset_log()
+    waits.clear()
+    fake_hub.fail("POST", r"/api/datasets/alice/commit-again/commit/", 500)
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/commit-again"))
+    assert [status for status, _ in _calls(fake_hub, "POST", "/commit/")] == [500, 200]
+    uploads = [r.path for r in fake_hub.requests if r.method == "PUT" and "/lfs-upload/" in r.path]
+    assert len(_calls(fake_hub, "POST", "/preupload/")) == 1 and uploads and len(set(uploads)) == len(uploads)
+    assert waits == [("dsco-hub", 0.01)]
+
+
 def test_connection_dropped_during_upload_is_retried_then_reported(fake_hub, waits, tiny_repo, tmp_path):
     out = _make_set(tiny_repo, tmp_path / "set")
     fake_hub.drop("POST", r"/api/datasets/alice/dropped/commit/")
