@@ -66,6 +66,7 @@ from dsco_hub.data import (
 from dsco_hub.errors import ConfigError, DscoError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.nopt import NOptClass, nopt_sample_classes, select_synthetic
+from dsco_hub.text import command_line
 from dsco_hub.ui import progress_bar
 
 GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
@@ -808,7 +809,7 @@ def _concentrate(
                 dsco["eval"] = _evaluate(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar)
             citation = source.citation if source is not None else None
             _write_card(staging, dsco, None, citation, out.name, grid_classes, ds, split_info, download_size)
-            command = command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]])
+            command = command or command_line()
             writer.write_json(
                 staging / "dsco_config.json",
                 {**plain, "source_fingerprint": source_fingerprint, "command": _portable_command(command)},
