@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shlex
 import sys
 from typing import Annotated, Optional
 
@@ -28,6 +27,7 @@ from dsco_hub.config import (
 from dsco_hub.errors import ConfigError, DscoError
 from dsco_hub.results import EXIT_GATE_FAILED, Gates, append_step_summary, document
 from dsco_hub.results import write as write_results
+from dsco_hub.text import command_line
 from dsco_hub.ui import set_quiet
 
 app = typer.Typer(
@@ -363,7 +363,7 @@ def concentrate(
         for line in plan_run(cfg).lines():
             Console().print(line, highlight=False, soft_wrap=True)
         return
-    result = run(cfg, command=_command_line(), report=err_console.print)
+    result = run(cfg, command=command_line(), report=err_console.print)
     if not result.main:  # another process of a launch: its units are written, the main process reports
         return
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
@@ -434,19 +434,6 @@ def _finish_results(doc: dict, json_path: str | None) -> None:
         for failure in doc["gates"]["failures"]:
             err_console.print(f"[bold red]Gate failed:[/bold red] {escape(failure)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE_FAILED)
-
-
-def _command_line() -> str:
-    """The command as typed, for `dsco_config.json`, with the value of `--token` masked."""
-    args, masked = sys.argv[1:], []
-    for i, arg in enumerate(args):
-        if i > 0 and args[i - 1] == "--token":
-            masked.append("REDACTED")
-        elif arg.startswith("--token="):
-            masked.append("--token=REDACTED")
-        else:
-            masked.append(arg)
-    return " ".join(shlex.quote(a) for a in ["dsco-hub", *masked])
 
 
 @app.command()
@@ -646,7 +633,7 @@ def prior_train(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    path = train_prior(cfg)
+    path = train_prior(cfg, command=command_line())
     Console().print(f"prior saved to [bold]{path}[/bold]")
 
 
@@ -679,7 +666,7 @@ def teacher_train(
         max_images=max_images,
         seed=seed,
     )
-    path = train_teacher(cfg, command=_command_line(), report=err_console.print)
+    path = train_teacher(cfg, command=command_line(), report=err_console.print)
     Console().print(f"teacher saved to [bold]{path}[/bold]")
 
 

@@ -147,8 +147,10 @@ class EvalConfig:
         )
         _check(self.runs >= 1, f"--runs={self.runs} must be at least 1; pass --runs 3 for the standard protocol.")
         _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1; the protocol uses --epochs 300.")
-        _check(self.batch_size >= 1, f"--eval-batch-size={self.batch_size} must be at least 1.")
-        _check(self.lr > 0, f"--eval-lr={self.lr} must be positive; the protocol uses 0.01.")
+        _check(
+            self.batch_size >= 1, f"EvalConfig.batch_size={self.batch_size} must be at least 1; the protocol uses 256."
+        )
+        _check(self.lr > 0, f"EvalConfig.lr={self.lr} must be positive; the protocol uses 0.01.")
 
 
 @dataclass
@@ -618,13 +620,19 @@ _OPTION_NAMES = {
     "source.revision": "--revision",
     "source.classes": "--classes",
     "preset": "SOURCE (preset)",
-    "evaluate": "--eval/--no-eval",
+    "evaluate": "evaluation (--no-eval)",
     "eval.model": "--eval-model",
     "eval.seed": "--eval-seed",
-    "eval.batch_size": "--eval-batch-size",
-    "eval.lr": "--eval-lr",
     "eval.labels": "--eval-labels",
     "nopt.kernel": "--kernel",
+    "torch_compile": "--compile",
+    # the students' optimiser and augmentation have no option (the protocol fixes them): named by their field
+    "eval.lr": "EvalConfig.lr",
+    "eval.momentum": "EvalConfig.momentum",
+    "eval.weight_decay": "EvalConfig.weight_decay",
+    "eval.batch_size": "EvalConfig.batch_size",
+    "eval.augment": "EvalConfig.augment",
+    "eval.flip": "EvalConfig.flip",
 }
 
 
@@ -655,7 +663,10 @@ def run_settings(data: dict[str, Any], scope: str) -> dict[str, Any]:
 
 
 def option_name(key: str) -> str:
-    """The command-line option of a dotted settings key, e.g. "nopt.window" -> "--nopt-window"."""
+    """The command-line option of a dotted settings key, e.g. "nopt.window" -> "--nopt-window", for messages.
+
+    A setting no option sets is named by its library field, e.g. "eval.lr" -> "EvalConfig.lr"; SOURCE by name.
+    """
     if key in _OPTION_NAMES:
         return _OPTION_NAMES[key]
     if key.startswith(("eval.", "source.")):  # these options carry no prefix: --epochs, --image-column

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -31,7 +30,9 @@ import torch
 from PIL import Image as PILImage
 
 from dsco_hub.config import SourceConfig, derive_seed
-from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError
+from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
+from dsco_hub.files import atomic_path
+from dsco_hub.text import closest
 
 EMBEDDED_NAME = "fashion_mnist_subset"
 EMBEDDED_ID = "dsco-hub/fashion-mnist-subset (embedded)"
@@ -148,17 +149,18 @@ def _is_local(source: str) -> bool:
 
 
 def _card_metadata(source: str, is_local: bool, revision: str | None) -> tuple[str | None, str | None]:
-    """Licence and citation from the source's README card (best effort: None when unreachable)."""
+    """Licence and citation from the source's README card, for a Hub dataset the card at `revision` (the data's
+    own; None is the default branch). Best effort: None when unreachable."""
     try:
-        from huggingface_hub import DatasetCard
+        from huggingface_hub import DatasetCard, hf_hub_download
 
         if is_local:
             path = Path(source).expanduser() / "README.md"
             if not path.exists():
                 return None, None
-            card = DatasetCard.load(path)
         else:
-            card = DatasetCard.load(source, repo_type="dataset")
+            path = hf_hub_download(source, "README.md", repo_type="dataset", revision=revision)
+        card = DatasetCard.load(Path(path))
     except Exception:
         return None, None
     license_ = card.data.get("license")
@@ -233,35 +235,45 @@ def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = Fa
         if isinstance(loaded, datasets.Dataset):  # a single `Dataset` has one split: its own name, else "train"
             own = str(loaded.split) if loaded.split else "train"
             if split != own and not (path / STREAM_INFO).exists():  # a streamed split's saved rows: that split
-                raise SourceError(
-                    f"--split={split!r} does not exist in {source}; available splits: {own}. Pass one with --split."
-                )
+                raise _split_not_found(source, split, [own])
         else:
             if split not in loaded:
-                raise SourceError(
-                    f"--split={split!r} does not exist in {source}; available splits: {', '.join(loaded)}. "
-                    "Pass one with --split."
-                )
+                raise _split_not_found(source, split, list(loaded))
             loaded = loaded[split]
         return loaded.to_iterable_dataset() if streaming else loaded
+    target = str(path) if path.is_dir() else source
     try:
-        target = str(path) if path.is_dir() else source
         return datasets.load_dataset(
             target, name=cfg.config_name, split=split, revision=cfg.revision, streaming=streaming
         )
     except ValueError as err:
-        match = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", str(err))
-        if match:
-            raise SourceError(
-                f"--split={split!r} does not exist in {source}; available splits: "
-                f"{', '.join(eval(match.group(1)))}. Pass one with --split."  # noqa: S307 (a list literal)
-            ) from err
+        available = _split_names(target, cfg)
+        if available is not None and split not in available:
+            raise _split_not_found(source, split, available) from err
         raise SourceError(f"SOURCE={source!r} cannot be loaded: {err}") from err
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
         raise SourceNotFoundError(
             f"SOURCE={source!r} was not found locally nor on the Hub ({type(err).__name__}); check the id or path, "
             "and --config / --revision."
         ) from err
+
+
+def _split_names(target: str, cfg: SourceConfig) -> list[str] | None:
+    """The splits of a Hub dataset or a local repo folder at `cfg.revision` and `cfg.config_name`, from `datasets`'
+    builder info (`datasets.get_dataset_split_names`); None when they cannot be read."""
+    try:
+        return list(datasets.get_dataset_split_names(target, config_name=cfg.config_name, revision=cfg.revision))
+    except Exception:  # unreachable, or the builder cannot be resolved: the caller reports the load error itself
+        return None
+
+
+def _split_not_found(source: str, split: str, available: list[str]) -> SplitNotFoundError:
+    return SplitNotFoundError(
+        f"--split={split!r} does not exist in {source}; available splits: {', '.join(available)}. "
+        "Pass one with --split.",
+        split,
+        available,
+    )
 
 
 def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple[str, str]:
@@ -372,7 +384,8 @@ def load_source(
 
     Raises:
         SourceNotFoundError: the source does not exist.
-        SourceError: the split, the image column or the label column is missing, or labels are unknown; with
+        SplitNotFoundError: the split is not one of the source's (a `SourceError`; `available` lists them).
+        SourceError: the image column or the label column is missing, or labels are unknown; with
             `cfg.streaming`, the source declares no features or its labels are not a `ClassLabel`.
     """
     source, display = _resolve(cfg)
@@ -492,10 +505,8 @@ def _save_stream(
             if per_class is not None and counts[keep].min() >= per_class:
                 return
 
-    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")
     cache = saved.with_name(f".{saved.name}.{os.getpid()}.cache")
-    for folder in (tmp, cache):
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     try:
         ds = datasets.Dataset.from_generator(
             rows,
@@ -509,7 +520,6 @@ def _save_stream(
             cache_dir=str(cache),
             fingerprint=f"dsco-stream-{derive_seed(seed, 'stream', split, per_class, cfg.shuffle_buffer):016x}",
         )
-        ds.save_to_disk(str(tmp))
         license_, citation = _card_metadata(source, _is_local(source), cfg.revision)
         splits = stream.info.splits or {}
         num_examples = splits[split].num_examples if split in splits else None
@@ -523,12 +533,12 @@ def _save_stream(
             "license": license_ or (stream.info.license or None),
             "citation": citation or (stream.info.citation or None),
         }
-        (tmp / STREAM_INFO).write_text(json.dumps(info, indent=2))
-        del ds
         saved.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, saved)
+        with atomic_path(saved) as tmp:
+            ds.save_to_disk(str(tmp))
+            (tmp / STREAM_INFO).write_text(json.dumps(info, indent=2))
+            del ds
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -614,22 +624,16 @@ def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path 
             labels include classes outside `class_names`.
     """
     candidates = [cfg.test_split] if cfg.test_split else ["test", "validation"]
-    last: SourceError | None = None
     for split in candidates:
         try:
             return load_source(cfg, split=split, class_names=class_names, stream_to=stream_to)
-        except SourceNotFoundError:
-            raise
-        except SourceError as err:
-            if "does not exist in" not in str(err):
-                raise
-            last = err
-    available = re.search(r"available splits: ([^.]*)\.", str(last))
+        except SplitNotFoundError as err:
+            available = err.available
     asked = f"--test-split={cfg.test_split!r}" if cfg.test_split else "the evaluation split (test, else validation)"
     raise SourceError(
-        f"{asked} does not exist in {cfg.source or EMBEDDED_ID} (available splits: "
-        f"{available.group(1) if available else '?'}), and the students are never tested on their training rows: "
-        "pass --test-split SPLIT, --test-dataset SOURCE with the same classes, or --no-eval."
+        f"{asked} does not exist in {cfg.source or EMBEDDED_ID} (available splits: {', '.join(available)}), and "
+        "the students are never tested on their training rows: pass --test-split SPLIT, --test-dataset SOURCE with "
+        "the same classes, or --no-eval."
     )
 
 
@@ -728,11 +732,6 @@ def encode_png(image: torch.Tensor, channels: int | None = None) -> bytes:
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-
-
-def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """The `n` candidates closest to `name` (difflib ratio), for "did you mean" hints."""
-    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.0)
 
 
 def image_grid(images: torch.Tensor, rows: int) -> PILImage.Image:

@@ -181,6 +181,7 @@ def make_accelerator(mixed_precision: str = "no", project_dir: str | None = None
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"
     config = ProjectConfiguration(project_dir=project_dir, automatic_checkpoint_naming=False) if project_dir else None
+    # accelerate has no public reset; its own messages and test utilities name this one
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, project_config=config)
 

@@ -34,6 +34,21 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
     """The source dataset does not exist locally nor on the Hub."""
 
 
+class SplitNotFoundError(SourceError):
+    """The split asked for is not one of the source's splits.
+
+    Args:
+        message (`str`): one line naming the option, the split, the splits there are and the fix.
+        split (`str`): the split asked for.
+        available (`list[str]`): the source's splits, in the source's order.
+    """
+
+    def __init__(self, message: str, split: str, available: list[str]):
+        super().__init__(message)
+        self.split = split
+        self.available = list(available)
+
+
 class ImageDecodeError(SourceError):
     """An image of the source cannot be decoded (the message names the row)."""
 

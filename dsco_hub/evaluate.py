@@ -172,8 +172,19 @@ class ResNet18(nn.Module):
         return self.fc(self.embed(x))
 
 
-def _resolve_model(name: str, image_size: int | tuple[int, int]) -> str:
-    """The student `name` stands for: "auto" is "convnet3" up to 64 px (longest side), else "resnet18"."""
+def resolve_model(name: str, image_size: int | tuple[int, int]) -> str:
+    """The student network `name` stands for: "auto" is "convnet3" up to 64 px (longest side), else "resnet18".
+
+    Args:
+        name (`str`): `--eval-model`, one of `EVAL_MODELS` ("auto", "convnet3", "resnet18").
+        image_size (`int` or `tuple[int, int]`): the images' side in pixels, or `(height, width)`.
+
+    Returns:
+        `str`: "convnet3" or "resnet18".
+
+    Raises:
+        ConfigError: `name` is not one of `EVAL_MODELS` (the message names `--eval-model` and lists them).
+    """
     if name not in EVAL_MODELS:
         raise ConfigError(f"--eval-model={name!r} is unknown; use one of {', '.join(EVAL_MODELS)}.")
     if name != "auto":
@@ -197,7 +208,7 @@ def build_student(name: str, channels: int, num_classes: int, image_size: int | 
     Raises:
         ConfigError: `name` is unknown (the message names `--eval-model`), or the images are too small for ConvNet-3.
     """
-    if _resolve_model(name, image_size) == "convnet3":
+    if resolve_model(name, image_size) == "convnet3":
         return ConvNet3(channels, num_classes, image_size)
     return ResNet18(channels, num_classes, image_size)
 
@@ -642,7 +653,7 @@ def evaluate_images(
     """
     cfg.validate()
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
-    model = _resolve_model(cfg.model, tuple(test_images.shape[2:]))
+    model = resolve_model(cfg.model, tuple(test_images.shape[2:]))
     state = state if state is not None else distributed.process_state()
     width = state.world_size if spread else 1
     mine = [run for run in range(cfg.runs) if run % width == (state.rank if spread else 0)]

@@ -3,19 +3,22 @@
 Nothing a user had is deleted or changed: an output folder is never the current folder (or one above it), the
 home folder, the root, nor a folder that holds the source or lies inside it (`check_out_path`); only a folder
 dsco-hub wrote may be replaced (`writer.check_output`). Files are written to a temporary name and renamed into
-place (`atomic_write`), so a crash or a full disk leaves either the old file or the new one, never half of one.
+place (`atomic_path`, `atomic_write`), so a crash or a full disk leaves either the old file or the new one, never
+half of one.
 An `OSError` becomes an `OutputError` of one line that names the path, the reason and the fix (`os_error`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from dsco_hub.errors import OutputError
+from dsco_hub.errors import DscoError, OutputError
 
 _FIXES = {
     errno.EROFS: "the file system is read-only; choose a writable --out",
@@ -90,25 +93,64 @@ def temp_dir_beside(path: str | Path, option: str = "--out") -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path, option: str = "--out") -> Iterator[Path]:
+    """A temporary path beside `path` to write a file or a folder at, renamed onto `path` when the block succeeds.
+
+    The one temp-and-rename of the package: `atomic_write` uses it, and so does whatever writes through a library
+    that wants a path (parquet shards, `save_to_disk` folders). The temporary name is `.{name}.{pid}.tmp` in the
+    same folder (same file system: the rename is atomic), so readers see the old `path` or the new one, never half.
+    When the block raises, or the rename fails, the temporary file or folder is removed and `path` is left as it
+    was. A folder replaces only a missing or empty folder (`os.replace`). Keep reading (from a network, a stream)
+    out of the block: an `OSError` there would be reported as a write error.
+
+    Args:
+        path (`str` or `Path`): the final path; its folder must exist.
+        option (`str`, *optional*, defaults to "--out"): the option whose value led to the path, named in an error.
+
+    Yields:
+        `Path`: the temporary path (nothing is there yet).
+
+    Raises:
+        OutputError: the block or the rename failed with an `OSError` (one line: the path, the reason, the fix);
+            any other error of the block (a `DscoError` among them) propagates as it is.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove(tmp)  # left by a killed process that had this pid
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, DscoError):  # ours are already one line
+            raise os_error(err, option) from err
+        raise
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, data: bytes | str, option: str = "--out") -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename (readers never see half).
 
-    The temporary file is removed when the write fails (a full disk leaves the old file, or none).
+    Text is written as UTF-8. The temporary file is removed when the write fails (a full disk leaves the old file,
+    or none); see `atomic_path`.
 
     Raises:
         OutputError: the file cannot be written (the message names the path, the reason and the fix).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, option) as tmp:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8")
         else:
             tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise os_error(err, option) from err
     return path
 
 

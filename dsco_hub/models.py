@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2
 
 from dsco_hub.config import SCHEDULERS, derive_seed
 from dsco_hub.errors import ConfigError, ModelError
+from dsco_hub.text import closest
 
 SHIPPED_PRIOR = "prior_fashion_mnist"  # dsco_hub/resources/<this>: the embedded Fashion-MNIST prior
 
@@ -166,7 +167,22 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _load_index(model: str, revision: str | None) -> dict:
+def load_model_index(model: str, revision: str | None = None) -> dict:
+    """The `model_index.json` of a diffusers model (which components it has), read without loading any weight.
+
+    Args:
+        model (`str`): a local diffusers folder (`dsco-hub prior train` output) or a Hub model id such as
+            `facebook/DiT-XL-2-256`.
+        revision (`str`, *optional*): Hub revision (branch, tag or commit); ignored for a local folder.
+
+    Returns:
+        `dict`: the parsed JSON, e.g. `{"_class_name": "DiTPipeline", "transformer": [...], "vae": [...], ...}`;
+        `load_prior` reads `"transformer"` (DiT + VAE) or `"unet"` from it.
+
+    Raises:
+        ModelError: a local folder has no `model_index.json`, a path that looks local does not exist, or the Hub
+            file cannot be downloaded (the message names `--model`, the revision and what to check).
+    """
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -207,7 +223,7 @@ def load_prior(
         ModelError: the model is missing, has neither `transformer/` nor `unet/`, is not class-conditional, or
             has no `id2label`.
     """
-    index = _load_index(model, revision)
+    index = load_model_index(model, revision)
     kwargs = {"revision": revision} if revision else {}
     vae = None
     if "transformer" in index:
@@ -421,8 +437,6 @@ def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map:
         ModelError: some classes cannot be mapped (the message lists them with the closest model labels), or two map
             to the same model class.
     """
-    import difflib
-
     lookup: dict[str, int] = {}
     for k, label in sorted(id2label.items()):
         for synonym in _synonyms(label):
@@ -438,15 +452,11 @@ def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map:
         else:
             missing.append(name)
     if missing:
-
-        def closest(name: str) -> str:  # the 3 labels with the most similar synonym
-            score = {
-                label: max(difflib.SequenceMatcher(None, name.lower(), s).ratio() for s in _synonyms(label) or [""])
-                for label in id2label.values()
-            }
-            return ", ".join(repr(label) for label in sorted(score, key=lambda x: -score[x])[:3])
-
-        hints = "; ".join(f"{name!r} (closest: {closest(name)})" for name in missing[:5])
+        labels = list(id2label.values())
+        hints = "; ".join(
+            f"{name!r} (closest: {', '.join(map(repr, closest(name.lower(), labels, spellings=_synonyms)))})"
+            for name in missing[:5]
+        )
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ModelError(
             f"{len(missing)} source classes match no model class: {hints}{more}; "

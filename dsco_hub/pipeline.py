@@ -64,6 +64,7 @@ from dsco_hub.data import (
 from dsco_hub.errors import ConfigError, DscoError, HubError, ModelError, OutputError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images
 from dsco_hub.nopt import NOptClass, nopt_sample_classes, select_synthetic
+from dsco_hub.text import command_line
 from dsco_hub.ui import progress_bar
 
 GRID_CLASSES = card.GRID_CLASSES  # classes shown in samples.png
@@ -511,7 +512,7 @@ def concentrate(
 
     Args:
         cfg (`ConcentrateConfig`): the run settings.
-        command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv`).
+        command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv` with `--token` masked: `text.command_line`).
         report (`Callable[[str], Any]`, *optional*): called with one-line status messages (resume, corrupt shard
             recomputed, already complete).
 
@@ -674,7 +675,7 @@ def _concentrate(
             writer.write_card(
                 staging, card.dataset_card(dsco, citation, out.name, grid_classes, ds, split_info, download_size)
             )
-            command = command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]])
+            command = command or command_line()
             writer.write_json(
                 staging / "dsco_config.json",
                 {**plain, "source_fingerprint": source_fingerprint, "command": _portable_command(command)},

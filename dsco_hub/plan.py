@@ -87,7 +87,7 @@ def model_cost(model: str | None, revision: str | None = None) -> ModelCost:
     path = model or str(models.shipped_prior_path())
     kwargs = {"revision": revision} if revision else {}
     try:
-        index = models._load_index(path, revision)
+        index = models.load_model_index(path, revision)
         with torch.device("meta"):
             if "transformer" in index:
                 dit = DiTTransformer2DModel.from_config(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -33,8 +32,9 @@ from dsco_hub.card import prior_card
 from dsco_hub.config import PriorTrainConfig, derive_seed
 from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.files import check_out_path
+from dsco_hub.files import atomic_write, check_out_path
 from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
+from dsco_hub.text import command_line
 from dsco_hub.ui import progress_bar
 
 STATE_FILE = "training_state.json"
@@ -79,7 +79,8 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
 
     Args:
         cfg (`PriorTrainConfig`): the training settings (see its field comments).
-        command (`str`, *optional*): the command line to record in the card; defaults to `sys.argv`.
+        command (`str`, *optional*): the command line to record in the card; defaults to `sys.argv` with `--token`
+            masked (`text.command_line`).
 
     Returns:
         `Path`: the output folder.
@@ -130,7 +131,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     num_classes = source.num_classes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(saved_cfg_path, json.dumps({**wanted, "extended_from": extended_from}, indent=2) + "\n")
+        atomic_write(saved_cfg_path, json.dumps({**wanted, "extended_from": extended_from}, indent=2) + "\n")
     accelerator.wait_for_everyone()
 
     # Data: the whole split as uint8 (N, C, R, R); memory = N * C * R * R bytes
@@ -210,7 +211,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
             resolution,
             wall,
             loss_ema,
-            command or " ".join(shlex.quote(a) for a in ["dsco-hub", *sys.argv[1:]]),
+            command or command_line(),
             per_class,
             extended_from,
         ).save(staging / "README.md")
@@ -377,12 +378,6 @@ def _read_losses(accelerator, losses: list[torch.Tensor], loss_ema: float | None
     for value in per_step.mean(dim=0).tolist():
         loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
     return loss_ema
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _save_checkpoint(accelerator, ckpt_dir: Path, step: int, elapsed: float, loss_ema: float) -> None:

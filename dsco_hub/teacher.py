@@ -38,7 +38,7 @@ from dsco_hub.card import teacher_card
 from dsco_hub.config import TEACHER_CONFIG, TeacherConfig, derive_seed
 from dsco_hub.data import decode_images, load_source, load_test_source
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.evaluate import _resolve_model, build_student, test_accuracy, train_epoch
+from dsco_hub.evaluate import build_student, resolve_model, test_accuracy, train_epoch
 from dsco_hub.files import atomic_write, check_out_path, make_dirs
 
 WEIGHTS = "model.safetensors"
@@ -253,7 +253,7 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     test_labels = torch.from_numpy(test.labels[test_rows]).long()
 
     # The network and its optimizer, from the checkpoint when there is one
-    model_name = _resolve_model(cfg.model, (size, size))
+    model_name = resolve_model(cfg.model, (size, size))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "teacher", "init"))
         model = build_student(model_name, channels, train.num_classes, (size, size))

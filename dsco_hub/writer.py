@@ -36,7 +36,7 @@ from huggingface_hub import DatasetCard
 
 from dsco_hub.config import first_difference, run_settings
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.files import atomic_write, make_dirs, os_error, temp_dir_beside
+from dsco_hub.files import atomic_path, atomic_write, make_dirs, os_error, temp_dir_beside
 
 PROVENANCE = ("source", "source_index", "seed")
 
@@ -323,13 +323,8 @@ def write_shard(folder: Path, index: int, rows: ConcentratedRows) -> Path:
         schema=_SHARD_SCHEMA.with_metadata({"dsco_hub_unit": str(index)}),
     )
     path = shard_path(folder, index)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise os_error(err) from err
     return path
 
 
@@ -378,14 +373,61 @@ def commit(staging: Path, out: str | Path) -> Path:
     return out
 
 
+def estimate_nbytes(ds: datasets.Dataset) -> int:
+    """The size `Dataset.push_to_hub` estimates for `ds`, from which it decides the number of parquet shards.
+
+    The arithmetic of `datasets`' private `Dataset._estimate_nbytes` (as of datasets 5.2), from public pieces, so
+    the shard boundaries and the card's `num_bytes` are those `push_to_hub` would write: the Arrow table's bytes;
+    plus, when a column holds images (or audio, video), the size of the files its rows only point to (bytes None,
+    path set) minus the bytes of the path strings, measured on the first 1000 rows and scaled to the whole table;
+    scaled by the rows kept when an indices mapping (`select`, `shuffle`) hides some.
+
+    Args:
+        ds (`datasets.Dataset`): the dataset, with or without an indices mapping.
+
+    Returns:
+        `int`: the estimated size in bytes (can be below `ds.data.nbytes`: path strings are not counted).
+    """
+    from datasets.features.features import require_decoding
+    from datasets.table import table_visitor
+    from datasets.utils.file_utils import xgetsize
+
+    table_rows = len(ds.data)  # rows of the underlying table, before any indices mapping
+    nbytes = ds.data.nbytes
+    decodable = [
+        name for name, feature in ds.features.items() if require_decoding(feature, ignore_decode_attribute=True)
+    ]
+    if decodable and len(ds) > 0:
+        media = tuple(getattr(datasets, name) for name in ("Audio", "Image", "Video") if hasattr(datasets, name))
+        extra = 0
+
+        def count(array, feature) -> None:
+            nonlocal extra
+            if isinstance(feature, media):
+                for value in array.to_pylist():
+                    if value is not None and value["bytes"] is None and value["path"] is not None:
+                        extra += xgetsize(value["path"])
+                extra -= array.field("path").nbytes
+
+        head = ds.with_format("arrow")[:1000]
+        table_visitor(head, count)
+        nbytes += extra * table_rows // len(head)
+    if len(ds) != table_rows:
+        nbytes = nbytes * len(ds) // table_rows
+    return nbytes
+
+
 def write_parquet(ds: datasets.Dataset, folder: Path, split: str = "train", max_shard_bytes: int = 500 << 20):
     """Write `ds` as `folder/data/{split}-XXXXX-of-YYYYY.parquet` shards of at most about `max_shard_bytes`.
+
+    The number of shards is `ceil(estimate_nbytes(ds) / max_shard_bytes)` (at least 1), contiguous and of equal row
+    counts (within one), as `Dataset.push_to_hub` splits a dataset.
 
     Returns:
         `tuple[datasets.SplitInfo, int]`: the split info (`num_bytes` as `push_to_hub` estimates it) and the
         total parquet size in bytes (`download_size`).
     """
-    nbytes = ds._estimate_nbytes() if hasattr(ds, "_estimate_nbytes") else ds.data.nbytes
+    nbytes = estimate_nbytes(ds)
     num_shards = max(1, math.ceil(nbytes / max_shard_bytes))
     data_dir = folder / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

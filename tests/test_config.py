@@ -46,8 +46,8 @@ def test_eval_config_boundaries():
     _refused(EvalConfig(model="vit"), "--eval-model='vit' is unknown; use one of auto, convnet3, resnet18.")
     _refused(EvalConfig(runs=0), "--runs=0 must be at least 1; pass --runs 3 for the standard protocol.")
     _refused(EvalConfig(epochs=0), "--epochs=0 must be at least 1; the protocol uses --epochs 300.")
-    _refused(EvalConfig(batch_size=0), "--eval-batch-size=0 must be at least 1.")
-    _refused(EvalConfig(lr=0.0), "--eval-lr=0.0 must be positive; the protocol uses 0.01.")
+    _refused(EvalConfig(batch_size=0), "EvalConfig.batch_size=0 must be at least 1; the protocol uses 256.")
+    _refused(EvalConfig(lr=0.0), "EvalConfig.lr=0.0 must be positive; the protocol uses 0.01.")
 
 
 def test_soft_label_settings(tmp_path):
@@ -366,8 +366,9 @@ def test_option_names_of_settings_keys():
         "--pool-guidance-scale"
     )
     assert option_name("eval.epochs") == "--epochs" and option_name("source.image_column") == "--image-column"
-    assert option_name("source.source") == "SOURCE" and option_name("evaluate") == "--eval/--no-eval"
-    assert option_name("nopt.kernel") == "--kernel" and option_name("eval.lr") == "--eval-lr"
+    assert option_name("source.source") == "SOURCE" and option_name("evaluate") == "evaluation (--no-eval)"
+    assert option_name("nopt.kernel") == "--kernel" and option_name("eval.lr") == "EvalConfig.lr"
+    assert option_name("torch_compile") == "--compile"
     assert option_name("source.a.b_c") == "--a-b-c"  # only the first part is dropped
 
 

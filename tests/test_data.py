@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import datasets
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 from conftest import CLASS_NAMES, tiny_dataset, write_repo
+from hub_server import FakeHub
 
 from dsco_hub.config import SourceConfig
 from dsco_hub.data import decode_images, embedded_source_path, load_source, load_test_source, to_mode
-from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError
+from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
 
 
 def test_repo_folder_columns_classes_and_index(tiny_repo):
@@ -157,3 +164,67 @@ def test_unreadable_image_names_the_row(tmp_path):
     source = load_source(SourceConfig(source=str(tmp_path / "broken")))
     with pytest.raises(ImageDecodeError, match="row 3"):
         decode_images(source, range(6), 1, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splits from `datasets`' own API (never from the text of an error), metadata at the requested revision
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_split_is_a_typed_error_listing_the_splits(tmp_path):
+    folder = tmp_path / "val"
+    write_repo(folder, tiny_dataset())
+    tiny_dataset(per_class=(2, 2, 2)).to_parquet(str(folder / "data" / "validation-00000-of-00001.parquet"))
+    for streaming in (False, True):  # a stream used to say "cannot be loaded: Bad split: nope. ..."
+        with pytest.raises(SplitNotFoundError) as err:
+            load_source(SourceConfig(source=str(folder), split="nope", streaming=streaming), stream_to=tmp_path / "s")
+        assert str(err.value) == (
+            f"--split='nope' does not exist in {folder}; available splits: train, validation. Pass one with --split."
+        )
+        assert (err.value.split, err.value.available) == ("nope", ["train", "validation"])
+
+
+def test_a_streamed_evaluation_split_falls_back_to_validation(tmp_path):
+    folder = tmp_path / "val"
+    write_repo(folder, tiny_dataset())
+    tiny_dataset(per_class=(2, 2, 2)).to_parquet(str(folder / "data" / "validation-00000-of-00001.parquet"))
+    test = load_test_source(SourceConfig(source=str(folder), streaming=True), CLASS_NAMES, stream_to=tmp_path / "s")
+    assert test.split == "validation" and len(test.labels) == 6
+
+
+def test_a_missing_evaluation_split_lists_split_names_with_dots(tmp_path):
+    splits = {"train": tiny_dataset(), "holdout.v2": tiny_dataset(per_class=(2, 2, 2))}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "disk"))
+    with pytest.raises(SourceError, match=r"\(available splits: train, holdout\.v2\), and the students"):
+        load_test_source(SourceConfig(source=str(tmp_path / "disk")), CLASS_NAMES)
+
+
+def test_licence_and_citation_are_read_at_the_requested_revision(tmp_path, monkeypatch):
+    token = "hf_alice_token_0123456789"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    server = FakeHub({token: "alice"}).start()
+    try:
+        api = huggingface_hub.HfApi(endpoint=server.url, token=token)
+        old = write_repo(tmp_path / "v1", tiny_dataset(), tiny_dataset(per_class=(2, 2, 2)))
+        (old / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# v1\n\nCitation: Old et al. 2025.\n")
+        repo = {"repo_id": "alice/versions", "repo_type": "dataset"}
+        api.create_repo(**repo)
+        api.upload_folder(folder_path=str(old), **repo)
+        api.create_branch(branch="v1", **repo)  # the data and card as they were
+        readme = b"---\nlicense: mit\n---\n# main\n\nCitation: New et al. 2026.\n"
+        api.upload_file(path_or_fileobj=readme, path_in_repo="README.md", **repo)  # the card changes on main
+        script = (
+            "import json; from dsco_hub.config import SourceConfig; from dsco_hub.data import load_source; "
+            "s = [load_source(SourceConfig(source='alice/versions', revision=r)) for r in ('v1', None)]; "
+            "print(json.dumps([[x.license, x.citation] for x in s]))"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+        env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [
+        ["cc-by-4.0", "Old et al. 2025."],
+        ["mit", "New et al. 2026."],
+    ]

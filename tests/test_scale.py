@@ -221,7 +221,7 @@ def test_rerun_of_a_finished_set_is_a_no_op(tiny_repo, tiny_prior, tmp_path, mon
     assert again.dsco["counts"] == first.dsco["counts"]
     with pytest.raises(ConfigError, match=r"--ipc differs from the finished set in .* \(2 there, 3 now\)"):
         pipeline.concentrate(_cfg(tiny_repo, out, tiny_prior, ipc=3))
-    with pytest.raises(ConfigError, match=r"--eval/--no-eval differs from the finished set"):
+    with pytest.raises(ConfigError, match=r"evaluation \(--no-eval\) differs from the finished set"):
         pipeline.concentrate(_cfg(tiny_repo, out, tiny_prior, evaluate=True))
 
 
