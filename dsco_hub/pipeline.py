@@ -512,7 +512,8 @@ def concentrate(
 
     Args:
         cfg (`ConcentrateConfig`): the run settings.
-        command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv` with `--token` masked: `text.command_line`).
+        command (`str`, *optional*): the command line recorded in `dsco_config.json` (defaults to `sys.argv` with
+            `--token` masked: `text.command_line`).
         report (`Callable[[str], Any]`, *optional*): called with one-line status messages (resume, corrupt shard
             recomputed, already complete).
 
