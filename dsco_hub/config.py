@@ -338,14 +338,8 @@ class ConcentrateConfig:
 
     def sampler(self) -> SamplerConfig:
         """The run's sampler settings (steps, guidance, eta, batch size, dtype, scheduler) as one `SamplerConfig`."""
-        return SamplerConfig(
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            eta=self.eta,
-            batch_size=self.sample_batch_size,
-            dtype=self.dtype,
-            scheduler=self.scheduler,
-        )
+        same = ("steps", "guidance_scale", "eta", "dtype", "scheduler")  # options named as SamplerConfig's fields
+        return SamplerConfig(batch_size=self.sample_batch_size, **{name: getattr(self, name) for name in same})
 
     @property
     def pool_guidance(self) -> float:

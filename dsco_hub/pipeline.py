@@ -293,7 +293,7 @@ def _concentrate(
 ) -> ConcentrateResult:
     """The body of `concentrate` once `out` and the saved run are checked: load, compute the units, write."""
     with progress_bar(disable=not state.is_main) as bar:
-        work, test, rows = _compute(cfg, folder, plain, settings, source_fingerprint, state, say, bar)
+        work, test, rows = _compute(cfg, state, folder, plain, settings, source_fingerprint, say, bar)
         if rows is None:  # another process of the launch: its units are written
             return ConcentrateResult(out=out, dsco={}, main=False)
         source, class_names, prior = work.source, work.class_names, work.prior
@@ -347,11 +347,11 @@ def _concentrate(
 
 def _compute(
     cfg: ConcentrateConfig,
+    state: distributed.ProcessState,
     folder: Path,
     plain: dict,
     settings: dict,
     source_fingerprint: dict | None,
-    state: distributed.ProcessState,
     say: Callable[[str], Any],
     bar,
 ) -> tuple[synthesis.Synthesis, SourceData | None, writer.ConcentratedRows | None]:
