@@ -8,7 +8,7 @@ doping ratio 0), `dsco-doped` (NOpt + herding doping at `--doping-ratio`), `dsco
 only the class names: targets are the model's own samples). Synthetic methods use `--model` (default:
 the shipped prior); their rows record the prior's weight digest, so results of different priors are
 never mixed. Each (method, IPC) set is made with `dsco_hub.pipeline.concentrate` and evaluated with
-`dsco_hub.pipeline.evaluate_set` (ConvNet-3, hard labels, DSA-style augmentation). Results are
+`dsco_hub.assess.evaluate_set` (ConvNet-3, hard labels, DSA-style augmentation). Results are
 appended to a JSON-lines file as they finish (a rerun skips what is done) and the markdown table,
 beside the published figures of `docs/method.md` §6, is rewritten after each result.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
-from dsco_hub import pipeline
+from dsco_hub import assess, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.models import shipped_prior_path
@@ -116,7 +116,7 @@ def run(args) -> None:
             pipeline.concentrate(cfg, command="bench/baselines.py")
             made = time.time() - started
             eval_cfg = EvalConfig(runs=args.runs, epochs=args.epochs, baseline=False)
-            block = pipeline.evaluate_set(str(out), SourceConfig(source=args.source), eval_cfg, update_card=True)
+            block = assess.evaluate_set(str(out), SourceConfig(source=args.source), eval_cfg, update_card=True)
             row = {
                 "method": method,
                 "ipc": ipc,

@@ -137,14 +137,14 @@ def worker_sets(args) -> None:
 
 def worker_evaluate(args) -> None:
     """Evaluate the sets named in `--sets` (method-ipcN), appending one line of accuracies each to `--results`."""
-    from dsco_hub import pipeline
+    from dsco_hub import assess
     from dsco_hub.config import EvalConfig, SourceConfig
 
     cfg = EvalConfig(runs=args.runs, epochs=args.epochs, baseline=False)
     for name in args.sets:
         started = time.time()
         folder = args.work / "sets" / name
-        block = pipeline.evaluate_set(str(folder), SourceConfig(source=args.data), cfg)
+        block = assess.evaluate_set(str(folder), SourceConfig(source=args.data), cfg)
         method, ipc = name.rsplit("-ipc", 1)
         row = {"method": method, "ipc": int(ipc), **block["result"], "seconds": round(time.time() - started, 1)}
         row.update(device=block["protocol"].get("device"), precision=block["protocol"].get("precision"))
@@ -424,7 +424,7 @@ class Check:
         from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
         from dsco_hub import distributed, models, plan, presets
-        from dsco_hub.config import ConcentrateConfig, NOptConfig, derive_seed
+        from dsco_hub.config import ConcentrateConfig, NOptConfig, SamplerConfig, derive_seed
         from dsco_hub.nopt import NOptClass, nopt_sample_classes
 
         if self.left() < 60:
@@ -489,7 +489,9 @@ class Check:
                 if method == "diffusion":
                     labels = [k for k in range(classes) for _ in range(ipc)]
                     seeds = [derive_seed(0, k, j) for k in range(classes) for j in range(ipc)]
-                    images = models.sample(prior, labels, seeds, steps=steps, batch_size=cfg.sample_batch_size)
+                    images = models.sample(
+                        prior, labels, seeds, SamplerConfig(steps=steps, batch_size=cfg.sample_batch_size)
+                    )
                 else:
                     per_unit = distributed.classes_per_unit(ipc, classes)
                     images = []
@@ -500,7 +502,7 @@ class Check:
                             seeds = [derive_seed(0, k, j) for j in range(ipc)]
                             batch.append(NOptClass(k, seeds, encoded, phi_seed=derive_seed(0, "phi", k)))
                         done, _ = nopt_sample_classes(
-                            prior, batch, cfg.nopt, steps=steps, batch_size=cfg.sample_batch_size
+                            prior, batch, cfg.nopt, SamplerConfig(steps=steps, batch_size=cfg.sample_batch_size)
                         )
                         images += done
                     images = torch.cat(images)

@@ -30,7 +30,7 @@ import datasets
 import numpy as np
 import torch
 
-from dsco_hub import pipeline
+from dsco_hub import assess, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.doping import select_random
@@ -103,7 +103,7 @@ def main() -> None:
         made = time.time() - started
         batches = math.ceil(ipc * 10 / 256)
         epochs = max(1, round(args.train_steps / batches))
-        block = pipeline.evaluate_set(str(out), source, EvalConfig(runs=args.runs, epochs=epochs, baseline=False))
+        block = assess.evaluate_set(str(out), source, EvalConfig(runs=args.runs, epochs=epochs, baseline=False))
         row = {
             "arm": arm,
             "volume": volume,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsco_hub.config import NOptConfig, SourceConfig, derive_seed
+from dsco_hub.config import NOptConfig, SamplerConfig, SourceConfig, derive_seed
 from dsco_hub.data import decode_images, load_source, to_model_range
 from dsco_hub.doping import select_random
 from dsco_hub.models import load_prior, sample
@@ -51,10 +51,10 @@ def measure(args: dict) -> dict:
         rows = np.sort(select_random(source.class_index[k], cfg.targets, 0, k))
         targets = to_model_range(decode_images(source, rows, *prior.image_shape[:2]))  # (500, C, H, W)
         t0 = time.perf_counter()
-        if args["mode"] == "plain":
-            sample(prior, [k] * len(seeds), seeds, steps=args["steps"], guidance_scale=2.0, batch_size=len(seeds))
+        if args["mode"] == "plain":  # all of the class's images in one batch
+            sample(prior, [k] * len(seeds), seeds, SamplerConfig(steps=args["steps"], batch_size=len(seeds)))
         else:
-            nopt_sample(prior, k, seeds, targets, cfg, steps=args["steps"], guidance_scale=2.0, phi_seed=k)
+            nopt_sample(prior, k, seeds, targets, cfg, SamplerConfig(steps=args["steps"]), phi_seed=k)
         seconds.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**args, "seconds_per_class": float(np.mean(seconds)), "peak_mib": peak, "loaded_mib": before}

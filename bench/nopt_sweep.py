@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dsco_hub import pipeline
+from dsco_hub import assess, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import decode_images, load_source, pil_to_uint8, to_model_range
 from dsco_hub.evaluate import ConvNet3
@@ -175,7 +175,7 @@ def main() -> None:
         parser.error(f"--nopt / --config: {err}; use NOptConfig / ConcentrateConfig field names, e.g. lr, pool_size")
     pipeline.concentrate(cfg, command="bench/nopt_sweep.py")
     made = time.time() - started
-    block = pipeline.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
+    block = assess.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
     row = {
         "name": args.name,
         "ipc": args.ipc,

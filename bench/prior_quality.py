@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
-from dsco_hub.config import SourceConfig, derive_seed
+from dsco_hub.config import SamplerConfig, SourceConfig, derive_seed
 from dsco_hub.data import decode_images, load_source, load_test_source, to_model_range, to_uint8
 from dsco_hub.evaluate import ConvNet3
 from dsco_hub.models import load_prior, map_classes, sample
@@ -138,7 +138,10 @@ def main() -> None:
     for w in args.guidance:
         t0 = time.time()
         images = sample(
-            prior, [class_ids[k] for k in labels], seeds, steps=args.steps, guidance_scale=w, batch_size=250
+            prior,
+            [class_ids[k] for k in labels],
+            seeds,
+            SamplerConfig(steps=args.steps, guidance_scale=w, batch_size=250),
         )
         seconds = time.time() - t0
         images = to_model_range(to_uint8(images))  # what the writer stores: 8-bit pixels

@@ -4,7 +4,7 @@
         --rows ensemble trained oversample2 trained-oversample2
 
 Each row is DsCo with the shipped prior (or `--model`) and the options in `ROWS`, made with
-`dsco_hub.pipeline.concentrate` and evaluated with `dsco_hub.pipeline.evaluate_set` under the protocol of
+`dsco_hub.pipeline.concentrate` and evaluated with `dsco_hub.assess.evaluate_set` under the protocol of
 `bench/baselines.py` (ConvNet-3, hard labels, DSA-style augmentation, `--runs` x `--epochs`). Results are appended
 to `--results` (JSON lines) as they finish, a rerun skips what is done, and `--table` is rewritten whole from the
 results after each row, beside the reference rows of `bench/results/baselines.jsonl` (herding and DsCo at today's
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import prior_digest  # noqa: E402
 
-from dsco_hub import pipeline  # noqa: E402
+from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
 
 # name -> (ConcentrateConfig options, NOptConfig options); "dsco" is today's defaults
@@ -86,7 +86,7 @@ def main() -> None:
             started = time.time()
             pipeline.concentrate(cfg, command="bench/quality.py")
             made = time.time() - started
-            block = pipeline.evaluate_set(
+            block = assess.evaluate_set(
                 str(out),
                 SourceConfig(source=args.source),
                 EvalConfig(runs=args.runs, epochs=args.epochs, baseline=False),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dsco_hub.config import SamplerConfig
 from dsco_hub.models import load_prior, sample
 
 
@@ -38,13 +39,12 @@ def main() -> None:
     for batch in args.batch_sizes:
         n = max(batch, min(args.images, 10 * batch))
         labels = [i % prior.num_classes for i in range(n)]
-        sample(
-            prior, labels[:batch], list(range(batch)), steps=args.steps, guidance_scale=args.guidance, batch_size=batch
-        )  # warm-up
+        sampler = SamplerConfig(steps=args.steps, guidance_scale=args.guidance, batch_size=batch)
+        sample(prior, labels[:batch], list(range(batch)), sampler)  # warm-up
         best = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            sample(prior, labels, list(range(n)), steps=args.steps, guidance_scale=args.guidance, batch_size=batch)
+            sample(prior, labels, list(range(n)), sampler)
             best = min(best, time.perf_counter() - t0)
         rows.append((batch, n, best, n / best))
         print(f"batch {batch}: {n / best:.1f} images/s")

@@ -5,7 +5,7 @@
         --methods random herding --ipcs 1 10 --runs 3 --epochs 300 --threads 1
 
 Each (method, IPC) set is made as `bench/baselines.py` makes it (`pipeline.concentrate`, seed 0, no evaluation; a
-finished set in `--work` is reused) and evaluated with `pipeline.evaluate_set` under the same protocol and seeds as
+finished set in `--work` is reused) and evaluated with `assess.evaluate_set` under the same protocol and seeds as
 the hard-label rows, with `EvalConfig(labels="soft", teacher=..., temperature=T)`: each student learns the
 teacher's temperature-softened predictions on its augmented batches. The hard-label reference of random and
 herding is quoted from `bench/results/baselines.jsonl` (same sets, protocol and seeds; the line number is given);
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dsco_hub import pipeline
+from dsco_hub import assess, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.teacher import load_teacher
 
@@ -98,7 +98,7 @@ def run(args) -> None:
                     teacher=args.teacher if soft else None,
                     temperature=args.temperature,
                 )
-                block = pipeline.evaluate_set(str(out), SourceConfig(source=args.source), eval_cfg)
+                block = assess.evaluate_set(str(out), SourceConfig(source=args.source), eval_cfg)
                 row = {
                     "method": method,
                     "ipc": ipc,

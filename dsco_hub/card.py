@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
-from dsco_hub import __version__
+from dsco_hub import __version__, files
 from dsco_hub.config import ConcentrateConfig, EvalConfig, PriorTrainConfig
 from dsco_hub.errors import HubError, OutputError, SourceError
 
@@ -204,31 +204,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def local_name(path: str) -> str:
-    """A local folder's (or file's) name, as a card records it (its absolute path would publish the user's folders).
-
-    Args:
-        path (`str`): the path, absolute, relative or with `~`.
-
-    Returns:
-        `str`: the last component of the resolved path, e.g. "tiny" for "~/data/tiny/".
-    """
-    return Path(path).expanduser().resolve().name
-
-
-def relative_path(path: str, out: Path) -> str:
-    """`path` relative to the set's folder `out`, which `evaluate` resolves against that folder.
-
-    Args:
-        path (`str`): a local path (SOURCE, --model, --class-map, --test-dataset, --teacher).
-        out (`Path`): the set's folder.
-
-    Returns:
-        `str`: the relative path in POSIX form, e.g. "../tiny" (never an absolute path: the set may be published).
-    """
-    return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(out).resolve())).as_posix()
-
-
 def source_block(cfg: ConcentrateConfig, source: Any | None, class_names: list[str], out: Path | None = None) -> dict:
     """The card's `dsco.source`: where the data came from.
 
@@ -257,7 +232,7 @@ def source_block(cfg: ConcentrateConfig, source: Any | None, class_names: list[s
         }
     local = cfg.source.source is not None and Path(cfg.source.source).expanduser().exists()
     block = {
-        "id": local_name(cfg.source.source) if local else source.source_id,
+        "id": files.local_name(cfg.source.source) if local else source.source_id,
         "data_free": cfg.data_free,
         "is_hub": cfg.source.source is not None and not local,
         "config": cfg.source.config_name,
@@ -268,7 +243,7 @@ def source_block(cfg: ConcentrateConfig, source: Any | None, class_names: list[s
         "license": source.license,
     }
     if local:  # how to reach the source from the set's folder (never an absolute path: a push publishes the card)
-        block["path"] = relative_path(cfg.source.source, out)
+        block["path"] = files.relative_to(cfg.source.source, out)
     streamed = source.extra.get("streaming")
     if streamed:  # the split's declared size, else None (the stream stopped before its end)
         block["num_rows"] = streamed["num_examples"]
@@ -297,7 +272,7 @@ def settings_block(cfg: ConcentrateConfig, prior: Any | None) -> dict:
         return {}
 
     def named(path: str | None) -> str | None:  # a local folder or file by its name, a Hub id as it is
-        return local_name(path) if path and Path(path).expanduser().exists() else path
+        return files.local_name(path) if path and Path(path).expanduser().exists() else path
 
     sampler = {
         "model": named(cfg.model) or f"dsco-hub shipped prior ({SHIPPED_PRIOR})",

@@ -489,7 +489,7 @@ def evaluate(
 
     Exit codes: 0 success, 1 error, 2 usage error, 3 a gate (--fail-under, --fail-below-baseline) missed.
     """
-    from dsco_hub.pipeline import evaluate_report
+    from dsco_hub.assess import evaluate_report
 
     set_quiet(quiet)
     if (create_pr or commit_message) and not update_card:
@@ -565,7 +565,7 @@ def _print_eval(block, console: Console | None = None) -> None:
         return
     from rich.table import Table
 
-    from dsco_hub.pipeline import results_table
+    from dsco_hub.assess import results_table
 
     model = {"convnet3": "ConvNet-3", "resnet18": "ResNet-18"}[block["result"]["model"]]
     table = Table(title=f"{model} accuracy on {block['test']['dataset']} [{block['test']['split']}]")

@@ -211,6 +211,35 @@ class NOptConfig:
         return 0 if n == 1 else max(128, 10 * n)
 
 
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Guided DDIM sampling settings, one value for every sampler of a run: plain sampling (`models.sample`), NOpt
+    (`nopt.nopt_sample_classes`) and the data-free target pool (with the pool's own guidance scale).
+
+    Built once from the run's options (`ConcentrateConfig.sampler()`, `PriorTrainConfig`'s preview grid) and passed
+    through; frozen, so a step cannot change it for the next one. The defaults are those of `dsco-hub concentrate`.
+    """
+
+    steps: int = 25  # DDIM steps
+    guidance_scale: float = 2.0  # classifier-free guidance scale w (1 = no guidance)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
+    batch_size: int = 64  # images per denoiser batch (memory only: results do not depend on it)
+    dtype: str = "auto"  # denoiser dtype on load; auto = float32 on CPU, float16 on CUDA (`models.resolve_dtype`)
+    scheduler: str = "ddim"  # sampler; NOpt extends our own DDIM loop
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on an out-of-range option (the model-dependent checks: `models.check_sampler_args`)."""
+        _check(self.steps >= 1, f"--steps={self.steps} must be at least 1; e.g. --steps 25.")
+        _check(self.guidance_scale >= 0, f"--guidance-scale={self.guidance_scale} must be >= 0; 1 disables guidance.")
+        _check(0 <= self.eta <= 1, f"--eta={self.eta} must be in [0, 1] (0 = deterministic DDIM).")
+        _check(
+            self.scheduler in SCHEDULERS,
+            f"--scheduler={self.scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}.",
+        )
+        _check(self.batch_size >= 1, f"--sample-batch-size={self.batch_size} must be at least 1.")
+        _check(self.dtype in DTYPES, f"--dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}.")
+
+
 @dataclass
 class HubConfig:
     """Where and how a set is published on (or read from) the Hub: `--push`, `dsco-hub push`, `evaluate USER/NAME`.
@@ -394,6 +423,11 @@ class ConcentrateConfig:
             needed.append(self.nopt.targets)
         return max(needed)
 
+    def sampler(self) -> SamplerConfig:
+        """The run's sampler settings (steps, guidance, eta, batch size, dtype, scheduler) as one `SamplerConfig`."""
+        same = ("steps", "guidance_scale", "eta", "dtype", "scheduler")  # options named as SamplerConfig's fields
+        return SamplerConfig(batch_size=self.sample_batch_size, **{name: getattr(self, name) for name in same})
+
     @property
     def pool_guidance(self) -> float:
         """Classifier-free guidance scale of the data-free pool's samples: `pool_guidance_scale`, else the run's."""
@@ -409,15 +443,7 @@ class ConcentrateConfig:
             self.source.shuffle_buffer >= 0,
             f"--shuffle-buffer={self.source.shuffle_buffer} must be >= 0 (rows; 0 keeps the stream's order).",
         )
-        _check(self.steps >= 1, f"--steps={self.steps} must be at least 1; e.g. --steps 25.")
-        _check(self.guidance_scale >= 0, f"--guidance-scale={self.guidance_scale} must be >= 0; 1 disables guidance.")
-        _check(0 <= self.eta <= 1, f"--eta={self.eta} must be in [0, 1] (0 = deterministic DDIM).")
-        _check(
-            self.scheduler in SCHEDULERS,
-            f"--scheduler={self.scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}.",
-        )
-        _check(self.sample_batch_size >= 1, f"--sample-batch-size={self.sample_batch_size} must be at least 1.")
-        _check(self.dtype in DTYPES, f"--dtype={self.dtype!r} is unknown; use one of {', '.join(DTYPES)}.")
+        self.sampler().validate()
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
         _check(
             self.doping_ratio == "auto" or (not isinstance(self.doping_ratio, str) and 0 <= self.doping_ratio <= 1),

@@ -5,7 +5,8 @@ ones chosen by greedy kernel herding in a fixed feature space (a seeded random C
 pick minimises `MMD^2(synthetic_k ∪ picked, real_k)`, so real images go where the synthetic ones
 cover the class worst. With no synthetic images (`rho = 1`) this is plain kernel herding (Chen,
 Welling and Smola, UAI 2010), the "herding" baseline of the condensation literature; `random`
-draws a seeded random subset.
+draws a seeded random subset. `select` is the one entry for all three: the baselines' IPC images per class
+and doping's `m` beside NOpt's images, which it first converts to the source's format (`to_source_format`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,88 @@ import numpy as np
 import torch
 
 from dsco_hub.config import derive_seed
-from dsco_hub.data import SourceData, decode_images, to_model_range
+from dsco_hub.data import SourceData, decode_images, pil_to_uint8, to_model_range, to_pil
+from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import RandomFeatures, embed, herd
+
+
+def check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
+    """Refuse needing more real images per class than the smallest class of `source` has.
+
+    Args:
+        source (`SourceData`): the split the real images are drawn from.
+        ipc (`int`): real images needed per class.
+        what (`str`, *optional*, defaults to "--ipc"): the option that asks for them, named in the message.
+
+    Raises:
+        ConfigError: `ipc` is larger than the smallest class (names the class, its size and the largest IPC).
+    """
+    sizes = [len(rows) for rows in source.class_index]
+    k = int(np.argmin(sizes))
+    if ipc > sizes[k]:
+        option = f"--ipc={ipc}" if what == "--ipc" else f"{what} (needs {ipc} real images per class)"
+        raise ConfigError(
+            f"{option} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
+            f"{source.source_id} [{source.split}]; use --ipc {sizes[k]} or less."
+        )
+
+
+def select(
+    source: SourceData,
+    class_id: int,
+    num: int,
+    seed: int,
+    how: str = "herding",
+    pool: int = 5000,
+    kernel: str = "gaussian",
+    feature_seed: int = 0,
+    synthetic: torch.Tensor | None = None,
+) -> np.ndarray:
+    """`num` real images of class `class_id`: the random and herding baselines, and doping beside `synthetic`.
+
+    Args:
+        source (`SourceData`): the training split.
+        class_id (`int`): class in `[0, K)`.
+        num (`int`): real images to pick.
+        seed (`int`): run seed.
+        how (`str`, *optional*, defaults to "herding"): "random" (`select_random`), "herding" (`select_herding`,
+            continued from `synthetic`: joint doping) or "herding-independent" (`select_herding` from zero, blind
+            to `synthetic`: the real images the herding baseline would pick).
+        pool, kernel, feature_seed: herding's settings, as in `select_herding`.
+        synthetic (`torch.Tensor`, *optional*): the class's synthetic images `(n, C, H, W)` uint8 in the model's
+            format (doping; herding only), converted to the source's format where herding measures.
+
+    Returns:
+        `np.ndarray`: `(num,)` int64 row indices of `source`, in pick order.
+
+    Raises:
+        ImageDecodeError: a picked (random) or candidate (herding) image cannot be decoded; random picks are
+            copied undecoded, so they are decoded once here to report a corrupt image by its source row.
+    """
+    if how == "random":
+        picks = select_random(source.class_index[class_id], num, seed, class_id)
+        source.decode_pil(picks)  # copied undecoded: a corrupt image is reported here, by its source row
+        return picks
+    joint = synthetic is not None and how == "herding"
+    start = to_source_format(synthetic, source.image_shape) if joint else None
+    return select_herding(
+        source, class_id, num, seed, pool=pool, kernel=kernel, feature_seed=feature_seed, synthetic=start
+    )
+
+
+def to_source_format(images: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Synthetic images in a source's format, where herding compares them with the real ones.
+
+    Args:
+        images (`torch.Tensor`): `(n, C', H', W')` uint8 in `[0, 255]`, the model's channels and resolution.
+        image_shape (`tuple[int, int, int]`): the source's `(C, H, W)` (`SourceData.image_shape`).
+
+    Returns:
+        `torch.Tensor`: `(n, C, S, S)` float32 in `[-1, 1]`, `S = min(H, W)` (through PIL, as real images are
+        decoded: `data.pil_to_uint8`).
+    """
+    channels, side = image_shape[0], min(image_shape[1:])
+    return to_model_range(pil_to_uint8([to_pil(image) for image in images], channels, side))
 
 
 def select_random(rows: np.ndarray, num: int, seed: int, class_id: int) -> np.ndarray:

@@ -195,3 +195,29 @@ def check_out_path(value: str | None, option: str = "--out", sources: Iterable[s
         if _related(path, held):
             raise OutputError(f"{option}={value!r} is, holds or lies inside the source {source}; {fix}.")
     return path
+
+
+# Paths as a set records them: never an absolute path (a push publishes the card and dsco_config.json)
+
+
+def local_name(path: str | Path) -> str:
+    """A local folder's (or file's) name, as a card records it: its absolute path would publish the user's folders.
+
+    Returns:
+        `str`: the last component of `path` once `~` is expanded and symlinks resolved.
+    """
+    return Path(path).expanduser().resolve().name
+
+
+def shown_name(source_id: str) -> str:
+    """A source as a card shows it: a local folder by its name (`local_name`), a Hub id as it is."""
+    return local_name(source_id) if Path(source_id).expanduser().exists() else source_id
+
+
+def relative_to(path: str | Path, folder: str | Path) -> str:
+    """`path` relative to `folder` (the set's folder), in POSIX form; `evaluate` resolves it against that folder.
+
+    Returns:
+        `str`: e.g. `../data/source` (`os.path.relpath` of both resolved paths, so it may climb out of `folder`).
+    """
+    return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(folder).resolve())).as_posix()

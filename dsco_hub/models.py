@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from dsco_hub.config import SCHEDULERS, derive_seed
+from dsco_hub.config import SamplerConfig, derive_seed
 from dsco_hub.errors import ConfigError, ModelError
 from dsco_hub.text import closest
 
@@ -278,27 +278,27 @@ def save_unet_prior(unet: UNet2DModel, scheduler: DDIMScheduler, id2label: dict[
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def check_sampler_args(prior: DiffusionPrior, steps: int, guidance_scale: float, eta: float, scheduler: str = "ddim"):
-    """Validate sampler options against the model.
+def check_sampler_args(prior: DiffusionPrior, sampler: SamplerConfig) -> None:
+    """Validate sampler settings against the model.
+
+    Args:
+        prior (`DiffusionPrior`): the model (its training timesteps and whether it has a null class).
+        sampler (`SamplerConfig`): the settings to check.
 
     Raises:
-        ConfigError: unknown `scheduler`; `steps` not in `[1, num_train_timesteps]`; `eta` outside `[0, 1]`;
-            guidance other than 1 on a model without a null class; guidance below 0.
+        ConfigError: `steps` not in `[1, num_train_timesteps]`; an out-of-range setting (`SamplerConfig.validate`:
+            unknown scheduler, `eta` outside `[0, 1]`, guidance below 0, ...); guidance other than 1 on a model
+            without a null class.
     """
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"--scheduler={scheduler!r} is unknown; use one of {', '.join(SCHEDULERS)}.")
     total = prior.scheduler.config.num_train_timesteps
-    if not 1 <= steps <= total:
+    if not 1 <= sampler.steps <= total:
         raise ConfigError(
-            f"--steps={steps} must be in [1, {total}] (the model's training timesteps); e.g. --steps 25."
+            f"--steps={sampler.steps} must be in [1, {total}] (the model's training timesteps); e.g. --steps 25."
         )
-    if not 0.0 <= eta <= 1.0:
-        raise ConfigError(f"--eta={eta} must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like).")
-    if guidance_scale < 0:
-        raise ConfigError(f"--guidance-scale={guidance_scale} must be >= 0; 1 disables guidance.")
-    if guidance_scale != 1.0 and prior.null_class is None:
+    sampler.validate()
+    if sampler.guidance_scale != 1.0 and prior.null_class is None:
         raise ConfigError(
-            f"--guidance-scale={guidance_scale}: {prior.name} has no null class for classifier-free guidance; "
+            f"--guidance-scale={sampler.guidance_scale}: {prior.name} has no null class for classifier-free guidance; "
             "pass --guidance-scale 1."
         )
 
@@ -315,10 +315,7 @@ def sample(
     prior: DiffusionPrior,
     labels: Sequence[int],
     seeds: Sequence[int],
-    steps: int = 25,
-    guidance_scale: float = 2.0,
-    eta: float = 0.0,
-    batch_size: int = 64,
+    sampler: SamplerConfig = SamplerConfig(),
     noise: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
@@ -331,10 +328,9 @@ def sample(
         prior (`DiffusionPrior`): the model.
         labels (sequence of `int`): class id of each image, in `[0, K)`.
         seeds (sequence of `int`): one seed per image (derive them from `(run seed, class, slot)`).
-        steps (`int`, *optional*, defaults to 25): DDIM steps.
-        guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale `w` (1 = off).
-        eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity (0 deterministic).
-        batch_size (`int`, *optional*, defaults to 64): images per denoiser batch (memory only, not results).
+        sampler (`SamplerConfig`, *optional*, defaults to `SamplerConfig()`): DDIM steps, classifier-free guidance
+            scale `w` (1 = off), `eta` (0 = deterministic) and images per denoiser batch (memory only, not
+            results); its `dtype` applies when the model is loaded, not here.
         noise (`torch.Tensor`, *optional*): pre-made `x_T` of shape `(len(labels), *prior.sample_shape)`.
         progress (`callable`, *optional*): called with the number of images finished after each batch.
 
@@ -342,9 +338,9 @@ def sample(
         `torch.Tensor`: `(len(labels), C, H, W)` float32 images in `[-1, 1]` on CPU.
 
     Raises:
-        ConfigError: invalid sampler options (see `check_sampler_args`) or mismatched lengths.
+        ConfigError: invalid sampler settings (see `check_sampler_args`) or mismatched lengths.
     """
-    check_sampler_args(prior, steps, guidance_scale, eta)
+    check_sampler_args(prior, sampler)
     if len(labels) != len(seeds):
         raise ConfigError(f"labels and seeds must have the same length, got {len(labels)} and {len(seeds)}.")
     bad = [y for y in labels if not 0 <= int(y) < prior.num_classes]
@@ -353,27 +349,25 @@ def sample(
     if noise is None:
         noise = initial_noise(prior.sample_shape, seeds)
     outputs = []
-    for start in range(0, len(labels), batch_size):
-        stop = min(start + batch_size, len(labels))
-        outputs.append(
-            _ddim_batch(prior, noise[start:stop], labels[start:stop], seeds[start:stop], steps, guidance_scale, eta)
-        )
+    for start in range(0, len(labels), sampler.batch_size):
+        stop = min(start + sampler.batch_size, len(labels))
+        outputs.append(_ddim_batch(prior, noise[start:stop], labels[start:stop], seeds[start:stop], sampler))
         if progress is not None:
             progress(stop - start)
     return torch.cat(outputs)
 
 
 @torch.no_grad()
-def _ddim_batch(prior, x_T, labels, seeds, steps, guidance_scale, eta) -> torch.Tensor:
+def _ddim_batch(prior, x_T, labels, seeds, sampler: SamplerConfig) -> torch.Tensor:
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)  # own copy: set_timesteps mutates state
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(sampler.steps)
     device = prior.device
     x = x_T.to(device=device, dtype=torch.float32)
     y = torch.as_tensor([int(v) for v in labels], device=device, dtype=torch.long)
-    eta_gens = eta_generators(seeds, eta)
+    eta_gens = eta_generators(seeds, sampler.eta)
     for t in scheduler.timesteps:
-        eps = prior.predict_noise(x, t.to(device), y, guidance_scale)
-        x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise(eta_gens, x)).prev_sample
+        eps = prior.predict_noise(x, t.to(device), y, sampler.guidance_scale)
+        x = scheduler.step(eps, t, x, eta=sampler.eta, variance_noise=step_noise(eta_gens, x)).prev_sample
     return prior.decode(x).cpu()
 
 

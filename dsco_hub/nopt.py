@@ -27,7 +27,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from dsco_hub.config import NOptConfig, derive_seed
+from dsco_hub.config import NOptConfig, SamplerConfig, derive_seed
 from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import EnsembleFeatures, RandomFeatures, TrunkFeatures, embed, herd, mmd2
 from dsco_hub.models import DiffusionPrior, check_sampler_args, eta_generators, initial_noise, step_noise
@@ -66,11 +66,8 @@ def nopt_sample(
     seeds: Sequence[int],
     targets: torch.Tensor,
     cfg: NOptConfig,
-    steps: int = 25,
-    guidance_scale: float = 2.0,
-    eta: float = 0.0,
+    sampler: SamplerConfig = SamplerConfig(),
     phi_seed: int = 0,
-    batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
     snapshots: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, NOptTrace]:
@@ -85,16 +82,15 @@ def nopt_sample(
             model's own samples in data-free mode.
         cfg (`NOptConfig`): window, iterations, step length, kernel, feature width, and the targets embedded per
             iteration (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
-        steps (`int`, *optional*, defaults to 25): DDIM steps.
-        guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
-        eta (`float`, *optional*, defaults to 0.0): DDIM stochasticity in `[0, 1]`; the step noise of image j
-            comes from the same per-image generator as in `models.sample`, so `cfg.iters == 0` reproduces it.
+        sampler (`SamplerConfig`, *optional*, defaults to `SamplerConfig()`): the DDIM sampler, the same settings
+            as `models.sample`'s: `steps`, `guidance_scale`, and `eta` in `[0, 1]` (the step noise of image j
+            comes from the same per-image generator as in `models.sample`, so `cfg.iters == 0` reproduces it);
+            `batch_size` is the images per denoiser call. With `n > batch_size` the MMD gradient takes two passes
+            (features of all n without autograd, then per-batch vector-Jacobian products through the denoiser),
+            so memory is bounded by the batch, not by n; the result equals the one-pass gradient up to float
+            rounding.
         phi_seed (`int`, *optional*, defaults to 0): seed of the feature maps; iteration `i` of DDIM step `s`
             uses `RandomFeatures(seed=derive_seed(phi_seed, s, i))`.
-        batch_size (`int`, *optional*, defaults to 64): images per denoiser call. With `n > batch_size` the
-            MMD gradient takes two passes (features of all n without autograd, then per-batch vector-Jacobian
-            products through the denoiser), so memory is bounded by the batch, not by n; the result equals
-            the one-pass gradient up to float rounding.
         progress (`callable`, *optional*): called with 1 after each DDIM step.
         snapshots (sequence of `dict`, *optional*): with `cfg.features == "trained"`, the trunks of
             `kernels.train_feature_snapshots` (trained in the denoiser's space, width `cfg.width`).
@@ -110,10 +106,7 @@ def nopt_sample(
         prior,
         [NOptClass(class_id, seeds, targets, phi_seed)],
         cfg,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        batch_size=batch_size,
+        sampler,
         progress=progress,
         snapshots=snapshots,
     )
@@ -124,10 +117,7 @@ def nopt_sample_classes(
     prior: DiffusionPrior,
     classes: Sequence[NOptClass],
     cfg: NOptConfig,
-    steps: int = 25,
-    guidance_scale: float = 2.0,
-    eta: float = 0.0,
-    batch_size: int = 64,
+    sampler: SamplerConfig = SamplerConfig(),
     progress: Callable[[int], None] | None = None,
     snapshots: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor], list[NOptTrace]]:
@@ -143,8 +133,8 @@ def nopt_sample_classes(
     Args:
         prior (`DiffusionPrior`): the class-conditional model.
         classes (sequence of `NOptClass`): the classes, each with `n_k >= 1` seeds.
-        cfg, steps, guidance_scale, eta, batch_size, progress, snapshots: as in `nopt_sample` (`batch_size`
-            counts the images of all classes together; target batches follow each class's own
+        cfg, sampler, progress, snapshots: as in `nopt_sample` (`sampler.batch_size` counts the images of all
+            classes together; target batches follow each class's own
             `cfg.batch_for(n_k)`).
 
     Returns:
@@ -156,7 +146,7 @@ def nopt_sample_classes(
             `cfg.features == "trained"` without `snapshots`.
     """
     cfg.validate()
-    check_sampler_args(prior, steps, guidance_scale, eta)
+    check_sampler_args(prior, sampler)
     if cfg.features == "trained" and not snapshots:
         raise ConfigError("--nopt-features=trained needs the trained snapshots (kernels.train_feature_snapshots).")
     for c in classes:
@@ -171,15 +161,16 @@ def nopt_sample_classes(
             )
     device = prior.device
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
-    scheduler.set_timesteps(steps)
-    optimized_steps = math.ceil(cfg.window * steps) if cfg.iters else 0
+    scheduler.set_timesteps(sampler.steps)
+    optimized_steps = math.ceil(cfg.window * sampler.steps) if cfg.iters else 0
+    guidance_scale, batch_size = sampler.guidance_scale, sampler.batch_size
     seeds = [seed for c in classes for seed in c.seeds]
     sizes = [len(c.seeds) for c in classes]
     firsts = [sum(sizes[:k]) for k in range(len(sizes))]  # first row of each class
     labels = torch.tensor([c.class_id for c in classes for _ in c.seeds], dtype=torch.long, device=device)
     targets = [c.targets.to(device) for c in classes]
     x = initial_noise(prior.sample_shape, seeds).to(device)  # (sum n_k, C, H, W), class by class
-    eta_gens = eta_generators(seeds, eta)
+    eta_gens = eta_generators(seeds, sampler.eta)
     traces = [NOptTrace(None, None, 0) for _ in classes]
     for s, t in enumerate(scheduler.timesteps):
         alpha = scheduler.alphas_cumprod[int(t)].to(device)
@@ -209,7 +200,7 @@ def nopt_sample_classes(
                     for xb, yb in zip(x.split(batch_size), labels.split(batch_size))
                 ]
             )
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=step_noise(eta_gens, x)).prev_sample
+            x = scheduler.step(eps, t, x, eta=sampler.eta, variance_noise=step_noise(eta_gens, x)).prev_sample
         if progress is not None:
             progress(1)
     with torch.no_grad():

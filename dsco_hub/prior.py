@@ -29,7 +29,7 @@ from diffusers.training_utils import EMAModel
 
 from dsco_hub import distributed
 from dsco_hub.card import prior_card
-from dsco_hub.config import PriorTrainConfig, derive_seed
+from dsco_hub.config import PriorTrainConfig, SamplerConfig, derive_seed
 from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.files import atomic_write, check_out_path
@@ -200,7 +200,8 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         per_class = 10
         grid_labels = [k for k in range(num_classes) for _ in range(per_class)]
         grid_seeds = [derive_seed(cfg.seed, "card", k, j) for k in range(num_classes) for j in range(per_class)]
-        grid = sample(prior, grid_labels, grid_seeds, steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance)
+        grid_sampler = SamplerConfig(steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance)
+        grid = sample(prior, grid_labels, grid_seeds, grid_sampler)
         image_grid(to_uint8(grid), rows=num_classes).save(staging / "samples.png")
         prior_card(
             cfg,

@@ -109,7 +109,7 @@ def document(target: dict, block: dict, gates: Gates | None = None, against: tup
     Args:
         target (`dict`): the set: `{"target", "repo_id", "revision", "commit", "config", "method", "ipc"}`
             (None where it does not apply, e.g. `repo_id` of a folder).
-        block (`dict`): the `eval` block of the set (`pipeline._evaluate`), with `commit` for a Hub set.
+        block (`dict`): the `eval` block of the set (`assess.eval_block`), with `commit` for a Hub set.
         gates (`Gates`, *optional*): the thresholds; their outcome is recorded.
         against (`tuple[dict, dict]`, *optional*): the comparison set's `target` and `eval` block (same protocol,
             same seeds), recorded with the difference to it.

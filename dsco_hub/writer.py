@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from huggingface_hub import DatasetCard
 
 from dsco_hub.config import first_difference, run_settings
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.files import atomic_path, atomic_write, make_dirs, os_error, temp_dir_beside
+from dsco_hub.files import atomic_path, atomic_write, make_dirs, os_error, relative_to, temp_dir_beside
 
 PROVENANCE = ("source", "source_index", "seed")
 
@@ -464,3 +465,44 @@ def write_json(path: Path, data: dict) -> None:
         OutputError: the file cannot be written (one line: the path, the reason, the fix).
     """
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def portable_config(data: dict, out: Path) -> dict:
+    """`ConcentrateConfig.to_dict()` as the set records it in `dsco_config.json`: JSON types, and the local paths
+    (SOURCE, --model, --class-map, --test-dataset, --teacher) relative to the set's folder `out` and --out as that
+    folder's name, so that no absolute path is written into the set.
+
+    Args:
+        data (`dict`): `ConcentrateConfig.to_dict()`.
+        out (`Path`): the set's folder.
+
+    Returns:
+        `dict`: a new dict (`data` is not changed); values that name no existing path are kept as they are.
+    """
+    data = json.loads(json.dumps(data, default=str))
+    places = [(data["source"], "source"), (data, "model"), (data, "class_map"), (data, "test_dataset")]
+    places.append((data["eval"], "teacher"))  # the soft-label teacher's folder
+    for holder, key in places:
+        value = holder.get(key)
+        if value and Path(value).expanduser().exists():
+            holder[key] = relative_to(value, out)
+    data["out"] = Path(out).name
+    return data
+
+
+def portable_command(command: str) -> str:
+    """The command line as recorded in the set: absolute paths (arguments, and values of `--option=PATH`) made
+    relative to the current folder; a line `shlex` cannot split is kept as it is."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return command
+    cwd = Path.cwd()
+
+    def relative(token: str) -> str:
+        head, sep, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        if not os.path.isabs(value):
+            return token
+        return f"{head}{sep}{Path(os.path.relpath(value, cwd)).as_posix()}"
+
+    return " ".join(shlex.quote(relative(t)) for t in tokens)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dsco_hub import cli, files, pipeline, writer
+from dsco_hub import assess, cli, files, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.errors import ConfigError, ImageDecodeError, OutputError
 
@@ -209,7 +209,7 @@ def test_test_dataset_evaluates_a_source_without_a_test_split(saved_dataset, tin
 
 def test_a_resume_on_changed_data_is_refused_and_overwrite_starts_over(tiny_repo, tmp_path, monkeypatch):
     out = tmp_path / "set"
-    compute = pipeline._compute_unit
+    compute = synthesis.compute_unit
     calls = []
 
     def crash_after_one(unit, *args):
@@ -218,10 +218,10 @@ def test_a_resume_on_changed_data_is_refused_and_overwrite_starts_over(tiny_repo
             raise RuntimeError("killed")
         return compute(unit, *args)
 
-    monkeypatch.setattr(pipeline, "_compute_unit", crash_after_one)
+    monkeypatch.setattr(synthesis, "compute_unit", crash_after_one)
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.concentrate(_cfg(tiny_repo, out))
-    monkeypatch.setattr(pipeline, "_compute_unit", compute)
+    monkeypatch.setattr(synthesis, "compute_unit", compute)
     assert len(list((tmp_path / "set.partial" / "units").glob("*.parquet"))) == 1
     fixed = tiny_dataset(seed_offset=7)  # "fix a row": other bytes in the same file
     fixed.to_parquet(str(tiny_repo / "data" / "train-00000-of-00001.parquet"))
@@ -377,7 +377,7 @@ def test_the_set_holds_no_absolute_path_and_evaluate_still_finds_the_source(tiny
             data = path.read_bytes()
             assert str(tmp_path).encode() not in data, path
             assert b"/tmp/" not in data and b"/root" not in data and b"/home/" not in data, path
-    block = pipeline.evaluate_set(str(out), SourceConfig(), EvalConfig(runs=1, epochs=1, baseline=False))
+    block = assess.evaluate_set(str(out), SourceConfig(), EvalConfig(runs=1, epochs=1, baseline=False))
     assert block["test"]["num_images"] == 12
 
 

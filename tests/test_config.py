@@ -3,6 +3,8 @@ compares. Fast (no model, no data): the test the mutation run of `config.py` lea
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dsco_hub.config import (
@@ -11,6 +13,7 @@ from dsco_hub.config import (
     HubConfig,
     NOptConfig,
     PriorTrainConfig,
+    SamplerConfig,
     SourceConfig,
     TeacherConfig,
     auto_doping_ratio,
@@ -168,6 +171,18 @@ def test_auto_doping_ratio_grows_with_ipc():
     free = ConcentrateConfig(ipc=10, doping_ratio="auto", data_free=True, labels=("a", "b"))
     free.validate()
     assert (free.rho, free.num_doped, free.num_synthetic) == (0.0, 0, 10)
+
+
+def test_one_sampler_config_built_from_the_run_and_frozen():
+    cfg = ConcentrateConfig(steps=7, guidance_scale=1.5, eta=0.3, sample_batch_size=5, dtype="float32")
+    sampler = cfg.sampler()
+    assert sampler == SamplerConfig(steps=7, guidance_scale=1.5, eta=0.3, batch_size=5, dtype="float32")
+    assert ConcentrateConfig().sampler() == SamplerConfig()  # the same defaults as the command line
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sampler.steps = 3  # type: ignore[misc]
+    assert "sampler" not in cfg.to_dict()  # dsco_config.json keeps the flat options it always had
+    _refused(SamplerConfig(batch_size=0), "--sample-batch-size=0 must be at least 1.")
+    _refused(SamplerConfig(eta=2.0), "--eta=2.0 must be in [0, 1] (0 = deterministic DDIM).")
 
 
 def test_pool_and_its_guidance():

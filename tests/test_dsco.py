@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsco_hub import models, pipeline
+from dsco_hub import doping, models, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
+from dsco_hub.data import load_source
 from dsco_hub.errors import ConfigError, ModelError
 
 NO_EVAL = EvalConfig(runs=1, epochs=1, baseline=False)
@@ -73,6 +74,20 @@ def test_auto_doping_ratio_is_resolved_from_ipc_and_recorded(tiny_repo, tiny_pri
     dsco = pipeline.concentrate(cfg).dsco
     assert dsco["counts"] == {"rows": 12, "real": 3, "synthetic": 9}  # round(4 x 4 / 14) = 1 real per class
     assert dsco["doping_ratio"] == 0.25 and dsco["settings"]["doping_ratio"] == "auto"
+
+
+def test_doping_selects_beside_synthetic_images_in_the_source_format(tiny_repo):
+    source = load_source(SourceConfig(source=str(tiny_repo)))  # 16 px, RGB (its images mix L, RGB, P and RGBA)
+    assert source.image_shape == (3, 16, 16)
+    synthetic = torch.full((2, 1, 32, 32), 200, dtype=torch.uint8)  # a grayscale model at another resolution
+    converted = doping.to_source_format(synthetic, source.image_shape)
+    assert converted.shape == (2, 3, 16, 16) and converted.dtype == torch.float32
+    assert torch.allclose(converted, torch.full_like(converted, 200 / 127.5 - 1))
+    beside = doping.select(source, 0, 2, seed=0, synthetic=synthetic)
+    assert np.array_equal(beside, doping.select_herding(source, 0, 2, 0, synthetic=converted))
+    assert np.array_equal(doping.select(source, 0, 2, seed=0), doping.select_herding(source, 0, 2, 0))
+    random = doping.select(source, 0, 2, seed=0, how="random", synthetic=synthetic)  # random ignores them
+    assert np.array_equal(random, doping.select_random(source.class_index[0], 2, 0, 0))
 
 
 def test_dsco_is_deterministic(tiny_repo, tiny_prior, tmp_path):

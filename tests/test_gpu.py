@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard
 from dsco_hub import distributed, pipeline
 from dsco_hub import evaluate as evaluate_module
 from dsco_hub import prior as prior_module
-from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, PriorTrainConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, PriorTrainConfig, SamplerConfig, SourceConfig
 from dsco_hub.models import load_prior, sample
 
 pytestmark = [
@@ -65,7 +65,7 @@ def test_prior_trains_on_cuda_with_the_ema_beside_the_model(tiny_repo, tmp_path,
     assert saved["mixed_precision"] == distributed.resolve_mixed_precision("auto", "cuda")  # bf16 on an H200
     assert f"mixed precision `{saved['mixed_precision']}`" in (out / "README.md").read_text()
     prior = load_prior(str(out), device="cuda")
-    assert sample(prior, [0, 1], [0, 1], steps=2).shape == (2, *prior.image_shape)
+    assert sample(prior, [0, 1], [0, 1], SamplerConfig(steps=2)).shape == (2, *prior.image_shape)
 
 
 def test_prior_trains_in_fp16_with_a_gradient_scaler(tiny_repo, tmp_path):

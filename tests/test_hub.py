@@ -27,7 +27,7 @@ from conftest import CLASS_NAMES, tiny_dataset, write_repo
 from hub_server import DROPPED, FakeHub
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from dsco_hub import hub, pipeline, writer
+from dsco_hub import assess, hub, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
 from dsco_hub.errors import HubError, SourceError
 
@@ -591,8 +591,8 @@ def test_evaluate_a_set_another_tool_published_adds_an_eval_block(fake_hub, tiny
     api.upload_folder(repo_id="alice/foreign", folder_path=str(folder), repo_type="dataset")
     cfg = _cfg(fake_hub)
     with pytest.raises(SourceError, match="--test-dataset is needed: alice/foreign records no source"):
-        pipeline.evaluate_set("alice/foreign", SourceConfig(), FAST_EVAL, hub_cfg=cfg)
-    block = pipeline.evaluate_set(
+        assess.evaluate_set("alice/foreign", SourceConfig(), FAST_EVAL, hub_cfg=cfg)
+    block = assess.evaluate_set(
         "alice/foreign", SourceConfig(source=str(tiny_repo)), FAST_EVAL, update_card=True, hub_cfg=cfg
     )
     assert block["result"]["num_train_images"] == 9 and len(block["commit"]) == 40
@@ -601,7 +601,7 @@ def test_evaluate_a_set_another_tool_published_adds_an_eval_block(fake_hub, tiny
     assert meta["license"] == "mit" and meta["dsco"]["eval"]["commit"] == block["commit"]
     assert "Their own words." in text and "## dsco-hub evaluation" in text
 
-    pipeline.evaluate_set(  # a second evaluation replaces the section, it does not add another
+    assess.evaluate_set(  # a second evaluation replaces the section, it does not add another
         "alice/foreign", SourceConfig(source=str(tiny_repo)), FAST_EVAL, update_card=True, hub_cfg=cfg
     )
     assert fake_hub.read("alice/foreign", "README.md").decode().count("## dsco-hub evaluation") == 1
@@ -625,7 +625,7 @@ def test_evaluate_refuses_a_repo_without_image_column(fake_hub, tiny_repo, tmp_p
         repo_type="dataset",
     )
     with pytest.raises(SourceError, match=r"alice/texts has no image column \(feature `Image`\); columns: text"):
-        pipeline.evaluate_set("alice/texts", SourceConfig(source=str(tiny_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
+        assess.evaluate_set("alice/texts", SourceConfig(source=str(tiny_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
 
 
 def test_evaluate_refuses_a_test_dataset_with_other_classes(fake_hub, tiny_repo, tmp_path):
@@ -635,7 +635,7 @@ def test_evaluate_refuses_a_test_dataset_with_other_classes(fake_hub, tiny_repo,
     )
     test_repo = write_repo(tmp_path / "other-classes", other, other)
     with pytest.raises(SourceError) as err:
-        pipeline.evaluate_set("alice/classes", SourceConfig(source=str(test_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
+        assess.evaluate_set("alice/classes", SourceConfig(source=str(test_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub))
     message = str(err.value)
     assert "has other classes than the set alice/classes" in message
     assert "only in the set: 'stripe'; only in the test dataset: 'star'" in message
@@ -658,9 +658,9 @@ def test_evaluate_refuses_a_test_dataset_with_other_classes(fake_hub, tiny_repo,
 def test_evaluate_bad_repo_revision_or_config(fake_hub, tiny_repo, tmp_path, monkeypatch, target, kwargs, expected):
     if "alice/revisions" not in fake_hub.repos:
         pipeline.push(_make_set(tiny_repo, tmp_path / "set"), _cfg(fake_hub, repo_id="alice/revisions"))
-    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(assess, "eval_block", lambda *a, **k: pytest.fail("trained before refusing"))
     with pytest.raises(HubError, match=expected) as err:
-        pipeline.evaluate_set(
+        assess.evaluate_set(
             target, SourceConfig(source=str(tiny_repo)), FAST_EVAL, hub_cfg=_cfg(fake_hub, token=None), **kwargs
         )
     assert "\n" not in str(err.value)
@@ -686,7 +686,7 @@ def test_concentrate_push_from_the_command_line_keeps_the_token_out(fake_hub, ti
 
 
 def test_concentrate_push_without_token_is_refused_before_any_work(fake_hub, tiny_repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_source", lambda *a, **k: pytest.fail("loaded the source before refusing"))
+    monkeypatch.setattr(synthesis, "load_source", lambda *a, **k: pytest.fail("loaded the source before refusing"))
     cfg = ConcentrateConfig(
         source=SourceConfig(source=str(tiny_repo)), out=str(tmp_path / "never"), push=_cfg(fake_hub, token=None)
     )

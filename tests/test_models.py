@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from dsco_hub.config import PriorTrainConfig
+from dsco_hub.config import PriorTrainConfig, SamplerConfig
 from dsco_hub.errors import ConfigError, ModelError
 from dsco_hub.models import check_sampler_args, load_prior, map_classes, read_class_map, sample, save_unet_prior
 from dsco_hub.prior import build_unet
@@ -77,7 +77,7 @@ def test_unet_prior_loads_and_samples(tiny_unet_prior):
     assert isinstance(prior.denoiser, UNet2DModel) and prior.vae is None
     assert prior.num_classes == 3 and prior.null_class == 3
     assert prior.image_shape == (1, 16, 16)
-    images = sample(prior, [0, 1, 2, 0], [1, 2, 3, 4], steps=4, guidance_scale=2.0)
+    images = sample(prior, [0, 1, 2, 0], [1, 2, 3, 4], SamplerConfig(steps=4, guidance_scale=2.0))
     assert images.shape == (4, 1, 16, 16) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1
 
@@ -87,7 +87,7 @@ def test_dit_layout_loads_with_vae_and_samples(tiny_dit):
     assert isinstance(prior.denoiser, DiTTransformer2DModel) and isinstance(prior.vae, AutoencoderKL)
     assert prior.num_classes == 4 and prior.null_class == 4  # not a hard-coded 1000
     assert prior.sample_shape == (4, 4, 4) and prior.image_shape == (3, 8, 8)
-    images = sample(prior, [0, 3], [5, 6], steps=3, guidance_scale=4.0)
+    images = sample(prior, [0, 3], [5, 6], SamplerConfig(steps=3, guidance_scale=4.0))
     assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1
 
 
@@ -95,13 +95,15 @@ def test_dit_layout_loads_with_vae_and_samples(tiny_dit):
 def test_sampling_is_deterministic_and_independent_of_batch_size(tiny_unet_prior, eta):
     prior = load_prior(str(tiny_unet_prior))
     labels, seeds = [0, 1, 2, 1, 0], [11, 12, 13, 14, 15]
-    a = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=5)
-    b = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=5)
+    a = sample(prior, labels, seeds, SamplerConfig(steps=5, eta=eta, batch_size=5))
+    b = sample(prior, labels, seeds, SamplerConfig(steps=5, eta=eta, batch_size=5))
     assert a.numpy().tobytes() == b.numpy().tobytes()
-    c = sample(prior, labels, seeds, steps=5, eta=eta, batch_size=2)
+    c = sample(prior, labels, seeds, SamplerConfig(steps=5, eta=eta, batch_size=2))
     torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
     # image j depends only on its own seed: a subset reproduces the same images
-    torch.testing.assert_close(sample(prior, labels[3:], seeds[3:], steps=5, eta=eta), a[3:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        sample(prior, labels[3:], seeds[3:], SamplerConfig(steps=5, eta=eta)), a[3:], rtol=0, atol=1e-5
+    )
     assert not torch.allclose(a[0], a[4])  # different seeds, different images
 
 
@@ -140,11 +142,11 @@ def test_missing_and_unconditional_models_are_refused(tmp_path):
 def test_sampler_argument_checks(tiny_unet_prior, tmp_path):
     prior = load_prior(str(tiny_unet_prior))
     with pytest.raises(ConfigError, match=r"--steps=0 must be in \[1, 100\]"):
-        check_sampler_args(prior, 0, 2.0, 0.0)
+        check_sampler_args(prior, SamplerConfig(steps=0))
     with pytest.raises(ConfigError, match="--steps=101"):
-        check_sampler_args(prior, 101, 2.0, 0.0)
+        check_sampler_args(prior, SamplerConfig(steps=101))
     with pytest.raises(ConfigError, match="--scheduler='euler'"):
-        check_sampler_args(prior, 10, 2.0, 0.0, scheduler="euler")
+        check_sampler_args(prior, SamplerConfig(steps=10, scheduler="euler"))
     # a UNet without a null-class embedding cannot be guided
     torch.manual_seed(0)
     unet = build_unet(PriorTrainConfig(block_out_channels=(8, 16), norm_num_groups=8), 2, 1, 16)
@@ -153,12 +155,14 @@ def test_sampler_argument_checks(tiny_unet_prior, tmp_path):
     no_null = load_prior(str(tmp_path / "nonull"))
     assert no_null.null_class is None
     with pytest.raises(ConfigError, match="no null class"):
-        check_sampler_args(no_null, 10, 0.5, 0.0)
-    assert check_sampler_args(no_null, 10, 1.0, 0.0) is None  # unguided sampling is fine, and it samples:
-    images = sample(no_null, [0, 2], [5, 6], steps=2, guidance_scale=1.0)
+        check_sampler_args(no_null, SamplerConfig(steps=10, guidance_scale=0.5))
+    assert (
+        check_sampler_args(no_null, SamplerConfig(steps=10, guidance_scale=1.0)) is None
+    )  # unguided sampling is fine, and it samples:
+    images = sample(no_null, [0, 2], [5, 6], SamplerConfig(steps=2, guidance_scale=1.0))
     assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
     assert images.min() >= -1 and images.max() <= 1
-    assert torch.equal(images, sample(no_null, [0, 2], [5, 6], steps=2, guidance_scale=1.0))
+    assert torch.equal(images, sample(no_null, [0, 2], [5, 6], SamplerConfig(steps=2, guidance_scale=1.0)))
 
 
 def test_shipped_prior_covers_the_embedded_fashion_mnist_classes():
@@ -170,4 +174,4 @@ def test_shipped_prior_covers_the_embedded_fashion_mnist_classes():
     names = load_source(SourceConfig(source=None)).class_names
     assert map_classes(names, prior.id2label) == list(range(10))
     assert prior.image_shape == (1, 28, 28) and prior.null_class == 10
-    assert sample(prior, [9], [0], steps=2).shape == (1, 1, 28, 28)
+    assert sample(prior, [9], [0], SamplerConfig(steps=2)).shape == (1, 1, 28, 28)

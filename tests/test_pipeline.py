@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import CLASS_NAMES
 
-from dsco_hub import pipeline
+from dsco_hub import assess, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.errors import ConfigError, ModelError, OutputError
 
@@ -128,7 +128,7 @@ def test_failure_leaves_nothing_half_written(tiny_repo, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(pipeline, "evaluate_images", boom)
+    monkeypatch.setattr(assess, "evaluate_images", boom)
     with pytest.raises(RuntimeError, match="crashed"):
         pipeline.concentrate(_cfg(tiny_repo, out, overwrite=True, ipc=2))
     assert sorted(p.name for p in out.rglob("*")) == before  # the previous complete set is untouched
@@ -151,7 +151,7 @@ def test_evaluate_folder_and_update_card(tiny_repo, tmp_path):
     out = tmp_path / "out"
     pipeline.concentrate(_cfg(tiny_repo, out, method="random", ipc=2, evaluate=False))
     assert "eval" not in _yaml(out)["dsco"]
-    block = pipeline.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL, update_card=True)
+    block = assess.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL, update_card=True)
     assert block["test"]["dataset"] == "tiny"  # the recorded source (found through source.path) is the test source
     assert block["test"]["num_images"] == 12
     meta = _yaml(out)
@@ -164,13 +164,13 @@ def test_evaluate_folder_and_update_card(tiny_repo, tmp_path):
 def test_the_cards_accuracy_is_what_evaluate_measures_on_the_written_set(tiny_repo, tmp_path):
     out = tmp_path / "out"
     card = pipeline.concentrate(_cfg(tiny_repo, out, method="herding", ipc=2)).dsco["eval"]
-    again = pipeline.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL)
+    again = assess.evaluate_set(str(out), SourceConfig(source=None), FAST_EVAL)
     assert again["result"]["accuracies"] == card["result"]["accuracies"]
     assert again["baseline_random"]["accuracies"] == card["baseline_random"]["accuracies"]
 
 
 def test_evaluate_any_dataset_against_explicit_test_source(tiny_repo):
-    block = pipeline.evaluate_set(
+    block = assess.evaluate_set(
         str(tiny_repo), SourceConfig(source=str(tiny_repo)), EvalConfig(runs=1, epochs=1, baseline=False)
     )
     assert block["result"]["num_train_images"] == 19 and "baseline_random" not in block

@@ -10,7 +10,7 @@ from test_cli import dsco
 from test_models import tiny_dit  # noqa: F401 (fixture)
 from test_scale import _cfg
 
-from dsco_hub import pipeline, plan, presets
+from dsco_hub import pipeline, plan, presets, synthesis
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.data import SourceData, load_source
 from dsco_hub.errors import ConfigError, ModelError, SourceError
@@ -65,7 +65,7 @@ def test_preset_with_a_model_of_other_classes_is_refused(tiny_dit, tmp_path):  #
     assert list((tmp_path / "cwd").iterdir()) == []
     cfg = presets.apply_preset(ConcentrateConfig(preset="imagenette", model=str(tiny_dit)))
     with pytest.raises(ModelError, match="has 4 classes, but preset imagenette"):
-        pipeline._load_model(cfg, ["tench"], "imagenette")
+        synthesis.load_model(cfg, cfg.sampler(), ["tench"], "imagenette")
 
 
 def test_classes_keeps_a_subset_by_name_or_index(tiny_repo):

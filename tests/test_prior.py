@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from dsco_hub import prior as prior_module
-from dsco_hub.config import PriorTrainConfig, SourceConfig
+from dsco_hub.config import PriorTrainConfig, SamplerConfig, SourceConfig
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.models import load_prior, sample
 
@@ -42,7 +42,7 @@ def test_train_saves_a_loadable_prior_with_card(tiny_repo, tmp_path):
     assert (
         prior.num_classes == 3 and prior.null_class == 3 and prior.image_shape == (3, 16, 16)
     )  # the first row is RGB
-    assert sample(prior, [2], [0], steps=2).shape == (1, 3, 16, 16)
+    assert sample(prior, [2], [0], SamplerConfig(steps=2)).shape == (1, 3, 16, 16)
     assert prior.scheduler.config.clip_sample is False  # clipping x0 in DDIM erased classes under guidance
     card = (out / "README.md").read_text()
     assert "dsco-hub prior train tiny" in card and "Wall time" in card and "license: cc-by-4.0" in card

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import tiny_dataset
 
-from dsco_hub import kernels, pipeline, plan
-from dsco_hub.config import ConcentrateConfig, NOptConfig, SourceConfig
+from dsco_hub import kernels, pipeline, plan, synthesis
+from dsco_hub.config import ConcentrateConfig, NOptConfig, SourceConfig, derive_seed
 from dsco_hub.errors import ConfigError
 from dsco_hub.nopt import feature_map, select_synthetic
 
@@ -90,7 +90,7 @@ def test_oversample_keeps_ipc_images_with_their_own_seeds(tiny_repo, tiny_prior,
     assert len(three) == len(one) == 6
     assert chosen.dsco["settings"]["oversample"] == 3
     for k in range(3):
-        candidates = {pipeline.derive_seed(0, k, j) for j in range(6)}
+        candidates = {derive_seed(0, k, j) for j in range(6)}
         kept = [row["seed"] for row in three if row["label"] == k]
         assert len(kept) == 2 and set(kept) <= candidates
     assert one["seed"] != three["seed"]  # the selection changed the set
@@ -100,7 +100,7 @@ def test_trained_features_are_trained_once_and_reused_by_a_resume(tiny_repo, tin
     nopt = {"features": "trained", "feature_epochs": 2, "feature_images": 4}
     reference = pipeline.concentrate(_cfg(tiny_repo, tmp_path / "ref", tiny_prior, nopt=nopt))
     assert reference.dsco["settings"]["nopt_features"] == "trained"
-    compute, calls = pipeline._compute_unit, []
+    compute, calls = synthesis.compute_unit, []
 
     def crash_after_one(unit, *args):
         calls.append(unit.index)
@@ -108,12 +108,12 @@ def test_trained_features_are_trained_once_and_reused_by_a_resume(tiny_repo, tin
             raise RuntimeError("killed")
         return compute(unit, *args)
 
-    monkeypatch.setattr(pipeline, "_compute_unit", crash_after_one)
+    monkeypatch.setattr(synthesis, "compute_unit", crash_after_one)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.concentrate(_cfg(tiny_repo, out, tiny_prior, nopt=nopt))
-    assert (tmp_path / "out.partial" / pipeline.FEATURES_FILE).exists()
-    monkeypatch.setattr(pipeline, "_compute_unit", compute)
+    assert (tmp_path / "out.partial" / synthesis.FEATURES_FILE).exists()
+    monkeypatch.setattr(synthesis, "compute_unit", compute)
 
     def never(*args, **kwargs):
         raise AssertionError("the saved snapshots must be reused")

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from dsco_hub import pipeline, results, ui
+from dsco_hub import assess, pipeline, results, ui
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.errors import ConfigError
 
@@ -168,7 +168,7 @@ def test_a_document_that_breaks_the_schema_is_caught():
 
 def test_evaluate_against_another_folder_uses_the_same_seeds_and_test_split(tiny_set, tiny_repo, tmp_path):
     cfg = EvalConfig(runs=1, epochs=2)
-    doc = pipeline.evaluate_report(str(tiny_set), SourceConfig(), cfg, against=str(tiny_set))
+    doc = assess.evaluate_report(str(tiny_set), SourceConfig(), cfg, against=str(tiny_set))
     assert doc["against"]["result"]["accuracies"] == doc["result"]["accuracies"]  # the same set, the same seeds
     assert doc["against"]["difference"]["points"] == 0
     assert doc["test"]["dataset"] == "tiny"

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from conftest import tiny_dataset, write_repo
 
-from dsco_hub import distributed, pipeline, writer
+from dsco_hub import distributed, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig, first_difference, run_settings
 from dsco_hub.data import load_source
 from dsco_hub.errors import ConfigError, OutputError, SourceError
 
 DATA = Path("data") / "train-00000-of-00001.parquet"
-COMPUTE_UNIT = pipeline._compute_unit
+COMPUTE_UNIT = synthesis.compute_unit
 
 
 def _cfg(source, out, model, **kwargs) -> ConcentrateConfig:
@@ -132,7 +132,7 @@ def test_shards_round_trip_and_refuse_garbage(tmp_path):
 
 
 def _crash_at_unit(monkeypatch, index: int) -> list[int]:
-    """Make `_compute_unit` crash at unit `index`; return the list of units it computes."""
+    """Make `synthesis.compute_unit` crash at unit `index`; return the list of units it computes."""
     computed: list[int] = []
 
     def compute(unit, *args, **kwargs):
@@ -141,7 +141,7 @@ def _crash_at_unit(monkeypatch, index: int) -> list[int]:
         computed.append(unit.index)
         return COMPUTE_UNIT(unit, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_compute_unit", compute)
+    monkeypatch.setattr(synthesis, "compute_unit", compute)
     return computed
 
 
