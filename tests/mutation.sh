@@ -44,10 +44,12 @@ run() {
       grep -v two_processes)
     tests="$tests tests/test_teacher.py::test_soft_label_loss_is_kl_times_t_squared"
   fi
+  # cards/: the card templates, which the pipeline tests (doping's "before" run) render
   cat > "$work/setup.cfg" <<CFG
 [mutmut]
 source_paths = dsco_hub
 only_mutate = dsco_hub/$module.py
+also_copy = cards
 pytest_add_cli_args_test_selection =
 $(printf '    %s\n' $tests)
 CFG
