@@ -279,7 +279,7 @@ def test_select_synthetic_herds_in_the_selection_map_with_the_runs_kernel():
     candidates, targets = torch.randn(9, 1, 16, 16, generator=g), torch.randn(12, 1, 16, 16, generator=g) + 0.2
     trunks = []
     with torch.random.fork_rng(devices=[]):
-        for seed in (1, 2):
+        for seed in (1, 2, 3):  # three stages: the middle one is not the last
             torch.manual_seed(seed)
             trunks.append(conv_trunk(1, 8).state_dict())
 
@@ -289,8 +289,8 @@ def test_select_synthetic_herds_in_the_selection_map_with_the_runs_kernel():
     # "trained": the last, fully trained snapshot, whatever the seed
     cfg = NOptConfig(features="trained", width=8, kernel="linear")
     picks = select_synthetic(candidates, targets, 9, cfg, seed=0, snapshots=trunks)
-    assert picks == by_hand(TrunkFeatures(1, trunks[1], width=8), "linear")
-    assert picks != by_hand(TrunkFeatures(1, trunks[0], width=8), "linear")
+    assert picks == by_hand(TrunkFeatures(1, trunks[2], width=8), "linear")
+    assert picks != by_hand(TrunkFeatures(1, trunks[1], width=8), "linear")
     assert select_synthetic(candidates, targets, 9, cfg, seed=3, snapshots=trunks) == picks
     # random features: the map of the seed, and the kernel of the run
     for kernel in ("linear", "gaussian"):
