@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dsco_hub import doping
 from dsco_hub.config import SourceConfig, derive_seed
 from dsco_hub.data import decode_images, load_source, to_model_range
 from dsco_hub.doping import herding_pool, select_herding, select_random
@@ -66,7 +67,9 @@ def test_select_herding_picks_what_herding_in_the_fixed_feature_space_picks(sour
     assert select_herding(source, 0, 8, 0, feature_seed=4).tolist() == _herding_by_hand(
         source, 0, 8, rows, feature_seed=4
     )
-    assert select_herding(source, 0, 8, 0, kernel="linear").tolist() == _herding_by_hand(source, 0, 8, rows, "linear")
+    linear = select_herding(source, 0, 8, 0, kernel="linear", feature_seed=1).tolist()
+    assert linear == _herding_by_hand(source, 0, 8, rows, "linear", feature_seed=1)
+    assert linear != select_herding(source, 0, 8, 0, feature_seed=1).tolist()  # the kernel changes the order here
     assert select_herding(source, 0, 8, 0, feature_seed=4).tolist() != picks.tolist()
 
 
@@ -87,3 +90,15 @@ def test_doping_starts_herding_from_the_synthetic_images(source):
     assert doped.tolist() != select_herding(source, 2, 5, seed=0).tolist()
     # no synthetic images (an empty tensor, or None) is plain herding
     assert select_herding(source, 2, 5, 0, synthetic=synthetic[:0]).tolist() == _herding_by_hand(source, 2, 5, rows)
+
+
+def test_herding_considers_at_most_5000_candidates_by_default(source, monkeypatch):
+    pools = []
+
+    def pool(rows, size, seed, class_id):
+        pools.append((size, seed, class_id))
+        return herding_pool(rows, size, seed, class_id)
+
+    monkeypatch.setattr(doping, "herding_pool", pool)
+    select_herding(source, 1, 2, seed=8)
+    assert pools == [(5000, 8, 1)]

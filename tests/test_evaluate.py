@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dsco_hub import distributed
 from dsco_hub import evaluate as evaluate_module
@@ -267,15 +268,33 @@ def test_the_students_are_the_standard_architectures():
     assert convnet.embed(torch.zeros(2, 1, 28, 28)).shape == (2, 128 * 3 * 3)
     assert ConvNet3(1, 2, 8).embed(torch.zeros(1, 1, 8, 8)).shape == (1, 128)  # 8 px: the smallest side for depth 3
     assert ConvNet3(1, 2, (9, 20), width=4).embed(torch.zeros(1, 1, 9, 20)).shape == (1, 4 * 1 * 2)
+    assert ConvNet3(1, 2, 8, width=4, depth=2).embed(torch.zeros(1, 1, 8, 8)).shape == (1, 4 * 2 * 2)
+
+
+def test_a_residual_block_adds_its_input_after_two_convolutions():
+    torch.manual_seed(0)
+    block = evaluate_module.BasicBlock(8, 8).eval()
+    assert isinstance(block.shortcut, torch.nn.Identity)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        inner = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+        assert torch.equal(block(x), F.relu(inner + x))
+    down = evaluate_module.BasicBlock(8, 16, stride=2)
+    assert down.conv1.stride == (2, 2) and down.shortcut[0].stride == (2, 2) and down.conv2.stride == (1, 1)
     # ResNet-18 (CIFAR stem up to 64 px): 11,173,962 parameters for 3 channels and 10 classes, as torchvision's
     # resnet18 (11,689,512 with the ImageNet stem and 1000 classes) less its 7x7 stem and classifier
     small = build_student("resnet18", 3, 10, 32)
     assert _parameters(small) == 11_173_962
+    stem = small.stem(torch.randn(2, 3, 32, 32))
+    assert stem.shape == (2, 64, 32, 32) and stem.min() >= 0  # 3x3 conv, padding 1, batch norm, ReLU
     assert not any(m.bias is not None for m in small.modules() if isinstance(m, torch.nn.Conv2d))
     assert small.layers(small.stem(torch.zeros(2, 3, 32, 32))).shape == (2, 512, 4, 4)
     large = build_student("resnet18", 3, 1000, 224)
     assert _parameters(large) == 11_689_512
-    assert large.stem(torch.zeros(1, 3, 224, 224)).shape == (1, 64, 56, 56)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():  # the ImageNet stem, written out
+        expected = F.max_pool2d(F.relu(large.stem[1](large.stem[0](x))), kernel_size=3, stride=2, padding=1)
+        assert torch.equal(large.stem(x), expected) and expected.shape == (1, 64, 56, 56)
     assert large.layers(large.stem(torch.zeros(1, 3, 224, 224))).shape == (1, 512, 7, 7)
     assert isinstance(ResNet18(1, 2, 64).stem[0], torch.nn.Conv2d) and ResNet18(1, 2, 64).stem[0].stride == (1, 1)
     assert ResNet18(1, 2, 65).stem[0].stride == (2, 2)
@@ -301,6 +320,12 @@ def test_auto_picks_convnet3_up_to_64_px_on_the_longest_side():
     with pytest.raises(ConfigError) as err:
         build_student("vit", 3, 10, 28)
     assert str(err.value) == "--eval-model='vit' is unknown; use one of auto, convnet3, resnet18."
+
+
+def test_augment_draws_no_flip_unless_asked():
+    x = torch.rand(64, 1, 8, 8) * 2 - 1
+    plain = apply_augment(x, *augment_draws(64, torch.Generator().manual_seed(3), flip=False))
+    assert torch.equal(augment(x, torch.Generator().manual_seed(3)), plain)
 
 
 def test_augment_refuses_what_is_not_a_float_batch():
@@ -417,6 +442,7 @@ class _Brightness(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.ones(()))
 
     def forward(self, x):
+        self.autocast = torch.is_autocast_enabled("cpu")
         half = x.shape[-1] // 2
         score = x[..., half:].mean((1, 2, 3)) - x[..., :half].mean((1, 2, 3))
         return torch.stack([-score, score], dim=1) * self.scale
@@ -425,11 +451,11 @@ class _Brightness(torch.nn.Module):
 def test_test_accuracy_counts_arg_max_hits_over_batches_in_eval_mode(monkeypatch):
     images, labels = halves_dataset(per_class=6, seed=0, size=8)
     labels = labels.clone()
-    labels[:3] = 1  # three wrong labels of twelve
+    labels[-3:] = 0  # three wrong labels of twelve, in the last batch
     model = _Brightness()
     monkeypatch.setattr(evaluate_module, "TEST_BATCH_SIZE", 5)  # three batches, the last one short
     assert evaluate_module.test_accuracy(model, images, labels, "no") == 9 / 12
-    assert not model.training
+    assert not model.training and model.autocast is False
 
 
 def test_train_and_test_follows_the_protocols_seeds_optimizer_and_schedule(monkeypatch):
@@ -489,6 +515,17 @@ def test_train_and_test_follows_the_protocols_seeds_optimizer_and_schedule(monke
     assert [c["lr"] for c in calls] == [0.01]  # one epoch: never divided
     assert calls[0]["x"].dtype == torch.uint8 and torch.equal(calls[0]["x"], train)  # same side: as they are
     assert calls[0]["flip"] is False
+    calls.clear()
+    train_and_test(
+        train, train_labels, train, train_labels, 2, EvalConfig(model="convnet3", epochs=2), 0, device="cpu"
+    )
+    assert [c["lr"] for c in calls] == [0.01, 0.001]  # two epochs: divided from the second
+    calls.clear()
+    teacher, tested = ConvNet3(1, 2, 16, width=4), []
+    monkeypatch.setattr(evaluate_module, "test_accuracy", lambda *args: tested.append(args[3]) or 0.5)
+    soft = EvalConfig(model="convnet3", epochs=1, labels="soft", teacher="t", temperature=2.5)
+    assert train_and_test(train, train_labels, train, train_labels, 2, soft, 0, device="cpu", teacher=teacher) == 0.5
+    assert (calls[0]["teacher"], calls[0]["temperature"], tested) == (teacher, 2.5, ["no"])
     rgb, rgb_labels = train.expand(-1, 3, -1, -1).contiguous(), train_labels
     calls.clear()
     train_and_test(rgb, rgb_labels, rgb, rgb_labels, 2, EvalConfig(model="convnet3", epochs=1), 0, device="cpu")
@@ -500,19 +537,66 @@ def test_train_and_test_follows_the_protocols_seeds_optimizer_and_schedule(monke
 
 
 def test_evaluate_images_reports_mean_and_population_std(monkeypatch):
-    monkeypatch.setattr(evaluate_module, "train_and_test", lambda *args: [0.5, 0.75, 0.625][args[6]])
+    seen = []
+
+    def fake_train(*args):
+        seen.append(args[7:])  # progress, device, teacher
+        return [0.123456, 0.5, 0.75][args[6]]
+
+    monkeypatch.setattr(evaluate_module, "train_and_test", fake_train)
     images, labels = halves_dataset(per_class=2, seed=0, size=8)
-    result = evaluate_images(images, labels, images, labels, 2, tiny_cfg(runs=3, model="auto"))
-    assert result == EvalResult([0.5, 0.75, 0.625], 0.625, float(np.std([0.5, 0.75, 0.625])), "convnet3", 2, 3, 4)
+    teacher, tick = ConvNet3(1, 2, 8, width=4), [].append
+    state = distributed.ProcessState(device=torch.device("meta"))
+    result = evaluate_images(
+        images, labels, images, labels, 2, tiny_cfg(runs=3, model="auto"), tick, state, teacher=teacher
+    )
+    assert seen == [(tick, torch.device("meta"), teacher)] * 3
+    accuracies = [0.123456, 0.5, 0.75]
+    assert result == EvalResult(accuracies, float(np.mean(accuracies)), float(np.std(accuracies)), "convnet3", 2, 3, 4)
     assert result.to_dict() == {
-        "accuracy_mean": 62.5,
-        "accuracy_std": 10.21,
-        "accuracies": [50.0, 75.0, 62.5],
+        "accuracy_mean": 45.78,
+        "accuracy_std": 25.75,
+        "accuracies": [12.35, 50.0, 75.0],
         "model": "convnet3",
         "epochs": 2,
         "runs": 3,
         "num_train_images": 4,
     }
+    tall = torch.zeros(4, 1, 70, 40, dtype=torch.uint8)  # the longest side of the test images picks the student
+    assert evaluate_images(images, labels, tall, labels, 2, tiny_cfg(runs=1, model="auto")).model == "resnet18"
+
+
+def test_soft_label_loss_at_the_default_temperature_is_t_squared_times_the_kl():
+    s, t = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.randn(5, 3)
+    p, q = (t / 4).softmax(1), (s / 4).softmax(1)
+    expected = 16 * (p * (p.log() - q.log())).sum(1).mean()
+    assert evaluate_module.soft_label_loss(s, t, 4.0).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_one_soft_label_epoch_is_written_out_too():
+    torch.manual_seed(1)
+    model, reference, teacher = (ConvNet3(3, 2, 8, width=4) for _ in range(3))
+    reference.load_state_dict(model.state_dict())
+    teacher.eval()
+    images, labels = halves_dataset(per_class=4, seed=2, size=8)
+    images = images.expand(-1, 3, -1, -1).contiguous()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(6)
+    evaluate_module.train_epoch(model, optimizer, images, labels, g, 3, True, True, "no", teacher=teacher)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(6)
+    order = torch.randperm(8, generator=g)
+    draws = [augment_draws(len(order[s : s + 3]), g, flip=True) for s in range(0, 8, 3)]
+    for (choice, u), s in zip(draws, range(0, 8, 3)):
+        x = apply_augment(images[order[s : s + 3]].float() / 127.5 - 1, choice, u)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = evaluate_module.soft_label_loss(reference(x), target, 4.0)  # T = 4 by default
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
