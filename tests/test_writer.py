@@ -112,9 +112,11 @@ def test_parquet_shards_are_named_as_push_to_hub_names_them_and_sized(tmp_path):
     names = sorted(p.name for p in (tmp_path / "small" / "data").iterdir())
     assert math.ceil(nbytes / max_bytes) == 3
     assert names == [f"test-0000{i}-of-00003.parquet" for i in range(3)]
-    assert [pq.read_table(tmp_path / "small" / "data" / name).num_rows for name in names] == [2, 2, 2]
+    seeds = [pq.read_table(tmp_path / "small" / "data" / name).column("seed").to_pylist() for name in names]
+    assert seeds == [[0, 1], [2, 3], [4, 5]]  # contiguous rows, in order
     assert written == sum((tmp_path / "small" / "data" / name).stat().st_size for name in names)
     assert (info.name, info.num_bytes, info.num_examples) == ("test", nbytes, 6)
+    (tmp_path / "exact" / "data").mkdir(parents=True)  # an existing data/ folder is used as it is
     _, _ = writer.write_parquet(ds, tmp_path / "exact", max_shard_bytes=nbytes)  # exactly one shard's worth
     assert [p.name for p in (tmp_path / "exact" / "data").iterdir()] == ["train-00000-of-00001.parquet"]
 
@@ -153,6 +155,7 @@ def test_a_set_is_recognised_by_its_marker_and_its_files_only(tmp_path):
         assert not writer.is_dsco_set(folder)
     assert not writer.is_dsco_set(_set(tmp_path / "plain-card", card="---\nlicense: mit\n---\n# dsco:\n"))
     assert not writer.is_dsco_set(_set(tmp_path / "body", card="---\nlicense: mit\n---\n\ndsco:\n"))
+    assert not writer.is_dsco_set(_set(tmp_path / "rule", card="---\nlicense: mit\n---\n\ndsco:\n\n---\nend\n"))
     garbled = _set(tmp_path / "garbled")
     (garbled / "README.md").write_bytes(b"---\n\xff\xfe\ndsco:\n---\n")
     assert not writer.is_dsco_set(garbled)
@@ -166,11 +169,12 @@ def test_every_file_a_set_does_not_hold_is_foreign(tmp_path):
     folder = _set(tmp_path / "set")
     assert writer._foreign_files(folder) == []
     (folder / "notes.txt").write_text("mine")
+    (folder / "a.txt").write_text("mine")  # sorted before data/
     (folder / "extra").mkdir()
     (folder / "extra" / "a.parquet").write_bytes(b"x")  # a folder other than data/ is foreign as a whole
     (folder / "data" / "notes.txt").write_text("mine")
     (folder / "data" / "sub.parquet").mkdir()  # a folder, not a shard
-    assert writer._foreign_files(folder) == ["data/notes.txt", "data/sub.parquet", "extra", "notes.txt"]
+    assert writer._foreign_files(folder) == ["a.txt", "data/notes.txt", "data/sub.parquet", "extra", "notes.txt"]
     assert not writer.is_dsco_set(folder)
 
 
@@ -348,6 +352,21 @@ def test_check_fingerprint_skips_unknowns_and_names_both_sides():
         "SOURCE changed since the run was made (local abc there, hub ffffffffffff now): its rows no longer match; "
         "restore the source, or pass --overwrite to redo it."
     )
+    with pytest.raises(ConfigError, match=r"\(hub 0123456789ab there, local abc now\)"):
+        writer.check_fingerprint({"kind": "hub", "value": "0123456789abcdef"}, local, "the run")
+
+
+def test_a_shard_keeps_the_path_of_a_real_image_and_names_the_error_of_an_unreadable_one(tmp_path):
+    rows = writer.ConcentratedRows()
+    rows.add_real([{"bytes": b"jpg", "path": "cat.jpg"}], [5], 0)
+    (tmp_path / "units").mkdir()
+    path = writer.write_shard(tmp_path, 0, rows)
+    assert writer.read_shard(tmp_path, 0, 1).images == [{"bytes": b"jpg", "path": "cat.jpg"}]
+    path.write_bytes(b"not parquet")
+    with pytest.raises(OutputError) as err:
+        writer.read_shard(tmp_path, 0, 1)
+    cause = err.value.__cause__
+    assert str(err.value) == f"shard {path} is unreadable ({type(cause).__name__}: {cause})"
 
 
 def test_a_shard_of_another_unit_is_refused(tmp_path):
@@ -378,6 +397,13 @@ def test_a_failed_shard_write_leaves_no_temp_file_and_is_one_line(tmp_path, monk
     assert "(ENOSPC)" in str(err.value)
     assert list((tmp_path / "units").iterdir()) == []
 
+    def no_space(table, where):  # fails before writing anything
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(writer.pq, "write_table", no_space)
+    with pytest.raises(OutputError, match=r"\(ENOSPC\)"):
+        writer.write_shard(tmp_path, 0, rows)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Moving a finished set into place
@@ -396,6 +422,33 @@ def test_commit_moves_the_staging_folder_into_place_and_drops_the_old_set(tmp_pa
     writer.commit(staging, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no old copy left behind
     assert [p.name for p in out.iterdir()] == ["newer.txt"]
+
+
+def test_a_commit_whose_old_set_cannot_be_removed_still_succeeds(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    staging = writer.staging_dir(out)
+    (staging / "new.txt").write_text("new")
+
+    def rmtree(path, ignore_errors=False):
+        if not ignore_errors:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+    monkeypatch.setattr(writer.shutil, "rmtree", rmtree)
+    assert writer.commit(staging, out) == out and [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_a_failed_commit_into_a_new_folder_is_one_line_and_leaves_no_set(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    staging = writer.staging_dir(out)
+
+    def fail(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+
+    monkeypatch.setattr(writer.os, "replace", fail)
+    with pytest.raises(OutputError, match=r"Invalid cross-device link \(EXDEV\)"):
+        writer.commit(staging, out)
+    assert not out.exists()
 
 
 def test_a_failed_commit_puts_the_previous_set_back(tmp_path, monkeypatch):
