@@ -69,15 +69,16 @@ def proxies(folder: Path, source: SourceConfig, classifier: str) -> dict:
 
 # Figures quoted beside the sweep, each naming where it comes from (they are not rows of the sweep's results file).
 REFERENCES = (
-    "References with lr 0.1, from `bench/results/baselines.md` (3 runs; rows named there): plain sampling 73.3 (IPC "
-    "10) and 81.4 (IPC 50), row `dsco-hub diffusion (prior 572c2ad7dd07)`; DsCo 77.0 (IPC 10), row `dsco-hub dsco "
-    "(prior 572c2ad7dd07, NOpt lr 0.1, target batch all)`, and 76.8 (IPC 10, 128 targets per iteration) and 79.1 (IPC"
-    " 50), row `dsco-hub dsco (prior 572c2ad7dd07, NOpt lr 0.1)`; data-free DsCo at IPC 1 with the old pool of 4 "
-    "samples per class 53.6, row `dsco-hub dsco-datafree (prior 572c2ad7dd07, NOpt lr 0.1, pool 4n)`. The same "
-    "proxies for those sets (fidelity, saturated, MMD^2, spread) were typed in by hand at 3dbadca (2026-11-22) and "
-    "are kept in no results file, so no command repeats them: plain IPC 10 99.0, 0.060, 0.383, 0.885; DsCo lr 0.1 IPC"
-    " 10 95.0, 0.107, 0.217, 0.962; plain IPC 50 97.0, 0.063, 0.139, 0.933; DsCo lr 0.1 IPC 50 87.4, 0.132, 0.082, "
-    "1.049. Real test images: saturated 0.013."
+    "References with lr 0.1 (3 runs each): plain sampling 73.3 (IPC 10) and 81.4 (IPC 50), "
+    "`bench/results/baselines.md` row `dsco-hub diffusion (prior 572c2ad7dd07)`; data-free DsCo at IPC 1 with the old"
+    " pool of 4 samples per class 53.6, row `dsco-hub dsco-datafree (prior 572c2ad7dd07, NOpt lr 0.1, pool 4)`; DsCo "
+    "77.0 (IPC 10, all targets per iteration), 76.8 (IPC 10, 128 targets per iteration) and 79.1 (IPC 50): lines 18, "
+    "20 and 24 of `bench/results/baselines.jsonl` as of 985f36d (`git show 985f36d:bench/results/baselines.jsonl`), "
+    "rows made by older code whose settings were written into their labels by hand after the runs, so they were "
+    "dropped from the results file and no command repeats them. The same proxies for those sets (fidelity, saturated,"
+    " MMD^2, spread) were typed in by hand at 3dbadca (2026-11-22) and are kept in no results file either: plain IPC "
+    "10 99.0, 0.060, 0.383, 0.885; DsCo lr 0.1 IPC 10 95.0, 0.107, 0.217, 0.962; plain IPC 50 97.0, 0.063, 0.139, "
+    "0.933; DsCo lr 0.1 IPC 50 87.4, 0.132, 0.082, 1.049. Real test images: saturated 0.013."
 )
 
 

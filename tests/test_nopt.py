@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from dsco_hub.config import NOptConfig, PriorTrainConfig, SamplerConfig
+from dsco_hub import nopt as nopt_module
+from dsco_hub.config import NOptConfig, PriorTrainConfig, SamplerConfig, derive_seed
 from dsco_hub.errors import ConfigError
-from dsco_hub.kernels import RandomFeatures, embed, median_bandwidth, mmd2
-from dsco_hub.models import DiffusionPrior, sample
-from dsco_hub.nopt import NOptClass, nopt_sample, nopt_sample_classes
+from dsco_hub.kernels import RandomFeatures, TrunkFeatures, conv_trunk, embed, herd, median_bandwidth, mmd2
+from dsco_hub.models import DiffusionPrior, initial_noise, sample
+from dsco_hub.nopt import NOptClass, nopt_sample, nopt_sample_classes, select_synthetic
 from dsco_hub.prior import build_unet
 
 
@@ -168,3 +171,168 @@ def test_classes_sampled_together_equal_each_class_sampled_alone(prior, batch_si
         assert trace.first_mmd2 == pytest.approx(alone_trace.first_mmd2, rel=1e-6)
         assert trace.last_mmd2 == pytest.approx(alone_trace.last_mmd2, rel=1e-3)
     assert not torch.equal(together[0][:2], together[1])  # each class its own labels and targets
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact values: NOpt's update written out in the test, the feature maps' seeds, the target subsets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _nopt_by_hand(prior, class_id, seeds, targets, cfg, steps, guidance_scale, phi_seed):
+    """The method of the module docstring, written out for one class in one batch: at each optimized DDIM step, `iters`
+    normalised gradient steps of length `lr * |x_t|` on MMD^2(phi(x0_hat(x_t)), phi(targets)), each followed by a
+    rescale of `x_t` to its previous norm; `phi` is `RandomFeatures(seed=derive_seed(phi_seed, s, i))`."""
+    scheduler = DDIMScheduler.from_config(prior.scheduler.config)
+    scheduler.set_timesteps(steps)
+    x = initial_noise(prior.sample_shape, seeds)
+    labels = torch.full((len(seeds),), class_id)
+    losses = []
+    for s, t in enumerate(scheduler.timesteps):
+        alpha = scheduler.alphas_cumprod[int(t)]
+        for i in range(cfg.iters if s < math.ceil(cfg.window * steps) else 0):
+            phi = RandomFeatures(prior.sample_shape[0], derive_seed(phi_seed, s, i), width=cfg.width)
+            x = x.detach().requires_grad_(True)
+            x0 = (x - (1 - alpha).sqrt() * prior.predict_noise(x, t, labels, guidance_scale)) / alpha.sqrt()
+            loss = mmd2(phi(x0), embed(phi, targets), cfg.kernel)
+            (grad,) = torch.autograd.grad(loss, x)
+            losses.append(loss.item())
+            with torch.no_grad():
+                norm = x.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                x = x - cfg.lr * norm * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                x = x * norm / x.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            x = scheduler.step(prior.predict_noise(x, t, labels, guidance_scale), t, x).prev_sample
+    return prior.decode(x), losses
+
+
+@pytest.mark.parametrize(
+    "cfg, guidance_scale",
+    [
+        (NOptConfig(window=0.5, iters=2, lr=0.2), 2.0),
+        (NOptConfig(window=1.0, iters=1, lr=0.05, kernel="linear", width=8), 1.5),
+    ],
+)
+def test_nopt_is_the_update_of_the_method_written_out(prior, cfg, guidance_scale):
+    targets = (sample(prior, [1] * 12, list(range(100, 112)), SamplerConfig(steps=4)) + 0.3).clamp(-1, 1)
+    seeds = [3, 4, 5]
+    expected, losses = _nopt_by_hand(prior, 1, seeds, targets, cfg, 4, guidance_scale, phi_seed=7)
+    images, trace = nopt_sample(
+        prior, 1, seeds, targets, cfg, SamplerConfig(steps=4, guidance_scale=guidance_scale), phi_seed=7
+    )
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+    assert trace.iterations == len(losses) == cfg.iters * math.ceil(cfg.window * 4)
+    assert trace.first_mmd2 == pytest.approx(losses[0], rel=1e-5)
+    assert trace.last_mmd2 == pytest.approx(losses[-1], rel=1e-5)
+    assert trace.first_mmd2 != pytest.approx(trace.last_mmd2, rel=1e-3)
+
+
+def test_the_defaults_of_nopt_sample(prior):
+    cfg = NOptConfig(window=0.3, iters=1)
+    targets = _targets(12)
+    default, _ = nopt_sample(prior, 0, [1, 2], targets, cfg)
+    explicit, _ = nopt_sample(
+        prior, 0, [1, 2], targets, cfg, SamplerConfig(steps=25, guidance_scale=2.0, eta=0.0), phi_seed=0
+    )
+    assert default.numpy().tobytes() == explicit.numpy().tobytes()
+    other, _ = nopt_sample(prior, 0, [1, 2], targets, cfg, phi_seed=1)
+    assert (other - default).abs().max() > 1e-4  # the feature maps' seed matters
+
+
+def test_each_iteration_draws_its_own_feature_map_and_target_subset(prior, monkeypatch):
+    maps, subsets = [], []
+    real_map, real_batch = nopt_module.feature_map, nopt_module._target_batch
+
+    def feature_map(cfg, channels, seed, snapshots=None):
+        maps.append((channels, seed))
+        return real_map(cfg, channels, seed, snapshots)
+
+    def target_batch(targets, size, seed):
+        subsets.append((len(targets), size, seed))
+        return real_batch(targets, size, seed)
+
+    monkeypatch.setattr(nopt_module, "feature_map", feature_map)
+    monkeypatch.setattr(nopt_module, "_target_batch", target_batch)
+    cfg = NOptConfig(window=0.5, iters=2, target_batch=5)
+    classes = [NOptClass(0, [1, 2], _targets(12), phi_seed=3), NOptClass(1, [4], _targets(9), phi_seed=8)]
+    nopt_sample_classes(prior, classes, cfg, SamplerConfig(steps=4))
+    seeds = [(s, i, c.phi_seed) for s in range(2) for i in range(2) for c in classes]
+    assert maps == [(1, derive_seed(phi, s, i)) for s, i, phi in seeds]
+    assert subsets == [(12 if phi == 3 else 9, 5, derive_seed(phi, s, i)) for s, i, phi in seeds]
+
+
+def test_a_target_batch_is_a_seeded_subset_or_every_target():
+    targets = torch.arange(10.0)[:, None]
+    rows = torch.randperm(10, generator=torch.Generator().manual_seed(4))[:3]
+    assert torch.equal(nopt_module._target_batch(targets, 3, 4), targets[rows])
+    for size in (0, 10, 11):
+        assert nopt_module._target_batch(targets, size, 4) is targets
+    assert torch.equal(
+        nopt_module._target_batch(targets, 9, 4),
+        targets[torch.randperm(10, generator=torch.Generator().manual_seed(4))[:9]],
+    )
+
+
+def test_trained_features_need_their_snapshots(prior):
+    with pytest.raises(ConfigError) as err:
+        nopt_sample(prior, 0, [1], _targets(), NOptConfig(features="trained"), SamplerConfig(steps=4))
+    assert str(err.value) == "--nopt-features=trained needs the trained snapshots (kernels.train_feature_snapshots)."
+
+
+def test_refusals_name_the_class_and_the_shapes(prior):
+    with pytest.raises(ConfigError) as err:
+        nopt_sample(prior, 1, [1], _targets(1), NOptConfig(), SamplerConfig(steps=4))
+    assert str(err.value) == "class 1 has 1 target image(s); NOpt needs at least 2 (--nopt-targets)."
+    with pytest.raises(ConfigError) as err:
+        nopt_sample(prior, 0, [1], torch.zeros(4, 3, 16, 16), NOptConfig(), SamplerConfig(steps=4))
+    assert str(err.value) == (
+        "targets have shape (3, 16, 16) but the denoiser works on (1, 16, 16); encode them with prior.encode."
+    )
+
+
+def test_progress_is_called_once_per_ddim_step(prior):
+    ticks = []
+    nopt_sample(
+        prior, 0, [1], _targets(), NOptConfig(window=0.5, iters=1), SamplerConfig(steps=3), progress=ticks.append
+    )
+    assert ticks == [1, 1, 1]
+
+
+def test_select_synthetic_herds_in_the_selection_map_with_the_runs_kernel():
+    g = torch.Generator().manual_seed(6)
+    candidates, targets = torch.randn(9, 1, 16, 16, generator=g), torch.randn(12, 1, 16, 16, generator=g) + 0.2
+    trunks = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (1, 2, 3):  # three stages: the middle one is not the last
+            torch.manual_seed(seed)
+            trunks.append(conv_trunk(1, 8).state_dict())
+
+    def by_hand(phi, kernel):
+        return herd(embed(phi, candidates), embed(phi, targets), 9, kernel=kernel)
+
+    # "trained": the last, fully trained snapshot, whatever the seed
+    cfg = NOptConfig(features="trained", width=8, kernel="linear")
+    picks = select_synthetic(candidates, targets, 9, cfg, seed=0, snapshots=trunks)
+    assert picks == by_hand(TrunkFeatures(1, trunks[2], width=8), "linear")
+    assert picks != by_hand(TrunkFeatures(1, trunks[1], width=8), "linear")
+    assert select_synthetic(candidates, targets, 9, cfg, seed=3, snapshots=trunks) == picks
+    # random features: the map of the seed, and the kernel of the run
+    for kernel in ("linear", "gaussian"):
+        cfg = NOptConfig(width=8, kernel=kernel)
+        assert select_synthetic(candidates, targets, 9, cfg, seed=4) == by_hand(RandomFeatures(1, 4, width=8), kernel)
+    assert by_hand(RandomFeatures(1, 4, width=8), "linear") != by_hand(RandomFeatures(1, 4, width=8), "gaussian")
+
+
+def test_a_batch_holding_the_end_of_one_class_and_the_start_of_another_embeds_each_row_once(prior):
+    # batches of 4 over classes of 3, 3 and 2 images: the second batch holds rows 4-5 of class 1 and all of class 2
+    cfg = NOptConfig(window=0.5, iters=1, target_batch=8)
+    classes = [
+        NOptClass(k, [10 * k + j for j in range(n)], _targets(12), phi_seed=k) for k, n in ((0, 3), (1, 3), (0, 2))
+    ]
+    batched, traces = nopt_sample_classes(prior, classes, cfg, SamplerConfig(steps=4, batch_size=4))
+    whole, whole_traces = nopt_sample_classes(prior, classes, cfg, SamplerConfig(steps=4, batch_size=64))
+    for k, (a, b, ta, tb) in enumerate(zip(batched, whole, traces, whole_traces)):
+        assert a.shape == b.shape == (len(classes[k].seeds), 1, 16, 16)
+        assert ta.iterations == tb.iterations == 2
+        # before any update each class's MMD^2 sees its own rows only (the updates' normalised steps can amplify the
+        # denoiser's rounding in other batches, so the images themselves are compared in the test above, not here)
+        assert ta.first_mmd2 == pytest.approx(tb.first_mmd2, rel=1e-4)
