@@ -199,7 +199,8 @@ class NOptConfig:
         n = 1 and max(128, 10 n) from n = 2 on (all of them once that reaches the `targets`).
 
         Embedding all 500 targets with each iteration's fresh feature map dominates NOpt's cost on small priors:
-        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 %). The
+        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 % with all
+        500: bench/results/baselines.jsonl line 27 at 985f36d). The
         target side of the MMD needs many more samples than the n synthetic ones: at IPC 50, 128 targets lost
         0.5 points to all 500 (83.5 % against 84.0 %), at 2.8x the cost of plain sampling. A single image's MMD
         has no repulsion term: its gradient only climbs the targets' kernel density, which a subset estimates
@@ -403,7 +404,8 @@ class ConcentrateConfig:
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
         scored 53.6 % with a pool of 4, 62.1 % with 64, 63.8 % with 128 and 64.5 % with 256; at IPC 10 75.7 % with
-        64, 76.2 % with 128 and 76.5 % with 256 (bench/results/baselines.md, nopt_sweep.md). The pool costs
+        64 (baselines.jsonl line 28 at 985f36d), 76.2 % with 128 and 76.5 % with 256 (bench/results/baselines.md,
+        nopt_sweep.md). The pool costs
         `pool_for(n)` plain samples per class (`--dry-run` counts them).
         """
         return self.pool_size or max(4 * n, 256)
