@@ -154,7 +154,11 @@ def write_table(done: dict, digest: str, args) -> None:
         "| row | options | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
         "|---|---|" + "---|" * len(ipcs),
     ]
-    labels = (("herding", "herding (real images)"), ("dsco", "DsCo defaults"), ("dsco-doped", "DsCo ρ 0.5 (joint doping)"))
+    labels = (
+        ("herding", "herding (real images)"),
+        ("dsco", "DsCo defaults"),
+        ("dsco-doped", "DsCo ρ 0.5 (joint doping)"),
+    )
     for method, label in labels:
         cells = []
         for ipc in ipcs:
