@@ -63,6 +63,32 @@ def prior_digest(model: str | None) -> str:
     return digest.hexdigest()[:12]
 
 
+def append_row(results: Path, row: dict, started: float, made: float, threads: int) -> dict:
+    """Append `row` to the JSON-lines file `results` with its wall times, and return it as written.
+
+    Args:
+        results (`Path`): the results file (created with its folder if missing).
+        row (`dict`): the row's own fields (method, IPC, accuracies, ...).
+        started (`float`): `time.time()` when the set's concentration began.
+        made (`float`): seconds the concentration took; the rest, up to now, was the evaluation.
+        threads (`int`): the `--threads` the benchmark ran with.
+
+    Returns:
+        `dict`: `row` plus `select_seconds`, `eval_seconds` (seconds, 0.1 s), `threads` and `machine`.
+    """
+    row = {
+        **row,
+        "select_seconds": round(made, 1),
+        "eval_seconds": round(time.time() - started - made, 1),
+        "threads": threads,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     """The `ConcentrateConfig` of one benchmark row (no evaluation: `evaluate_set` runs it after)."""
     source = SourceConfig(source=args.source)
@@ -124,14 +150,8 @@ def run(args) -> None:
                 **({"variant": variant} if variant else {}),
                 **({"doping_ratio": args.doping_ratio} if method == "dsco-doped" else {}),
                 **block["result"],
-                "select_seconds": round(made, 1),
-                "eval_seconds": round(time.time() - started - made, 1),
-                "threads": args.threads,
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             }
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            done[(method, ipc, prior, variant)] = row
+            done[(method, ipc, prior, variant)] = append_row(results, row, started, made, args.threads)
             write_table(done, args)
 
 

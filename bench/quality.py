@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import prior_digest  # noqa: E402
+from baselines import append_row, prior_digest  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
@@ -98,15 +97,8 @@ def main() -> None:
                 "prior": digest,
                 "options": {**options, **{f"nopt.{k}": v for k, v in nopt.items()}},
                 **block["result"],
-                "select_seconds": round(made, 1),
-                "eval_seconds": round(time.time() - started - made, 1),
-                "threads": args.threads,
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             }
-            results.parent.mkdir(parents=True, exist_ok=True)
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            done[(name, ipc, digest)] = row
+            done[(name, ipc, digest)] = append_row(results, row, started, made, args.threads)
             write_table(done, digest, args)
     write_table(done, digest, args)
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from dsco_hub import assess, pipeline
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import append_row  # noqa: E402
+
+from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.teacher import load_teacher
 
@@ -105,14 +108,8 @@ def run(args) -> None:
                     "labels": kind,
                     **({"teacher": teacher.describe(), "temperature": args.temperature} if soft else {}),
                     **block["result"],
-                    "select_seconds": round(made, 1),
-                    "eval_seconds": round(time.time() - started - made, 1),
-                    "threads": args.threads,
-                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                 }
-                with results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done[(method, ipc, kind)] = row
+                done[(method, ipc, kind)] = append_row(results, row, started, made, args.threads)
                 write_table(finished(results), args)  # every row of the file: another process may add rows too
 
 
