@@ -763,3 +763,6 @@ def main() -> None:
         sys.exit(exit_.exit_code)
     if isinstance(code, int) and code != 0:  # Click returns the code of a `typer.Exit` under standalone_mode=False
         sys.exit(code)
+    from dsco_hub import distributed
+
+    distributed.finish()  # under a launcher: every process exits after the last one is done

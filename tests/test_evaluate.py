@@ -226,8 +226,7 @@ cfg = tiny_cfg(runs=3, epochs=3)
 result = evaluate_images(train, train_labels, test, test_labels, 2, cfg, state=state, spread=True)
 with open(sys.argv[1] + f"-{{state.rank}}-of-{{state.world_size}}.json", "w") as f:
     json.dump(result.accuracies, f)
-if torch.distributed.is_initialized():  # gloo's threads can abort the exit of a process that keeps its group
-    torch.distributed.destroy_process_group()
+distributed.finish()
 """
 
 
