@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dsco_hub import assess, pipeline
-from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
+from dsco_hub.config import DOPING_SELECT, ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.doping import select_random
 
@@ -53,12 +53,18 @@ def make_source(args) -> Path:
     return folder
 
 
+def _ratio(text: str) -> float | str:
+    """`--doping-ratio`: a float in [0, 1] or "auto" (the product's `config.auto_doping_ratio`)."""
+    return text if text == "auto" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="../shared/data/fashion_mnist")
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--volumes", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0])
-    parser.add_argument("--doping-ratio", type=float, default=0.5)
+    parser.add_argument("--doping-ratio", type=_ratio, default=0.5, help="rho in [0, 1], or auto (IPC / (IPC + 10))")
+    parser.add_argument("--doping-select", choices=DOPING_SELECT, default="herding", help="as concentrate's option")
     parser.add_argument("--model", default=None, help="prior folder (default: the shipped prior)")
     parser.add_argument("--train-steps", type=int, default=1000, help="SGD steps of every student")
     parser.add_argument("--runs", type=int, default=2)
@@ -93,7 +99,13 @@ def main() -> None:
         extra = {}
         if arm != "random":
             nopt = NOptConfig(target_batch=args.nopt_target_batch)
-            extra = {"method": "dsco", "doping_ratio": args.doping_ratio, "model": args.model, "nopt": nopt}
+            extra = {
+                "method": "dsco",
+                "doping_ratio": args.doping_ratio,
+                "doping_select": args.doping_select,
+                "model": args.model,
+                "nopt": nopt,
+            }
         made_set = pipeline.concentrate(
             ConcentrateConfig(
                 source=source, ipc=ipc, out=str(out), overwrite=False, evaluate=False, **{"method": "random", **extra}
@@ -108,7 +120,8 @@ def main() -> None:
             "arm": arm,
             "volume": volume,
             "ipc": ipc,
-            "doping_ratio": args.doping_ratio if arm != "random" else 1.0,
+            "doping_ratio": made_set.dsco["doping_ratio"] if arm != "random" else 1.0,
+            **({"doping_select": args.doping_select} if arm != "random" else {}),
             **({"nopt_target_batch": made_set.dsco["settings"]["nopt_target_batch"]} if arm != "random" else {}),
             "epochs": epochs,
             "train_steps": epochs * batches,
@@ -134,7 +147,9 @@ def write_table(done: dict, args) -> None:
         "# Lossless concentration: accuracy against data volume (Fashion-MNIST, ConvNet-3, hard labels)",
         "",
         f"Command: `python bench/lossless.py --source {args.source} --per-class {args.per_class} --volumes "
-        f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio} --train-steps {args.train_steps} "
+        f"{' '.join(map(str, args.volumes))} --doping-ratio {args.doping_ratio}"
+        + (f" --doping-select {args.doping_select}" if args.doping_select != "herding" else "")
+        + f" --train-steps {args.train_steps} "
         f"--runs {args.runs}"
         + (f" --model {args.model}" if args.model else "")
         + (f" --nopt-target-batch {args.nopt_target_batch}" if args.nopt_target_batch is not None else "")
@@ -145,6 +160,11 @@ def write_table(done: dict, args) -> None:
         "NOpt targets embedded per iteration in the doped sets (0 = all): "
         + (
             ", ".join(sorted({str(r.get("nopt_target_batch", "?")) for (a, _), r in done.items() if a != "random"}))
+            or "—"
+        )
+        + ". Doping ratio reached (real images / IPC): "
+        + (
+            ", ".join(f"{r['ipc']}: {r['doping_ratio']:.2f}" for (a, _), r in sorted(done.items()) if a != "random")
             or "—"
         )
         + ".",
