@@ -10,6 +10,9 @@
 - `eval_block` (also what `concentrate` calls on the set it has just built, viewed through `as_source`): the
   protocol on the set and on a random real subset of the same IPC, as the card's `eval` block.
 - `eval_test_config` and `load_test`: where a run's test split comes from, mapped onto the set's classes.
+
+Under `torchrun` / `accelerate launch` both commands spread each set's runs over the processes (run `r` on process
+`r % W`, each on its own device) and gather the accuracies; only the main process prints, writes and pushes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dsco_hub import card, distributed, doping, hub, results, teacher, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
 from dsco_hub.data import SourceData, decode_images, load_source, load_test_source
 from dsco_hub.errors import ConfigError, SourceError
-from dsco_hub.evaluate import EvalResult, evaluate_images
+from dsco_hub.evaluate import EvalResult, evaluate_images, runs_of_process
 from dsco_hub.files import shown_name
 from dsco_hub.ui import progress_bar
 
@@ -164,7 +167,8 @@ def _evaluate_command(
             against = f"{opened.published.repo_id}{against}"
         other = _open_target(against, hub_cfg, set_config, image_column, label_column, False, report)
     test_cfg = _default_test(opened, test)
-    with hub.hub_session(hub_cfg), progress_bar() as bar:
+    state = distributed.process_state()
+    with hub.hub_session(hub_cfg), progress_bar(disable=not state.is_main) as bar:
         block, train = _evaluate_opened(opened, test_cfg, cfg, bar)
         compared = None
         if other is not None:  # same protocol, seeds and test split; the baseline is the first set's
@@ -172,6 +176,8 @@ def _evaluate_command(
             other_block, other_train = _evaluate_opened(other, test_cfg, same, bar, seed=opened.dsco.get("seed", 0))
             compared = (_set_info(other, other_train), other_block)
     doc = results.document(_set_info(opened, train), block, gates, compared)
+    if not state.is_main:  # another process of a launch: its share of the runs is in the main process's results
+        return block, doc
     if update_card and opened.published is not None:
         url, pr_url = hub.update_card_eval(opened.published, block, hub_cfg)
         if report is not None:
@@ -286,7 +292,7 @@ def _evaluate_opened(
     if baseline_source is not None:
         doping.check_ipc(baseline_source, ipc)
     seed = opened.dsco.get("seed", 0) if seed is None else seed
-    block = eval_block(train, test_source, baseline_source, ipc, seed, cfg, bar)
+    block = eval_block(train, test_source, baseline_source, ipc, seed, cfg, bar, spread=True)
     if opened.published is not None:
         block["commit"] = opened.published.sha
     return block, train
@@ -383,6 +389,12 @@ def as_source(ds: datasets.Dataset, name: str, class_names: list[str]) -> Source
         class_names=class_names,
         labels=np.asarray(ds.with_format("numpy", columns=["label"])["label"], dtype=np.int64),
     )
+
+
+def runs_share(runs: int, rank: int, world_size: int) -> str:
+    """What another process of a launch says once its share of an evaluation is trained (the main one has a bar)."""
+    mine = len(runs_of_process(runs, rank, world_size))
+    return f"rank {rank} of {world_size}: {mine} of {runs} evaluation runs per set trained"
 
 
 def eval_block(

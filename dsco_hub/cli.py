@@ -489,7 +489,8 @@ def evaluate(
 
     Exit codes: 0 success, 1 error, 2 usage error, 3 a gate (--fail-under, --fail-below-baseline) missed.
     """
-    from dsco_hub.assess import evaluate_report
+    from dsco_hub import distributed
+    from dsco_hub.assess import evaluate_report, runs_share
 
     set_quiet(quiet)
     if (create_pr or commit_message) and not update_card:
@@ -508,6 +509,7 @@ def evaluate(
     gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
     hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
+    main = distributed.world()[0] == 0  # under a launcher every process trains its share; the main one reports
     doc = evaluate_report(
         target,
         test,
@@ -519,8 +521,12 @@ def evaluate(
         set_config=set_config,
         image_column=image_column,
         label_column=label_column,
-        report=out_console.print,
+        report=out_console.print if main else None,
     )
+    if not main:
+        rank, world_size = distributed.world()
+        err_console.print(runs_share(runs, rank, world_size), highlight=False)
+        return
     _print_eval(_as_block(doc), out_console)
     if doc["against"]:
         d = doc["against"]["difference"]

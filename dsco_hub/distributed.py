@@ -299,6 +299,12 @@ class ProcessState:
         if self.world_size > 1:
             PartialState().wait_for_everyone()
 
+    def main_first(self) -> contextlib.AbstractContextManager:
+        """A block the main process runs first and the others after it (accelerate's `main_process_first`), for
+        work whose first run leaves files the others reuse (a streamed split's saved rows). A no-op with one process.
+        """
+        return PartialState().main_process_first() if self.world_size > 1 else contextlib.nullcontext()
+
     def gather(self, items: list) -> list:
         """Every process's `items` (picklable), concatenated in rank order, on every process.
 

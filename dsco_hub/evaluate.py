@@ -613,6 +613,11 @@ def train_and_test(
     return test_accuracy(model, test_images, test_labels, precision)
 
 
+def runs_of_process(runs: int, rank: int, world_size: int) -> list[int]:
+    """The runs (indices in `[0, runs)`) that process `rank` of `world_size` trains when runs are spread: `r % W`."""
+    return [run for run in range(runs) if run % world_size == rank]
+
+
 def evaluate_images(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -655,8 +660,7 @@ def evaluate_images(
     _check_inputs(train_images, train_labels, test_images, test_labels, num_classes)
     model = resolve_model(cfg.model, tuple(test_images.shape[2:]))
     state = state if state is not None else distributed.process_state()
-    width = state.world_size if spread else 1
-    mine = [run for run in range(cfg.runs) if run % width == (state.rank if spread else 0)]
+    mine = runs_of_process(cfg.runs, state.rank, state.world_size) if spread else list(range(cfg.runs))
     done = [
         (
             run,

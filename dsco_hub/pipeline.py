@@ -72,9 +72,11 @@ def concentrate(
     The work is a list of units (`distributed.plan_units`: a class for `dsco`, `random` and `herding`, blocks of
     slots for `diffusion`), fixed by the settings. Under `torchrun` / `accelerate launch` each process computes the
     units `rank, rank + W, ...`; every finished unit is a shard in `OUT.partial/`, so rerunning the same command
-    after a crash skips finished units. The main process then assembles the set in unit order, writes the card,
-    evaluates and pushes; the other processes return once their units are written. Seeds derive from
-    `(seed, class, slot)`, so the output does not depend on the number of processes.
+    after a crash skips finished units. The main process then assembles the set in unit order, writes the card and
+    pushes; the evaluation's runs (of the set and of the random-real baseline) are spread over all processes
+    (run `r` on process `r % W`) and gathered on the main one, and the other processes return once their units and
+    runs are done. Seeds derive from `(seed, class, slot)` and each run's from its index, so the output, the
+    accuracies included, does not depend on the number of processes.
 
     Args:
         cfg (`ConcentrateConfig`): the run settings.
@@ -160,9 +162,15 @@ def _concentrate(
     """The body of `concentrate` once `out` and the saved run are checked: load, compute the units, write."""
     with progress_bar(disable=not state.is_main) as bar:
         work, test, rows = _compute(cfg, state, folder, plain, settings, source_fingerprint, say, bar)
-        if rows is None:  # another process of the launch: its units are written
+        if rows is None:  # another process of the launch, without evaluation: its units are written
             return ConcentrateResult(out=out, dsco={}, main=False)
         source, class_names, prior = work.source, work.class_names, work.prior
+        baseline = source if cfg.eval.baseline and not cfg.data_free else None
+        if not state.is_main:  # another process of the launch: its share of the evaluation's runs
+            view = assess.as_source(writer.build_dataset(rows, class_names), str(out), class_names)
+            assess.eval_block(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar, spread=True)
+            say(assess.runs_share(cfg.eval.runs, state.rank, state.world_size))
+            return ConcentrateResult(out=out, dsco={}, main=False)
 
         staging = writer.staging_dir(out)
         try:
@@ -192,8 +200,7 @@ def _concentrate(
                 "versions": card.versions(),
             }
             if test is not None:
-                baseline = source if cfg.eval.baseline and not cfg.data_free else None
-                dsco["eval"] = assess.eval_block(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar)
+                dsco["eval"] = assess.eval_block(view, test, baseline, cfg.ipc, cfg.seed, cfg.eval, bar, spread=True)
             citation = source.citation if source is not None else None
             writer.write_card(
                 staging, card.dataset_card(dsco, citation, out.name, grid_classes, ds, split_info, download_size)
@@ -225,8 +232,9 @@ def _compute(
     """Load the source, the prior and the test split, then compute this process's units (shards in `folder`).
 
     Returns:
-        `tuple`: what the units needed (`synthesis.Synthesis`: source, classes, prior), the test split (main
-        process, with evaluation) and, on the main process, the rows of all units in unit order (None elsewhere).
+        `tuple`: what the units needed (`synthesis.Synthesis`: source, classes, prior), the test split (with
+        evaluation) and the rows of all units in unit order (on the main process, and with evaluation on every
+        process: each trains its share of the runs; None otherwise).
     """
     task = bar.add_task("load source", total=2 if cfg.evaluate else 1, info="")
     # A streamed source keeps the rows it uses here (see `load_source`), named by what they depend on: a crash
@@ -236,8 +244,10 @@ def _compute(
     work = synthesis.prepare(cfg, state, stream_to, say)
     bar.advance(task)
     test_cfg = assess.eval_test_config(cfg)
-    evaluate = cfg.evaluate and test_cfg is not None and state.is_main
-    test = assess.load_test(test_cfg, work.class_names, work.name, stream_to) if evaluate else None
+    test = None
+    if cfg.evaluate and test_cfg is not None:
+        with state.main_first():  # a streamed test split is read once, and saved in the run folder for the others
+            test = assess.load_test(test_cfg, work.class_names, work.name, stream_to)
     bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(work.class_names)} classes")
 
     # Units: each process computes its own, each finished unit is a shard in OUT.partial
@@ -247,7 +257,7 @@ def _compute(
     state.wait_for_everyone()
     synthesis.run_units(units, work, folder, state, bar, say)
     state.wait_for_everyone()
-    if not state.is_main:
+    if not state.is_main and test is None:
         return work, test, None
     rows = writer.ConcentratedRows()
     for unit in units:

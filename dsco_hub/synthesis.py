@@ -122,11 +122,10 @@ def _load_train(
             cfg.source, class_names=class_names, stream_to=stream_to, per_class=cfg.rows_per_class, seed=cfg.seed
         )
 
-    if not cfg.source.streaming or state.world_size == 1:
+    if not cfg.source.streaming:
         return load()
-    source = load() if state.is_main else None
-    state.wait_for_everyone()
-    return source if state.is_main else load()
+    with state.main_first():
+        return load()
 
 
 def load_model(

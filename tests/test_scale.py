@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import tiny_dataset, write_repo
+from huggingface_hub import DatasetCard
 
 from dsco_hub import distributed, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig, first_difference, run_settings
@@ -290,6 +292,58 @@ def test_two_processes_give_byte_identical_output(tiny_repo, tiny_prior, tmp_pat
     done = "1 of 1 units computed" if method == "dsco" else "0 of 0 units computed"
     assert f"rank 1 of 2: {done}" in two.stderr  # the second process took its share (none for one unit)
     assert not writer.run_folder(tmp_path / "two").exists()
+
+
+def test_two_processes_spread_the_evaluation_and_record_the_one_process_accuracies(tiny_repo, tiny_prior, tmp_path):
+    def args(out):
+        own = [a for a in _args(tiny_repo, out, tiny_prior, "--method", "random") if a != "--no-eval"]
+        return [*own, "--runs", "3", "--epochs", "2"]
+
+    one = subprocess.run(
+        [sys.executable, "-m", "dsco_hub", *args(tmp_path / "one")], env=_env(), capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    two = subprocess.run(
+        [*launch, "-m", "dsco_hub", *args(tmp_path / "two")], env=_env(), capture_output=True, text=True
+    )
+    assert two.returncode == 0, two.stderr
+    # runs 0 and 2 of the set and of the baseline on rank 0, run 1 of each on rank 1, gathered on rank 0
+    assert "rank 1 of 2: 1 of 3 evaluation runs per set trained" in two.stderr
+    evals = [DatasetCard.load(tmp_path / name / "README.md").data["dsco"]["eval"] for name in ("one", "two")]
+    for key in ("result", "baseline_random"):
+        assert len(evals[0][key]["accuracies"]) == 3
+        assert evals[1][key] == evals[0][key]
+    assert (tmp_path / "two" / DATA).read_bytes() == (tmp_path / "one" / DATA).read_bytes()
+
+
+def test_two_processes_spread_the_runs_of_evaluate_and_report_once(tiny_repo, tiny_prior, tmp_path):
+    made = subprocess.run(
+        [sys.executable, "-m", "dsco_hub", *_args(tiny_repo, tmp_path / "set", tiny_prior, "--method", "random")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+
+    def evaluate(name):
+        return ["evaluate", str(tmp_path / "set"), "--runs", "3", "--epochs", "2", "--json", str(tmp_path / name)]
+
+    one = subprocess.run(
+        [sys.executable, "-m", "dsco_hub", *evaluate("one.json")], env=_env(), capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    two = subprocess.run(
+        [*launch, "-m", "dsco_hub", *evaluate("two.json")], env=_env(), capture_output=True, text=True
+    )
+    assert two.returncode == 0, two.stderr
+    docs = [json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json")]
+    for key in ("result", "baseline", "gain_over_baseline", "test", "protocol"):
+        assert docs[1][key] == docs[0][key]
+    assert len(docs[0]["result"]["accuracies"]) == 3
+    assert two.stdout.count("this set") == one.stdout.count("this set") == 1  # the table, from the main process
+    assert "rank 1 of 2: 1 of 3 evaluation runs per set trained" in two.stderr
 
 
 def test_gradient_checkpointing_changes_nothing_on_cpu(tiny_repo, tiny_prior, tmp_path):
