@@ -293,13 +293,14 @@ def write_table(done: dict, digest: str, labels: list[str], args) -> None:
     first = next((done[k] for keys in plan.values() for k in keys if k in done), None)
     protocol = f"{first['runs']} runs x {first['epochs']} epochs" if first else f"{args.runs} runs x {args.epochs}"
     shown = ",".join(labels)
+    test_images = f"{first['test_images']:,}" if first else "source's"
     model = f" --model {args.model}" if args.model else ""
     lines = [
         f"# Checks behind NOpt's target batch and the data-free pool ({Path(args.source).name}, prior {digest}, "
         f"ConvNet-3, hard labels, {protocol})",
         "",
         f"Command: `{command(args)}` (rows appended to `{args.results}` as they finish; `--table-only` rewrites this "
-        f"table). Test accuracy (%) on the {first['test_images'] if first else '?':,} test images, mean ± std over "
+        f"table). Test accuracy (%) on the {test_images} test images, mean ± std over "
         "the students of one set. Each set is made and evaluated by the product's own API "
         f"(`dsco_hub.pipeline.concentrate`, `dsco_hub.assess.evaluate_set`), {args.threads} thread(s), as one of "
         f"these commands makes it (LABELS = {json.dumps(shown)}, the source's class names):",

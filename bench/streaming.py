@@ -166,9 +166,10 @@ def write_table(done: dict, digest: str, args) -> None:
         "",
         "The sets of seeds not in `--baseline-seeds` add `--no-baseline` (no random real reference).",
     ]
-    batches = sorted({str(row["nopt_target_batch"]) for row in rows.values()})
+    batches = sorted({row["nopt_target_batch"] for row in rows.values()})
     if batches:
-        lines += ["", f"NOpt's target batch was {', '.join(batches)} per iteration at IPC {args.ipc} (0 = all)."]
+        shown = ", ".join("all targets" if b == 0 else f"{b} targets" for b in batches)
+        lines += ["", f"NOpt embedded {shown} per iteration at IPC {args.ipc} (`NOptConfig.batch_for`)."]
     indexed = next((row for (arm, _), row in rows.items() if arm == "indexed"), None)
     streamed = [(seed, row) for (arm, seed), row in sorted(rows.items()) if arm == "streamed"]
     prose = []
