@@ -142,7 +142,7 @@ def write_table(done: dict, digest: str, args) -> None:
         "",
         f"Command: `{command(args)}` (rows appended to `{args.results}` as they finish; `--table-only` rewrites this "
         f"table). Each set is made and evaluated by one call of `dsco_hub.pipeline.concentrate` ({args.threads} "
-        f"thread(s)), as the command below does with S = the set seed: prior {digest} (the shipped prior unless "
+        f"thread(s)), as the commands below do with S = the set seed: prior {digest} (the shipped prior unless "
         "`--model` is quoted), DsCo defaults",
     ]
     if any_row:
