@@ -17,8 +17,9 @@ Three groups of sets, each made with `dsco_hub.pipeline.concentrate` and evaluat
 - `pool-size`: data-free DsCo at IPC `--pool-ipc` with each pool size of `--pool-sizes` (pool guidance: the run's).
 
 A pool-guidance set at the run's own guidance (2.0) with the pool size of a pool-size set is the same set: it is made
-once and shown in both tables. `--groups` runs some of the groups (the table shows every row of the results file
-that the quoted options name). Rows are appended to `--results` (JSON lines) as they finish, a rerun skips the rows
+once and shown in both tables. `--groups` runs some of the groups: the table shows those and every other group with
+rows in the results file (same options), and its command names them all, so parts run separately add up to one table
+that its quoted command writes again. Rows are appended to `--results` (JSON lines) as they finish, a rerun skips the rows
 already there, and `--table` is rewritten whole from the results after each row (`--table-only`: only that). The
 table quotes rows of `bench/results/baselines.jsonl` only by their key fields (method, IPC, prior, variant).
 """
@@ -47,9 +48,9 @@ REFERENCE = "bench/results/baselines.jsonl"  # rows quoted by their key fields (
 KEY = ("kind", "ipc", "seed", "nopt_target_batch", "pool_size", "pool_guidance_scale", "prior")
 
 
-def planned(args, digest: str) -> dict[str, list[tuple]]:
-    """The row keys each group of `args.groups` names (a key: the values of `KEY`)."""
-    groups = {
+def planned(args, digest: str, groups: tuple[str, ...] | list[str]) -> dict[str, list[tuple]]:
+    """The row keys each of `groups` names with the options of `args` (a key: the values of `KEY`)."""
+    keys = {
         "target-batch": [
             ("data", args.target_batch_ipc, seed, batch, None, None, digest)
             for seed in args.seeds
@@ -61,7 +62,7 @@ def planned(args, digest: str) -> dict[str, list[tuple]]:
         ],
         "pool-size": [("data-free", args.pool_ipc, 0, None, size, GUIDANCE, digest) for size in args.pool_sizes],
     }
-    return {group: groups[group] for group in args.groups}
+    return {group: keys[group] for group in GROUPS if group in groups}
 
 
 def make_row(key: tuple, labels: list[str], args) -> tuple[dict, float, float]:
@@ -128,10 +129,10 @@ def reference(digest: str) -> dict:
     return found
 
 
-def command(args) -> str:
+def command(args, groups: list[str]) -> str:
     """The command that writes this table (its own --work, --results and --table)."""
     parts = [
-        f"python bench/defaults_checks.py --source {args.source} --groups {' '.join(args.groups)}",
+        f"python bench/defaults_checks.py --source {args.source} --groups {' '.join(groups)}",
         f"--target-batch-ipc {args.target_batch_ipc} --seeds {' '.join(map(str, args.seeds))}",
         f"--target-batches {' '.join(map(str, args.target_batches))}",
         f"--pool-ipc {args.pool_ipc} --pool-guidance {' '.join(map(str, args.pool_guidance))}",
@@ -141,6 +142,11 @@ def command(args) -> str:
         f"--work {args.work} --results {args.results} --table {args.table}",
     ]
     return " ".join(part for part in parts if part)
+
+
+def signed(x: float) -> str:
+    """A difference with its sign, to 0.1 (never "-0.0")."""
+    return f"{round(x, 1) + 0.0:+.1f}"
 
 
 def cell(row: dict | None) -> str:
@@ -178,21 +184,21 @@ def target_batch_section(done: dict, keys: list[tuple], args, ref: dict) -> list
         if paired:
             if rows[0] and rows[other]:
                 diffs.append(rows[0]["accuracy_mean"] - rows[other]["accuracy_mean"])
-                cells.append(f"{diffs[-1]:+.1f}")
+                cells.append(signed(diffs[-1]))
             else:
                 cells.append("—")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     if len(args.seeds) > 1 and any(columns.values()):
         means = [f"{statistics.mean(v):.1f}" if len(v) == len(args.seeds) else "—" for v in columns.values()]
         if paired:
-            means.append(f"{statistics.mean(diffs):+.1f}" if len(diffs) == len(args.seeds) else "—")
+            means.append(signed(statistics.mean(diffs)) if len(diffs) == len(args.seeds) else "—")
         lines.append("| mean | " + " | ".join(means) + " |")
     prose = []
     if paired and diffs:
         won = sum(d > 0 for d in diffs)
         prose.append(
             f"All targets scored higher than {other} per iteration on {won} of the {len(diffs)} seeds measured "
-            f"(mean difference {statistics.mean(diffs):+.1f} points)."
+            f"(mean difference {signed(statistics.mean(diffs))} points)."
         )
     prose.append(
         "Today's default (`NOptConfig.batch_for`): all targets for one synthetic image per class, max(128, 10 n) "
@@ -267,9 +273,8 @@ def pool_size_section(done: dict, keys: list[tuple], args, ref: dict) -> list[st
     if accessible:
         prose.append(f"Data-accessible DsCo at IPC {ipc}: {quoted(accessible, 'dsco', ipc, '')}.")
     if used:
-        prose.append(
-            f"NOpt embeds a fresh {', '.join(map(str, sorted(used)))} of the pool's samples per iteration (0 = all)."
-        )
+        shown = " or ".join("all" if b == 0 else f"a fresh {b}" for b in sorted(used))
+        prose.append(f"NOpt embeds {shown} of the pool's samples per iteration (`NOptConfig.batch_for`).")
     if len(measured) > 1:
         measured.sort()
         rising = all(b[1] > a[1] for a, b in zip(measured, measured[1:]))
@@ -287,8 +292,10 @@ def pool_size_section(done: dict, keys: list[tuple], args, ref: dict) -> list[st
 
 
 def write_table(done: dict, digest: str, labels: list[str], args) -> None:
-    """Rewrite `--table` whole: the rows of the groups in `args.groups`, from the results file."""
-    plan = planned(args, digest)
+    """Rewrite `--table` whole from the results file: the groups of `args.groups`, and every other group whose rows
+    (with the options of `args`) are in it, so parts run separately into one table add up; its command names them."""
+    every = planned(args, digest, GROUPS)
+    plan = {g: keys for g, keys in every.items() if g in args.groups or any(k in done for k in keys)}
     ref = reference(digest)
     first = next((done[k] for keys in plan.values() for k in keys if k in done), None)
     protocol = f"{first['runs']} runs x {first['epochs']} epochs" if first else f"{args.runs} runs x {args.epochs}"
@@ -299,8 +306,8 @@ def write_table(done: dict, digest: str, labels: list[str], args) -> None:
         f"# Checks behind NOpt's target batch and the data-free pool ({Path(args.source).name}, prior {digest}, "
         f"ConvNet-3, hard labels, {protocol})",
         "",
-        f"Command: `{command(args)}` (rows appended to `{args.results}` as they finish; `--table-only` rewrites this "
-        f"table). Test accuracy (%) on the {test_images} test images, mean ± std over "
+        f"Command: `{command(args, list(plan))}` (rows appended to `{args.results}` as they finish; `--table-only` "
+        f"rewrites this table). Test accuracy (%) on the {test_images} test images, mean ± std over "
         "the students of one set. Each set is made and evaluated by the product's own API "
         f"(`dsco_hub.pipeline.concentrate`, `dsco_hub.assess.evaluate_set`), {args.threads} thread(s), as one of "
         f"these commands makes it (LABELS = {json.dumps(shown)}, the source's class names):",
@@ -377,7 +384,11 @@ def main() -> None:
     labels = list(load_source(SourceConfig(source=args.source)).class_names)
     results = Path(args.results)
     done = read_rows(results)
-    todo = [] if args.table_only else list(dict.fromkeys(k for keys in planned(args, digest).values() for k in keys))
+    todo = (
+        []
+        if args.table_only
+        else list(dict.fromkeys(k for keys in planned(args, digest, args.groups).values() for k in keys))
+    )
     for key in todo:
         if key in done:
             continue
