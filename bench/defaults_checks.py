@@ -19,9 +19,10 @@ Three groups of sets, each made with `dsco_hub.pipeline.concentrate` and evaluat
 A pool-guidance set at the run's own guidance (2.0) with the pool size of a pool-size set is the same set: it is made
 once and shown in both tables. `--groups` runs some of the groups: the table shows those and every other group with
 rows in the results file (same options), and its command names them all, so parts run separately add up to one table
-that its quoted command writes again. Rows are appended to `--results` (JSON lines) as they finish, a rerun skips the rows
-already there, and `--table` is rewritten whole from the results after each row (`--table-only`: only that). The
-table quotes rows of `bench/results/baselines.jsonl` only by their key fields (method, IPC, prior, variant).
+that its quoted command writes again. Rows are appended to `--results` (JSON lines) as they finish, a rerun skips
+the rows already there, and `--table` is rewritten whole from the results after each row (`--table-only`: only
+that). The table quotes rows of `bench/results/baselines.jsonl` only by their key fields (method, IPC, prior,
+variant).
 """
 
 from __future__ import annotations
