@@ -225,8 +225,8 @@ def write_table(done: dict, digest: str, args) -> None:
         spread = ", ".join(f"{arm} {move:.2f}" for arm, move in moves.items())
         differ = ", ".join(f"{gap:+.2f} (seed {seed})" for seed, gap in gaps.items())
         verdict = (
-            "The seed moves a set more than the source's access does: this many sets per arm do not separate the "
-            "two arms."
+            f"The seed moves a set more than the source's access does: {min(len(v) for v in means.values())} sets "
+            "per arm do not separate the two arms."
             if max(abs(g) for g in gaps.values()) < min(moves.values())
             else "The arms differ by as much as the seed moves a set, or more."
         )
