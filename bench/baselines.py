@@ -89,6 +89,17 @@ def append_row(results: Path, row: dict, started: float, made: float, threads: i
     return row
 
 
+def read_rows(results: Path, key: tuple[str, ...]) -> dict:
+    """The rows of the JSON-lines file `results` (none when it is missing) by the values of their `key` fields
+    (a missing field counts as ""); of two rows with the same key the later one is kept."""
+    done = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            done[tuple(row.get(k, "") for k in key)] = row
+    return done
+
+
 def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
     """The `ConcentrateConfig` of one benchmark row (no evaluation: `evaluate_set` runs it after)."""
     source = SourceConfig(source=args.source)
@@ -122,11 +133,7 @@ def run(args) -> None:
     work, results = Path(args.work), Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     digest = prior_digest(args.model)
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["method"], row["ipc"], row.get("prior", ""), row.get("variant", ""))] = row
+    done = read_rows(results, ("method", "ipc", "prior", "variant"))
     if args.table_only:
         write_table(done, args)
         return

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import append_row, prior_digest  # noqa: E402
+from baselines import append_row, prior_digest, read_rows  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
@@ -106,16 +106,6 @@ def make_row(key: tuple, labels: list[str], args) -> tuple[dict, float, float]:
         **block["result"],
     }
     return row, started, made_seconds
-
-
-def read_rows(results: Path) -> dict:
-    """The rows of `results` by their key (`KEY`)."""
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            done[tuple(row[k] for k in KEY)] = row
-    return done
 
 
 def reference(digest: str) -> dict:
@@ -384,7 +374,7 @@ def main() -> None:
     digest = prior_digest(args.model)
     labels = list(load_source(SourceConfig(source=args.source)).class_names)
     results = Path(args.results)
-    done = read_rows(results)
+    done = read_rows(results, KEY)
     todo = (
         []
         if args.table_only

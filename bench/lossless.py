@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,10 +31,13 @@ import datasets
 import numpy as np
 import torch
 
-from dsco_hub import assess, pipeline
-from dsco_hub.config import DOPING_SELECT, ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
-from dsco_hub.data import load_source
-from dsco_hub.doping import select_random
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import read_rows  # noqa: E402
+
+from dsco_hub import assess, pipeline  # noqa: E402
+from dsco_hub.config import DOPING_SELECT, ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
+from dsco_hub.data import load_source  # noqa: E402
+from dsco_hub.doping import select_random  # noqa: E402
 
 
 def make_source(args) -> Path:
@@ -82,11 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = SourceConfig(source=str(make_source(args)))
     results = Path(args.results)
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["arm"], row["volume"])] = row
+    done = read_rows(results, ("arm", "volume"))
     arms = [("random", v) for v in args.volumes] + [("dsco-doped", v) for v in args.volumes if v < 1]
     for arm, volume in arms:
         if (arm, volume) in done:
@@ -162,12 +162,13 @@ def write_table(done: dict, args) -> None:
             ", ".join(sorted({str(r.get("nopt_target_batch", "?")) for (a, _), r in done.items() if a != "random"}))
             or "—"
         )
-        + ". Doping ratio reached (real images / IPC): "
-        + (
-            ", ".join(f"{r['ipc']}: {r['doping_ratio']:.2f}" for (a, _), r in sorted(done.items()) if a != "random")
-            or "—"
-        )
-        + ".",
+        + "."
+        # rows that record `doping_select` record the ratio reached (real images / IPC); older ones the ratio asked
+        + "".join(
+            f" Doping ratio reached at IPC {r['ipc']}: {r['doping_ratio']:.2f}."
+            for (a, _), r in sorted(done.items())
+            if a != "random" and "doping_select" in r
+        ),
         "",
         "| volume | IPC | random real | doped DsCo (rho " + str(args.doping_ratio) + ") |",
         "|---|---|---|---|",

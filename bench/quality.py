@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import append_row, prior_digest  # noqa: E402
+from baselines import append_row, prior_digest, read_rows  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     digest = prior_digest(args.model)
     results = Path(args.results)
-    done = _read(results)
+    done = read_rows(results, ("row", "ipc", "prior"))
     for ipc in [] if args.table_only else args.ipcs:
         for name in args.rows:
             if (name, ipc, digest) in done:
@@ -101,15 +101,6 @@ def main() -> None:
             done[(name, ipc, digest)] = append_row(results, row, started, made, args.threads)
             write_table(done, digest, args)
     write_table(done, digest, args)
-
-
-def _read(path: Path) -> dict:
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["row"], row["ipc"], row["prior"])] = row
-    return done
 
 
 def _reference(digest: str) -> dict:

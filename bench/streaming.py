@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import append_row, prior_digest  # noqa: E402
+from baselines import append_row, prior_digest, read_rows  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig  # noqa: E402
@@ -97,16 +96,6 @@ def make_row(arm: str, seed: int, digest: str, args) -> tuple[dict, float, float
         **({"baseline_random": block["baseline_random"]} if block.get("baseline_random") else {}),
     }
     return row, started, made_seconds
-
-
-def read_rows(results: Path) -> dict:
-    """The rows of `results` by (arm, IPC, seed, prior)."""
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["arm"], row["ipc"], row["seed"], row["prior"])] = row
-    return done
 
 
 def command(args) -> str:
@@ -261,7 +250,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     digest = prior_digest(args.model)
     results = Path(args.results)
-    done = read_rows(results)
+    done = read_rows(results, ("arm", "ipc", "seed", "prior"))
     for seed in [] if args.table_only else args.seeds:
         for arm in args.arms:
             if (arm, args.ipc, seed, digest) in done:
