@@ -31,8 +31,11 @@ declare -A TESTS=(
   [doping]="tests/test_doping.py"
   [writer]="tests/test_writer.py tests/test_scale.py::test_shards_round_trip_and_refuse_garbage"
   [evaluate]="EVALUATE"
+  [hub_errors]="tests/test_hub.py"
+  [hub]="tests/test_hub.py"
+  [card]="tests/test_card_refs.py tests/test_hub.py"
 )
-MODULES="kernels config nopt doping writer evaluate"  # hub.py: not yet (being rewritten as a transport layer)
+MODULES="kernels config nopt doping writer evaluate hub_errors hub card"
 
 run() {
   local module=$1 work tests
