@@ -27,7 +27,7 @@ from conftest import CLASS_NAMES, tiny_dataset, write_repo
 from hub_server import DROPPED, FakeHub
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from dsco_hub import assess, hub, pipeline, synthesis, writer
+from dsco_hub import assess, hub, hub_errors, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
 from dsco_hub.errors import HubError, SourceError
 
@@ -693,3 +693,206 @@ def test_concentrate_push_without_token_is_refused_before_any_work(fake_hub, tin
     with pytest.raises(HubError, match="no Hugging Face token found"):
         pipeline.concentrate(cfg)
     assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hub_errors: the one-line messages and the retries, without a server
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _http_error(status: int, cls=None, headers: dict | None = None, server_message: str | None = None, text="boom"):
+    """An error of `huggingface_hub` (`cls`, default `HfHubHTTPError`) for a response with `status`."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx2.Request("POST", "https://hub.test/api/datasets/alice/x/commit/main")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    return (cls or HfHubHTTPError)(text, response=response, server_message=server_message)
+
+
+def test_transport_errors_and_endpoint():
+    import httpx2
+
+    assert hub_errors.TRANSPORT_ERRORS == (ConnectionError, TimeoutError, httpx2.TransportError)
+    assert hub_errors._transport_errors() == hub_errors.TRANSPORT_ERRORS  # computed at import: checked again here
+    assert hub_errors.endpoint(HubConfig(endpoint="http://127.0.0.1:9/")) == "http://127.0.0.1:9"
+    assert hub_errors.endpoint(HubConfig()) == huggingface_hub.constants.ENDPOINT.rstrip("/")
+
+
+def test_scrub_find_and_tries():
+    assert hub_errors._scrub("a  b\n c\tTOKEN d", "TOKEN") == "a b c *** d"
+    assert hub_errors._scrub(" a\nb ", None) == "a b"
+    inner = ValueError("inner")
+    try:
+        try:
+            raise inner
+        except ValueError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as exc:
+        caused = exc
+    assert hub_errors._find(caused, ValueError) is inner
+    assert hub_errors._find(caused, RuntimeError) is caused
+    assert hub_errors._find(caused, KeyError) is None and hub_errors._find(None, ValueError) is None
+    try:
+        try:
+            raise inner
+        except ValueError:
+            raise RuntimeError("during") from None  # no cause: found through the context
+    except RuntimeError as exc:
+        assert hub_errors._find(exc, ValueError) is inner
+    deep = ValueError("deep")  # ten links down: looked at; eleven: not
+    chain = deep
+    for _ in range(9):
+        outer = RuntimeError()
+        outer.__cause__ = chain
+        chain = outer
+    assert hub_errors._find(chain, ValueError) is deep
+    outer = RuntimeError()
+    outer.__cause__ = chain
+    assert hub_errors._find(outer, ValueError) is None
+    assert hub_errors._tries(3) == "3 attempts" and hub_errors._tries(None) == "after huggingface_hub's retries"
+
+
+def test_hub_error_messages():
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    cfg = HubConfig(endpoint="https://hub.test/")
+    hint = hub_errors.LOGIN_HINT
+
+    def message(status, cls=None, repo_id="alice/x", token="tok", attempts=1, revision=None, **kwargs):
+        err = _http_error(status, cls, **kwargs)
+        return str(hub_errors.hub_error(err, "uploading to", repo_id, cfg, token, attempts, revision))
+
+    assert message(404, RevisionNotFoundError, revision="v9") == (
+        "revision 'v9' does not exist in datasets/alice/x; pass an existing branch, tag or commit sha "
+        "(e.g. alice/x@main)."
+    )
+    assert message(401) == f"the Hub rejected the token (HTTP 401) while uploading to datasets/alice/x; {hint}."
+    assert message(401, repo_id=None) == (
+        f"the Hub rejected the token (HTTP 401) while uploading to https://hub.test; {hint}."
+    )
+    missing = (
+        f"datasets/alice/x does not exist on https://hub.test or is private; check the repo id, or {hint} "
+        "with a token that can read it."
+    )
+    assert message(401, token=None) == message(404) == message(400, RepositoryNotFoundError) == missing
+    assert message(404, RemoteEntryNotFoundError, text="no such file\nmore") == (
+        "uploading to datasets/alice/x failed (HTTP 404): no such file"
+    )
+    assert message(403) == (
+        "the token has no write access to datasets/alice/x (HTTP 403) while uploading to it; use a token with write "
+        "permission for that namespace (https://huggingface.co/settings/tokens) or a --repo-id under your user."
+    )
+    assert message(429, attempts=3) == (
+        "the Hub rate-limited uploading to datasets/alice/x (HTTP 429, 3 attempts); wait a few minutes and rerun "
+        "the same command: it uploads only what is missing."
+    )
+    assert message(429, attempts=None).startswith("the Hub rate-limited uploading to datasets/alice/x (HTTP 429, af")
+    for status in (500, 503):
+        assert message(status) == (
+            f"the Hub failed while uploading to datasets/alice/x (HTTP {status}, 1 attempts); rerun the same "
+            "command: it uploads only what is missing."
+        )
+    failed = "uploading to datasets/alice/x failed"
+    assert message(499, server_message="bad  tok\nthing") == f"{failed} (HTTP 499): bad *** thing"
+    assert message(400, text="first tok line\nsecond") == f"{failed} (HTTP 400): first *** line"
+    err = _http_error(400)
+    err.response = None  # no response: no status
+    assert str(hub_errors.hub_error(err, "reading", "alice/x", cfg, None)) == (
+        "reading datasets/alice/x failed (HTTP None): boom"
+    )
+    # the defaults: one attempt, no revision named
+    assert "(HTTP 500, 1 attempts)" in str(hub_errors.hub_error(_http_error(500), "reading", "alice/x", cfg, None))
+    revision = hub_errors.hub_error(_http_error(404, RevisionNotFoundError), "reading", "alice/x", cfg, None)
+    assert str(revision).startswith("revision None does not exist in datasets/alice/x;")
+
+
+def test_retry_after_reads_seconds_and_http_dates(monkeypatch):
+    assert hub_errors._retry_after(_http_error(429)) is None
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": ""})) is None
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": " 7 "})) == 7.0
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": "soon"})) is None
+    monkeypatch.setattr(hub_errors.time, "time", lambda: 1_000_000.0)
+    later = email.utils.formatdate(1_000_090.0, usegmt=True)
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": later})) == 90.0
+    earlier = email.utils.formatdate(999_000.0, usegmt=True)
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": earlier})) == 0.0
+    err = _http_error(429)
+    err.response = None
+    assert hub_errors._retry_after(err) is None
+
+
+def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
+    cfg = HubConfig(endpoint="https://hub.test", max_retries=2, retry_wait=0.5, max_wait=8.0)
+    slept: list[float] = []
+    call = hub_errors.Caller(cfg, "tok", sleep=slept.append)
+
+    def failing(*errors, result="done"):
+        queue = list(errors)
+
+        def fn():
+            if queue:
+                raise queue.pop(0)
+            return result
+
+        return fn
+
+    assert call("uploading to", "alice/x", failing()) == "done" and slept == []
+    with caplog.at_level("WARNING", logger="dsco_hub.hub"):
+        assert call("uploading to", "alice/x", failing(_http_error(500), _http_error(503))) == "done"
+    assert slept == [0.5, 1.0]  # retry_wait, doubled
+    assert [r.getMessage() for r in caplog.records] == [
+        "uploading to alice/x: HTTP 500, retrying in 0.5 s (1/2)",
+        "uploading to alice/x: HTTP 503, retrying in 1.0 s (2/2)",
+    ]
+    slept.clear()
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(*[_http_error(429)] * 3))
+    assert str(err.value).startswith("the Hub rate-limited uploading to datasets/alice/x (HTTP 429, 3 attempts)")
+    assert slept == [0.5, 1.0]
+    slept.clear()
+    assert call("uploading to", "alice/x", failing(_http_error(429, headers={"Retry-After": "8"}))) == "done"
+    assert slept == [8.0]  # as long as max_wait: still waited
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(_http_error(429, headers={"Retry-After": "9"})))
+    assert str(err.value) == (
+        "the Hub asks to wait 9 s (HTTP 429) before uploading to datasets/alice/x; rerun the same command later: it "
+        "uploads only what is missing."
+    )
+    slept.clear()
+    for status in (400, 403):  # not retried
+        with pytest.raises(HubError, match=rf"\(HTTP {status}"):
+            call("uploading to", "alice/x", failing(_http_error(status)))
+    with pytest.raises(HubError) as err:  # retry=False: huggingface_hub retried it already
+        call("listing", "alice/x", failing(_http_error(500)), retry=False)
+    assert "(HTTP 500, after huggingface_hub's retries)" in str(err.value) and slept == []
+    with pytest.raises(HubError, match="revision 'v9' does not exist"):
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        call("reading", "alice/x", failing(_http_error(404, RevisionNotFoundError)), revision="v9")
+    own = HubError("ours")
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(own))
+    assert err.value is own and slept == []
+    with pytest.raises(KeyError):  # neither HTTP nor connection: not ours to describe
+        call("uploading to", "alice/x", failing(KeyError("k")))
+    wrapped = RuntimeError("lfs")  # an HTTP error wrapped by the client is still found and retried
+    wrapped.__cause__ = _http_error(502)
+    assert call("uploading to", "alice/x", failing(wrapped)) == "done" and slept == [0.5]
+
+    slept.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dsco_hub.hub"), pytest.raises(HubError) as err:
+        call("checking the token on", None, failing(*[ConnectionError("down")] * 3))
+    assert str(err.value) == (
+        "cannot reach https://hub.test while checking the token on the Hub (ConnectionError, 3 attempts); check "
+        "your connection and --endpoint / HF_ENDPOINT, then rerun."
+    )
+    assert isinstance(err.value.__cause__, ConnectionError) and slept == [0.5, 1.0]
+    assert caplog.records[0].getMessage() == "checking the token on : ConnectionError, retrying in 0.5 s (1/2)"
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(TimeoutError()), retry=False)
+    assert "while uploading to datasets/alice/x (TimeoutError, after huggingface_hub's retries)" in str(err.value)
+    none = hub_errors.Caller(HubConfig(max_retries=0), None, sleep=slept.append)
+    with pytest.raises(HubError, match=r"HTTP 500, 1 attempts"):
+        none("uploading to", "alice/x", failing(_http_error(500)))
