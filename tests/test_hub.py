@@ -896,3 +896,221 @@ def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
     none = hub_errors.Caller(HubConfig(max_retries=0), None, sleep=slept.append)
     with pytest.raises(HubError, match=r"HTTP 500, 1 attempts"):
         none("uploading to", "alice/x", failing(_http_error(500)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hub: targets, tokens, the client, what a push sends and what an evaluation commits (mutation survivors)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_is_hub_ref_tells_hub_ids_from_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert hub.is_hub_ref("alice/set@dev") and hub.is_hub_ref("set") and hub.is_hub_ref("alice/set")
+    for target in ("./set", "/set", "~/set", ".set", "a/b/c", "alice/bad name", "alice/-set"):
+        assert not hub.is_hub_ref(target), target
+    (tmp_path / "alice" / "local").mkdir(parents=True)
+    assert not hub.is_hub_ref("alice/local")  # an existing folder
+
+
+def test_resolve_token_and_the_client(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(HubError) as err:
+        hub.resolve_token(HubConfig())
+    assert str(err.value) == (
+        f"no Hugging Face token found: publishing needs a token with write access; {hub_errors.LOGIN_HINT} "
+        "(create one at https://huggingface.co/settings/tokens)."
+    )
+    with pytest.raises(HubError, match="no Hugging Face token found"):
+        hub._connect(HubConfig())
+    assert hub.resolve_token(HubConfig(), required=False) is None
+    assert hub._connect(HubConfig(), required=False).token is None
+    monkeypatch.setenv("HF_TOKEN", "from-env")
+    assert hub.resolve_token(HubConfig()) == "from-env" and hub.resolve_token(HubConfig(token="given")) == "given"
+    cfg = HubConfig(endpoint="http://127.0.0.1:9", token="given")
+    client = hub._connect(cfg)
+    assert (client.api.endpoint, client.api.token, client.token) == ("http://127.0.0.1:9", "given", "given")
+    assert (client.api.library_name, client.api.library_version) == ("dsco-hub", hub.__version__)
+    assert client.call.cfg is cfg and client.call.token == "given"
+
+
+def test_whoami_and_preflight(fake_hub):
+    from dsco_hub.errors import ConfigError
+
+    assert hub.whoami(_cfg(fake_hub)) == "alice" and hub.preflight(_cfg(fake_hub, repo_id="alice/ok")) == "alice"
+    with pytest.raises(HubError) as err:
+        hub.whoami(_cfg(fake_hub, token="hf_wrong_token"))
+    assert str(err.value) == (
+        f"the Hub rejected the token (HTTP 401) while checking the token on {fake_hub.url}; {hub_errors.LOGIN_HINT}."
+    )
+    with pytest.raises(HubError, match=r"--repo-id='alice/a/b' is not a valid dataset repo id"):
+        hub.preflight(_cfg(fake_hub, repo_id="alice/a/b"))
+    with pytest.raises(ConfigError, match="max_retries=-1"):
+        hub.preflight(_cfg(fake_hub, max_retries=-1))
+
+
+def test_same_compares_size_then_lfs_sha256_or_git_blob_id(tmp_path):
+    import hashlib
+
+    from huggingface_hub.utils.sha import git_hash
+
+    local = tmp_path / "f"
+    local.write_bytes(b"hello")
+    remote = types.SimpleNamespace
+    assert not hub._same(None, local)
+    assert hub._same(remote(size=5, lfs=None, blob_id=git_hash(b"hello")), local)
+    assert not hub._same(remote(size=5, lfs=None, blob_id=git_hash(b"hellO")), local)
+    assert not hub._same(remote(size=4, lfs=None, blob_id=git_hash(b"hello")), local)
+    assert not hub._same(remote(lfs=None, blob_id=git_hash(b"hello")), local)  # no size: not the same
+    sha = hashlib.sha256(b"hello").hexdigest()
+    assert hub._same(remote(size=5, lfs=remote(sha256=sha), blob_id="other"), local)
+    assert not hub._same(remote(size=5, lfs=remote(sha256=sha[::-1]), blob_id=git_hash(b"hello")), local)
+
+
+def test_local_files_and_batches(tmp_path):
+    from dsco_hub.errors import OutputError
+
+    folder = tmp_path / "set"
+    (folder / "data").mkdir(parents=True)
+    with pytest.raises(OutputError) as err:
+        hub._local_files(folder, "ipc2")
+    assert str(err.value) == (
+        f"FOLDER={str(folder)!r} has no data/*.parquet shards; push a folder written by `dsco-hub concentrate`."
+    )
+    for name in ("data/b.parquet", "data/a.parquet", "data/notes.txt", "samples.png"):
+        (folder / name).write_bytes(b"x" * 10)
+    files = hub._local_files(folder, "ipc2")  # shards in order, then what exists of samples.png, dsco_config.json
+    assert files == [
+        ("ipc2/a.parquet", folder / "data" / "a.parquet"),
+        ("ipc2/b.parquet", folder / "data" / "b.parquet"),
+        ("ipc2/samples.png", folder / "samples.png"),
+    ]
+    assert hub._batches([], 2, 20) == []
+    assert hub._batches(files, 2, 20) == [files[:2], files[2:]]  # 2 files of 10 bytes fill a 20-byte commit
+    assert hub._batches(files, 3, 20) == [files[:2], files[2:]]
+    assert hub._batches(files, 3, 19) == [[f] for f in files]
+    assert hub._batches(files, 1, 100) == [[f] for f in files]
+
+
+def _head(fake: FakeHub, repo_id: str, revision: str = "main"):
+    repo = fake.repos[repo_id]
+    return repo.commits[repo.refs[revision]]
+
+
+def test_push_refusals_the_default_repo_name_and_the_commit_titles(fake_hub, tiny_repo, tmp_path):
+    from dsco_hub.errors import OutputError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refusal = f"FOLDER={str(empty)!r} is not a set written by dsco-hub (no README.md with a dsco: block); run "
+    with pytest.raises(OutputError) as err:
+        hub.push_folder(empty, _cfg(fake_hub))
+    assert str(err.value) == refusal + "`dsco-hub concentrate` first."
+    (empty / "README.md").write_text("---\ndsco:\n  method: random\n---\n# no ipc\n")
+    with pytest.raises(OutputError, match="is not a set written by dsco-hub"):
+        hub.push_folder(empty, _cfg(fake_hub))
+
+    out = _make_set(tiny_repo, tmp_path / "set")
+    config = out / "dsco_config.json"
+    saved = config.read_text()
+    config.write_text(saved + TOKEN)
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/leak"))
+    assert str(err.value) == f"refusing to upload {config}: it contains the Hub token; remove it and rerun."
+    config.write_text(saved)
+    assert "alice/leak" not in fake_hub.repos
+
+    result = hub.push_folder(out, _cfg(fake_hub, repo_id="bare", commit_max_files=2))  # a name: the user's repo
+    head = _head(fake_hub, "alice/bare")
+    assert (result.repo_id, result.revision, result.url) == (
+        "alice/bare",
+        "main",
+        f"{fake_hub.url}/datasets/alice/bare",
+    )
+    assert (result.commit, result.pr_url, result.deleted, result.skipped) == (head.oid, None, [], [])
+    assert (
+        result.commits == 2
+        and not fake_hub.repos["alice/bare"].private
+        and fake_hub.repos["alice/bare"].gated is False
+    )
+    assert result.uploaded == [p for p, _ in hub._local_files(out, "ipc2")] + ["README.md"]
+    titles = [fake_hub.repos["alice/bare"].commits[c["oid"]].title for c in fake_hub.commits]
+    title = "Upload ipc2 (random, IPC 2, 6 images) with dsco-hub"
+    assert titles == [f"{title} [part 1/2]", title]  # the card joins the last batch when it has room
+    again = hub.push_folder(out, _cfg(fake_hub, repo_id="alice/bare"))
+    assert (again.commits, again.commit, len(again.skipped)) == (0, head.oid, 3)
+
+    fake_hub.reset_log()
+    hub.push_folder(out, _cfg(fake_hub, repo_id="alice/titled", commit_message="Mine"))
+    assert _head(fake_hub, "alice/titled").title == "Mine"
+
+
+def _eval_block(commit: str) -> dict:
+    result = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "model": "convnet3", "epochs": 1, "runs": 1}
+    return {
+        "protocol": {"model": "auto", "epochs": 1, "runs": 1},
+        "test": {"dataset": "tiny", "split": "test", "num_images": 12},
+        "result": result,
+        "commit": commit,
+    }
+
+
+def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    cfg = _cfg(fake_hub, repo_id="alice/target")
+    pushed = hub.push_folder(out, cfg)
+    hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev", commit_message="to dev"))
+    main_card = fake_hub.read("alice/target", "README.md")
+
+    published = hub.open_set("alice/target@dev", _cfg(fake_hub, token=None))
+    dev_head = _head(fake_hub, "alice/target", "dev")
+    assert (published.repo_id, published.revision, published.sha) == ("alice/target", "dev", dev_head.oid)
+    assert published.config_name == "ipc2" and published.dsco["ipc"] == 2 and published.card is not None
+    url, pr = hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
+    assert pr is None and _head(fake_hub, "alice/target", "dev").oid in url  # on dev, the evaluated branch
+    assert _head(fake_hub, "alice/target", "dev").title == f"dsco-hub evaluation of ipc2 at {published.sha[:8]}"
+    assert fake_hub.read("alice/target", "README.md") == main_card
+    assert "50.00 ± 1.00" in fake_hub.read("alice/target", "README.md", "dev").decode()
+
+    at_sha = hub.open_set(f"alice/target@{pushed.commit}", _cfg(fake_hub))  # a commit: the card on main
+    hub.update_card_eval(at_sha, _eval_block(pushed.commit), _cfg(fake_hub, commit_message="eval"))
+    assert _head(fake_hub, "alice/target").title == "eval" and fake_hub.read("alice/target", "README.md") != main_card
+    main_head = _head(fake_hub, "alice/target").oid
+    block = {**_eval_block(published.sha), "result": {**_eval_block("")["result"], "accuracy_mean": 60.0}}
+    hub.update_card_eval(published, block, _cfg(fake_hub, revision="dev", create_pr=True))
+    assert _head(fake_hub, "alice/target", "refs/pr/1").parent == _head(fake_hub, "alice/target", "dev").oid
+    assert _head(fake_hub, "alice/target").oid == main_head
+
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/no-branches", repo_type="dataset")
+    fake_hub.repos["alice/no-branches"].refs.clear()
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/no-branches@v1", _cfg(fake_hub))
+    assert str(err.value) == (
+        "revision 'v1' does not exist in datasets/alice/no-branches; its branches: none. Pass one of them or a "
+        "commit sha, e.g. alice/no-branches@main."
+    )
+
+
+def test_hub_session_points_the_libraries_at_the_endpoint_and_restores_them(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", "before")
+    saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE)
+    saved_datasets = (datasets.config.HF_ENDPOINT, datasets.config.HUB_DATASETS_URL)
+    with hub.hub_session(HubConfig(endpoint="http://127.0.0.1:9/", token="inside")):
+        assert constants.ENDPOINT == datasets.config.HF_ENDPOINT == "http://127.0.0.1:9"
+        assert constants.HUGGINGFACE_CO_URL_TEMPLATE == "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+        assert datasets.config.HUB_DATASETS_URL == "http://127.0.0.1:9/datasets/{repo_id}/resolve/{revision}/{path}"
+        assert os.environ["HF_TOKEN"] == "inside"
+    assert (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE) == saved
+    assert (datasets.config.HF_ENDPOINT, datasets.config.HUB_DATASETS_URL) == saved_datasets
+    assert os.environ["HF_TOKEN"] == "before"
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(KeyError), hub.hub_session(HubConfig(token="inside")):
+        assert os.environ["HF_TOKEN"] == "inside" and constants.ENDPOINT == saved[0]
+        raise KeyError("restored all the same")
+    assert "HF_TOKEN" not in os.environ
+    with hub.hub_session(HubConfig()):
+        assert "HF_TOKEN" not in os.environ and constants.ENDPOINT == saved[0]
