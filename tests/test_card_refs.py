@@ -9,9 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from dsco_hub import __version__, card
+from dsco_hub.errors import HubError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -187,3 +188,228 @@ def test_repository_url_without_an_installed_distribution(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "metadata", missing)
     assert card.repository_url() is None and card.reference() == "dsco-hub"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The helpers of card.py written out (mutation survivors)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_size_category_buckets():
+    cases = [
+        (0, "n<1K"),
+        (999, "n<1K"),
+        (1_000, "1K<n<10K"),
+        (9_999, "1K<n<10K"),
+        (10_000, "10K<n<100K"),
+        (100_000, "100K<n<1M"),
+        (1_000_000, "1M<n<10M"),
+        (10_000_000, "10M<n<100M"),
+        (99_999_999, "10M<n<100M"),
+        (100_000_000, "100M<n<1B"),
+        (10**12, "100M<n<1B"),
+        (10**12 + 1, "n>1T"),
+    ]
+    assert [card.size_category(n) for n, _ in cases] == [name for _, name in cases]
+
+
+def test_result_names_and_method_descriptions(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+    assert card._format_result(None) is None and card._format_result({}) is None
+    assert card._format_result({"accuracy_mean": 70.126, "accuracy_std": 1.0}) == "70.13 ± 1.00"
+    assert card.display_name({"id": "alice/source", "is_hub": True}) == "alice/source"
+    assert card.display_name({"id": "/data/tiny/", "is_hub": False}) == "tiny"
+    assert card.display_name({"id": "alice/source"}) == "source"
+    assert card.method_description("other") == "other"
+    assert card.method_description("random") == (
+        f"{card.METHOD_DESCRIPTIONS['random']} Details: {card.reference('docs/method.md', 5)}."
+    )
+    assert card.method_description("dsco").endswith(
+        "`docs/method.md` §1 (shipped in the package: `dsco_hub/docs/method.md`)."
+    )
+
+
+def test_versions_name_the_installed_libraries(monkeypatch):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "accelerate":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert card.versions() == {"dsco_hub": __version__, **{n: real(n) for n in card.VERSIONED if n != "accelerate"}}
+
+
+def test_card_data_header():
+    block = _dsco("dsco")
+    data = card.card_data(block, pretty_name="title").to_dict()
+    assert data == {
+        "license": "other",
+        "task_categories": ["image-classification"],
+        "source_datasets": ["original"],
+        "size_categories": ["n<1K"],
+        "tags": ["dsco-hub", "dataset-distillation", "dataset-concentration", "ipc-2", "dsco", "synthetic"],
+        "pretty_name": "title",
+        "dsco": block,
+    }
+    hub_block = _dsco("random")
+    hub_block["source"] = {**hub_block["source"], "id": "alice/src", "is_hub": True, "license": "mit"}
+    hub_block["counts"] = {"rows": 1000, "real": 1000, "synthetic": 0}
+    data = card.card_data(hub_block, pretty_name="t").to_dict()
+    assert (data["license"], data["source_datasets"], data["size_categories"]) == ("mit", ["alice/src"], ["1K<n<10K"])
+    assert data["tags"][-1] == "random"
+
+
+def test_config_rows_citation_and_blocks():
+    evaluated = {**_dsco(), "eval": {**_dsco()["eval"], "commit": "0123456789abcdef"}}
+    rows = card._config_rows({"ipc9": {}, "ipc2": evaluated, "ipc1": _dsco(evaluated=False)}, "ipc2")
+    assert [r["name"] for r in rows] == ["ipc2", "ipc1", "ipc9"]  # the default first, then by name
+    assert rows[0] == {"name": "ipc2", "ipc": "2", "method": "dsco", "rows": "6", "result": "70.00 ± 1.00",
+                       "commit": "`01234567`"}  # fmt: skip
+    assert rows[1]["result"] == "not evaluated" and rows[1]["commit"] == "-"
+    assert rows[2] == {
+        "name": "ipc9",
+        "ipc": "?",
+        "method": "?",
+        "rows": "?",
+        "result": "not evaluated",
+        "commit": "-",
+    }
+
+    def text_card(text):
+        return DatasetCard("---\nlicense: mit\n---\n" + text)
+
+    assert card.citation_of(text_card("# no citation\n")) is None
+    assert card.citation_of(text_card("Cite the source dataset:\n\n```\n@misc{x}\n```\nafter\n")) == "@misc{x}"
+    assert card.citation_of(text_card("Cite the source dataset:\n\n```\n@misc{x}\n")) is None
+
+    assert card.card_blocks(None) == {}
+    assert card.card_blocks(DatasetCardData(dsco={})) == {}
+    folder = DatasetCardData(dsco={"ipc": 2})
+    blocks = card.card_blocks(folder)
+    assert blocks == {"default": {"ipc": 2}}
+    blocks["default"]["ipc"] = 3
+    assert folder["dsco"] == {"ipc": 2}  # a copy
+    merged = DatasetCardData(dsco={"config": "ipc2", "ipc": 2}, dsco_configs={"ipc5": {"config": "ipc5", "ipc": 5}})
+    assert card.card_blocks(merged) == {"ipc2": {"config": "ipc2", "ipc": 2}, "ipc5": {"config": "ipc5", "ipc": 5}}
+
+    def configs(*entries):
+        return DatasetCardData(configs=[{"config_name": n, "data_files": f"{n}/*", **extra} for n, extra in entries])
+
+    assert card.default_config(DatasetCardData()) is None
+    assert card.default_config(configs(("a", {}))) == "a"
+    assert card.default_config(configs(("a", {}), ("b", {}))) is None
+    assert card.default_config(configs(("a", {}), ("b", {"default": True}))) == "b"
+    assert card.default_config(configs(("a", {"default": True}), ("b", {"default": True}))) is None
+
+    data = DatasetCardData(dsco_configs={"old": {}})
+    card._place_blocks(data, {"b": {"ipc": 2}, "a": {"config": "x", "ipc": 1}}, "missing")  # then the first by name
+    assert data["dsco"] == {"config": "a", "ipc": 1} and data["dsco_configs"] == {"b": {"config": "b", "ipc": 2}}
+    card._place_blocks(data, {"b": {"ipc": 2}}, "b")
+    assert data["dsco"] == {"config": "b", "ipc": 2} and "dsco_configs" not in data
+    assert card._is_dsco_block(_dsco()) and not card._is_dsco_block(
+        {k: v for k, v in _dsco().items() if k != "versions"}
+    )
+
+
+def test_source_terms_and_evaluated_config():
+    source = {"license": "other", "license_name": "", "license_link": None, "extra_gated_fields": [], "tags": ["x"]}
+    assert card.source_terms(source, False, "alice/src") == {"license": "other"}
+    assert card.source_terms(source, None, "alice/src") == {"license": "other"}
+    gated = card.source_terms(source, "manual", "alice/src")
+    assert gated == {
+        "license": "other",
+        "gated": "manual",
+        "extra_gated_prompt": "This dataset holds images of alice/src, a gated dataset: by requesting access you "
+        "agree to the terms of alice/src (https://huggingface.co/datasets/alice/src).",
+    }
+    assert card.source_terms({"extra_gated_prompt": "Ours."}, "auto", "s")["extra_gated_prompt"] == "Ours."
+
+    assert card.evaluated_config(None, None, "alice/x") == (None, {})
+    two = DatasetCard(
+        "---\nconfigs:\n- config_name: ipc2\n  data_files: ipc2/*\n- config_name: ipc5\n  data_files: ipc5/*\n"
+        "dsco:\n  config: ipc2\n  ipc: 2\ndsco_configs:\n  ipc5:\n    config: ipc5\n    ipc: 5\n---\n"
+    )
+    with pytest.raises(HubError) as err:
+        card.evaluated_config(two, None, "alice/x")
+    assert (
+        str(err.value)
+        == "datasets/alice/x has several configs and no default (ipc2, ipc5); pick one with --set-config."
+    )
+    with pytest.raises(HubError) as err:
+        card.evaluated_config(two, "ipc9", "alice/x")
+    assert str(err.value) == "--set-config='ipc9' is not a config of datasets/alice/x; its configs: ipc2, ipc5."
+    assert card.evaluated_config(two, "ipc5", "alice/x") == ("ipc5", {"config": "ipc5", "ipc": 5})
+    one = DatasetCard("---\nconfigs:\n- config_name: only\n  data_files: data/*\ndsco:\n  ipc: 3\n---\n")
+    assert card.evaluated_config(one, None, "alice/x") == ("only", {"ipc": 3})  # a folder's block, default
+    bare = DatasetCard("---\ndsco:\n  ipc: 3\n---\n")
+    assert card.evaluated_config(bare, None, "alice/x") == (None, {"ipc": 3})
+    assert card.evaluated_config(DatasetCard("---\nlicense: mit\n---\n"), None, "alice/x") == (None, {})
+
+
+def test_labels_text_and_eval_section(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+    assert card.labels_text({}) == card.labels_text({"labels": "hard"}) == "hard labels"
+    teacher = {"name": "t", "model": "resnet18", "digest": "abc", "test_accuracy": 0.881}
+    assert card.labels_text({"labels": "soft", "teacher": teacher, "temperature": 2.5}) == (
+        "soft labels of the teacher `t` (ResNet-18, config abc, 88.10 % test accuracy), temperature 2.5"
+    )
+    assert card.labels_text({"labels": "soft", "teacher": {"name": "u", "model": "mlp", "digest": "d"}}) == (
+        "soft labels of the teacher `u` (mlp, config d), temperature 4"
+    )
+    assert (
+        card.labels_text({"labels": "soft"}) == "soft labels of the teacher `None` (None, config None), temperature 4"
+    )
+
+    soft = _dsco()
+    soft["eval"] = {**soft["eval"], "protocol": {"labels": "soft", "teacher": teacher, "temperature": 4.0},
+                    "commit": "0123456789"}  # fmt: skip
+    del soft["eval"]["baseline_random"]
+    section = card.eval_section({"b": _dsco(), "a": _dsco(evaluated=False), "c": soft})
+    assert section.startswith(card.EVAL_BEGIN + "\n## dsco-hub evaluation\n") and section.endswith(
+        card.EVAL_END + "\n"
+    )
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `b` | `tiny` [`test`] | convnet3 | 2 × 2 | 70.00 ± 1.00 | 70.00 ± 1.00 | `-` |",
+        "| `c` | `tiny` [`test`] | convnet3, soft labels of the teacher `t` (ResNet-18, config abc, 88.10 % test "
+        "accuracy), temperature 4 | 2 × 2 | 70.00 ± 1.00 | - | `01234567` |",
+    ]
+    assert "protocol: dsco-hub " in section and "`docs/evaluation.md`" in section
+
+
+def test_cards_refuse_blocks_dsco_hub_did_not_write():
+    from dsco_hub.errors import OutputError, SourceError
+
+    foreign = DatasetCard("---\npretty_name: theirs\ndsco:\n  ipc: 2\n---\n# theirs\n")
+    with pytest.raises(SourceError) as err:
+        card.with_evaluation(foreign, {}, "x")
+    assert str(err.value) == (
+        "existing='theirs' is not a card dsco-hub wrote (no dsco: block with a source); evaluate without "
+        "--update-card, or pass the card of a set made by `dsco-hub concentrate`."
+    )
+    with pytest.raises(SourceError):
+        card.with_evaluation(DatasetCard("---\ndsco: 3\n---\n"), {}, "x")
+    with pytest.raises(OutputError) as err:
+        card.hub_card(DatasetCard("---\npretty_name: p\ndsco:\n  method: random\n---\n"), None, "ipc2", "a/b", {})
+    assert str(err.value) == (
+        "local='p' is not the card of a set written by dsco-hub (no dsco: block with an ipc); push a folder written "
+        "by `dsco-hub concentrate`."
+    )
+    with pytest.raises(OutputError):
+        card.hub_card(DatasetCard("---\ndsco: 3\n---\n"), None, "ipc2", "a/b", {})
+
+
+def test_a_foreign_card_keeps_its_text_and_gets_one_eval_section(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+    block = {**_dsco()["eval"], "commit": "abcdef0123"}
+    text, name = card.with_hub_evaluation(None, None, block, "alice/x")
+    assert name == "default" and text.startswith("---\ndsco:\n  config: default\n  eval:\n")
+    assert text.endswith("\n---\n\n\n" + card.eval_section({"default": {"eval": block}}))
+    theirs = DatasetCard("---\nlicense: mit\n---\n# Theirs\n\nWords.\n")
+    first, name = card.with_hub_evaluation(theirs, "cfg", block, "alice/x")
+    assert name == "cfg" and "# Theirs\n\nWords.\n\n" + card.EVAL_BEGIN in first and "license: mit" in first
+    again, _ = card.with_hub_evaluation(DatasetCard(first + "after\n"), "cfg", {**block, "commit": "fedcba98"}, "a/x")
+    assert again.count(card.EVAL_BEGIN) == 1 and "`fedcba98`" in again and "`abcdef01`" not in again
+    assert again.endswith(card.EVAL_END + "\nafter\n")  # replaced in place, the text after it kept
