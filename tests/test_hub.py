@@ -716,6 +716,7 @@ def test_transport_errors_and_endpoint():
     assert hub_errors.TRANSPORT_ERRORS == (ConnectionError, TimeoutError, httpx2.TransportError)
     assert hub_errors._transport_errors() == hub_errors.TRANSPORT_ERRORS  # computed at import: checked again here
     assert hub_errors.endpoint(HubConfig(endpoint="http://127.0.0.1:9/")) == "http://127.0.0.1:9"
+    assert hub_errors.endpoint(HubConfig(endpoint="https://HUBX/")) == "https://HUBX"  # only slashes are stripped
     assert hub_errors.endpoint(HubConfig()) == huggingface_hub.constants.ENDPOINT.rstrip("/")
 
 
@@ -876,6 +877,11 @@ def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
     assert err.value is own and slept == []
     with pytest.raises(KeyError):  # neither HTTP nor connection: not ours to describe
         call("uploading to", "alice/x", failing(KeyError("k")))
+    during = _http_error(400)  # an HTTP error raised while handling a dropped connection: an HTTP error
+    during.__context__ = ConnectionError("dropped before")
+    with pytest.raises(HubError, match=r"failed \(HTTP 400\): boom"):
+        call("uploading to", "alice/x", failing(during))
+    assert slept == []
     wrapped = RuntimeError("lfs")  # an HTTP error wrapped by the client is still found and retried
     wrapped.__cause__ = _http_error(502)
     assert call("uploading to", "alice/x", failing(wrapped)) == "done" and slept == [0.5]
