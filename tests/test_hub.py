@@ -1051,6 +1051,31 @@ def test_push_refusals_the_default_repo_name_and_the_commit_titles(fake_hub, tin
     hub.push_folder(out, _cfg(fake_hub, repo_id="alice/titled", commit_message="Mine"))
     assert _head(fake_hub, "alice/titled").title == "Mine"
 
+    # each call's failure names what was being done, and on which repo
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, token="hf_not_valid"))
+    assert str(err.value) == (
+        f"the Hub rejected the token (HTTP 401) while checking the token on {fake_hub.url}; {hub_errors.LOGIN_HINT}."
+    )
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="bob/theirs"))
+    assert str(err.value).startswith(
+        "the token has no write access to datasets/bob/theirs (HTTP 403) while creating it;"
+    )
+    fake_hub.fail("GET", r"/api/datasets/alice/listing/tree/", 403)
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/listing"))
+    assert str(err.value).startswith(
+        "the token has no write access to datasets/alice/listing (HTTP 403) while listing it;"
+    )
+    text = (out / "README.md").read_text()
+    meta = _yaml(text)
+    meta["dsco"]["source"].update(id="alice/missing-source", is_hub=True)
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---" + text.split("---", 2)[2])
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/terms"))
+    assert str(err.value).startswith(f"datasets/alice/missing-source does not exist on {fake_hub.url} or is private;")
+
 
 def _eval_block(commit: str) -> dict:
     result = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "model": "convnet3", "epochs": 1, "runs": 1}
@@ -1068,6 +1093,8 @@ def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_
     pushed = hub.push_folder(out, cfg)
     hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev", commit_message="to dev"))
     main_card = fake_hub.read("alice/target", "README.md")
+    again = hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev"))  # the branch exists: fine
+    assert again.commits == 0 and again.revision == "dev"
 
     published = hub.open_set("alice/target@dev", _cfg(fake_hub, token=None))
     dev_head = _head(fake_hub, "alice/target", "dev")
@@ -1077,7 +1104,8 @@ def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_
     assert pr is None and _head(fake_hub, "alice/target", "dev").oid in url  # on dev, the evaluated branch
     assert _head(fake_hub, "alice/target", "dev").title == f"dsco-hub evaluation of ipc2 at {published.sha[:8]}"
     assert fake_hub.read("alice/target", "README.md") == main_card
-    assert "50.00 ± 1.00" in fake_hub.read("alice/target", "README.md", "dev").decode()
+    dev_card = fake_hub.read("alice/target", "README.md", "dev").decode()
+    assert "50.00 ± 1.00" in dev_card and 'load_dataset("alice/target", split="train")' in dev_card
 
     at_sha = hub.open_set(f"alice/target@{pushed.commit}", _cfg(fake_hub))  # a commit: the card on main
     hub.update_card_eval(at_sha, _eval_block(pushed.commit), _cfg(fake_hub, commit_message="eval"))
@@ -1088,6 +1116,15 @@ def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_
     assert _head(fake_hub, "alice/target", "refs/pr/1").parent == _head(fake_hub, "alice/target", "dev").oid
     assert _head(fake_hub, "alice/target").oid == main_head
 
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/target", _cfg(fake_hub, token="hf_not_valid"))
+    assert str(err.value).startswith("the Hub rejected the token (HTTP 401) while reading datasets/alice/target;")
+    fake_hub.fail("GET", r"/api/datasets/alice/target/refs", 500)
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/target@v9", _cfg(fake_hub, max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while listing the branches of datasets/alice/target (HTTP 500, 1 attempts);"
+    )
     api = HfApi(endpoint=fake_hub.url, token=TOKEN)
     api.create_repo("alice/no-branches", repo_type="dataset")
     fake_hub.repos["alice/no-branches"].refs.clear()
