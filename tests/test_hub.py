@@ -1157,3 +1157,21 @@ def test_hub_session_points_the_libraries_at_the_endpoint_and_restores_them(monk
     assert "HF_TOKEN" not in os.environ
     with hub.hub_session(HubConfig()):
         assert "HF_TOKEN" not in os.environ and constants.ENDPOINT == saved[0]
+
+
+def test_a_card_that_would_carry_the_token_is_not_uploaded(fake_hub, tiny_repo, tmp_path):
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/leaky-card", repo_type="dataset")
+    leaky = f"---\nlicense: mit\nnote: {TOKEN}\n---\n# theirs\n".encode()
+    api.create_commit(
+        "alice/leaky-card", [CommitOperationAdd("README.md", leaky)], commit_message="card", repo_type="dataset"
+    )
+    out = _make_set(tiny_repo, tmp_path / "set")
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/leaky-card"))
+    assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
+    published = hub.open_set("alice/leaky-card", _cfg(fake_hub))
+    with pytest.raises(HubError) as err:
+        hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
+    assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
+    assert fake_hub.read("alice/leaky-card", "README.md") == leaky
