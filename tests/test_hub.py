@@ -1093,8 +1093,12 @@ def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_
     pushed = hub.push_folder(out, cfg)
     hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev", commit_message="to dev"))
     main_card = fake_hub.read("alice/target", "README.md")
+    HfApi(endpoint=fake_hub.url, token=TOKEN).create_commit(  # main moves on, dev stays
+        "alice/target", [CommitOperationAdd("notes.txt", b"notes")], commit_message="notes", repo_type="dataset"
+    )
     again = hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev"))  # the branch exists: fine
     assert again.commits == 0 and again.revision == "dev"
+    assert again.commit == _head(fake_hub, "alice/target", "dev").oid != _head(fake_hub, "alice/target").oid
 
     published = hub.open_set("alice/target@dev", _cfg(fake_hub, token=None))
     dev_head = _head(fake_hub, "alice/target", "dev")
