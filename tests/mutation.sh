@@ -53,12 +53,17 @@ run() {
     tests="${tests/HUB/$(cd "$work" && grep -o '^def test_[a-z0-9_]*' tests/test_hub.py |
       sed 's/^def /tests\/test_hub.py::/' | grep -v -e concentrate_push_from_the_command_line -e update_card_create_pr)}"
   fi
-  # cards/: the card templates, which the pipeline tests (doping's "before" run) render
+  # cards/: the card templates, which the pipeline tests (doping's "before" run) render; docs/, README.md and
+  # pyproject.toml: what tests/test_card_refs.py checks the cards' references against
   cat > "$work/setup.cfg" <<CFG
 [mutmut]
 source_paths = dsco_hub
 only_mutate = dsco_hub/$module.py
-also_copy = cards
+also_copy =
+    cards
+    docs
+    README.md
+    pyproject.toml
 pytest_add_cli_args_test_selection =
 $(printf '    %s\n' $tests)
 CFG
