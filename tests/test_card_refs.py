@@ -413,3 +413,186 @@ def test_a_foreign_card_keeps_its_text_and_gets_one_eval_section(monkeypatch):
     again, _ = card.with_hub_evaluation(DatasetCard(first + "after\n"), "cfg", {**block, "commit": "fedcba98"}, "a/x")
     assert again.count(card.EVAL_BEGIN) == 1 and "`fedcba98`" in again and "`abcdef01`" not in again
     assert again.endswith(card.EVAL_END + "\nafter\n")  # replaced in place, the text after it kept
+
+
+def test_prior_card_records_its_training(tmp_path):
+    import os
+    import platform
+    import types
+
+    import torch
+
+    from dsco_hub.config import PriorTrainConfig
+
+    cfg = PriorTrainConfig(
+        out=str(tmp_path / "prior"), max_steps=7, batch_size=5, lr=0.003, warmup_steps=2, ema_power=0.5,
+        ema_max_decay=0.99, label_dropout=0.2, num_train_timesteps=50, beta_schedule="linear", mixed_precision="no",
+        sample_steps=9, sample_guidance=1.5,
+    )  # fmt: skip
+    source = types.SimpleNamespace(
+        license="mit", source_id="alice/src", class_names=["cat", "dog"], split="train", labels=[0, 1, 1],
+        citation="@misc{src}",
+    )  # fmt: skip
+    unet = torch.nn.Linear(999, 1000)  # 1,000,000 parameters
+    made = card.prior_card(cfg, source, unet, 2, 3, 16, 3725.4, 0.25, "dsco-hub prior train x", 4, [3, 5])
+    assert made.data.to_dict() == {
+        "library_name": "diffusers",
+        "license": "mit",
+        "tags": ["dsco-hub", "diffusion", "class-conditional", "unconditional-image-generation"],
+        "pipeline_tag": "unconditional-image-generation",
+        "datasets": ["alice/src"],
+    }
+    text = str(made)
+    hardware = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    )
+    for expected in [
+        "# Class-conditional diffusion prior for alice/src",
+        "(`diffusers.UNet2DModel`, 1.00 M parameters",
+        "![samples](samples.png)",
+        "*Samples: 4 per class (rows), DDIM 9 steps (x0 not clipped), classifier-free guidance 1.5.*",
+        "- 0: cat\n- 1: dog",
+        "null class is label 2 (`num_class_embeds = 3`)",
+        "- Data: `alice/src` (split `train`, 3 images, 16x16 px, 3 channel(s)).",
+        "- Command: `dsco-hub prior train x` (the same run extended: it first finished at 3, 5 steps",
+        "- Steps: 7 x batch 5; AdamW, peak learning rate 0.003 (warm-up 2 steps, cosine decay);",
+        "(warm-up power 0.5, max decay 0.99); label dropout 0.2;",
+        "50 timesteps, `linear` betas, epsilon prediction; mixed precision `no`.",
+        "(EMA of the batch loss): 0.2500.",
+        f"- Wall time: 1 h 2 min (3725 s) on {hardware}.",
+        f'load_prior("{tmp_path / "prior"}")',
+        "derived from `alice/src` (licence: mit).",
+        "```\n@misc{src}\n```",
+    ]:
+        assert expected in text, expected
+    for source_id in ("local-folder", "a b/c"):  # not a Hub id: no `datasets`
+        source.source_id = source_id
+        made = card.prior_card(cfg, source, unet, 2, 3, 16, 59, None, "c", 4, [])
+        assert made.data.to_dict().get("datasets") is None
+        assert "(EMA of the batch loss): n/a." in str(made) and "extended" not in str(made)
+
+
+def test_teacher_card_shows_its_config():
+    import platform
+    import types
+
+    config = {
+        "source_name": "tiny", "model": "resnet18", "class_names": ["a", "b", "c"], "image_size": [16, 16],
+        "test_accuracy": 0.8812, "command": "dsco-hub teacher train tiny", "dsco_hub_version": "9.9",
+        "split": "train", "channels": 1, "num_images": 19, "epochs": 2, "lr": 0.05, "momentum": 0.8,
+        "weight_decay": 0.001, "batch_size": 7, "seed": 3, "test_images": 12, "device": "cpu",
+    }  # fmt: skip
+    train = types.SimpleNamespace(license="mit", source_id="alice/tiny")
+    made = card.teacher_card(config, train, 2_500_000)
+    assert made.data.to_dict() == {
+        "library_name": "pytorch",
+        "license": "mit",
+        "tags": ["dsco-hub", "image-classification", "dataset-distillation-teacher"],
+        "pipeline_tag": "image-classification",
+        "datasets": ["alice/tiny"],
+        "metrics": ["accuracy"],
+    }
+    text = str(made)
+    for expected in [
+        "# Teacher network for tiny",
+        "A ResNet-18 (2.50 M parameters, 3 classes, 1 x 16 x 16 images",
+        "[dsco-hub](https://pypi.org/project/dsco-hub/) 9.9",
+        "| source | `tiny` [`train`] |",
+        "| training images | 19 |",
+        "| epochs | 2 |",
+        "learning rate 0.05 (divided by 10 at half of the epochs), momentum 0.8, weight decay 0.001 |",
+        "| batch size | 7 |",
+        "| seed | 3 |",
+        f"| device | cpu ({platform.machine()}) |",
+        "**88.12 %** on the 12 images",
+        "```bash\ndsco-hub teacher train tiny\n```",
+    ]:
+        assert expected in text, expected
+    train.source_id = "tiny"
+    made = card.teacher_card({**config, "command": None, "model": "convnet3"}, train, 1)
+    assert "```bash\n(library call)\n```" in str(made) and "A ConvNet-3 (" in str(made)
+    assert made.data.to_dict().get("datasets") is None
+
+
+def test_settings_source_and_protocol_blocks(tmp_path):
+    import types
+
+    import torch
+
+    from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
+    from dsco_hub.models import SHIPPED_PRIOR
+
+    herding = ConcentrateConfig(method="herding", kernel="linear", feature_seed=4, herding_pool=9)
+    assert card.settings_block(herding, None) == {"kernel": "linear", "feature_seed": 4, "herding_pool": 9}
+    assert card.settings_block(ConcentrateConfig(method="random"), None) == {}
+    prior = types.SimpleNamespace(
+        scheduler=types.SimpleNamespace(config={"clip_sample": True}), image_shape=(1, 16, 16)
+    )
+    (tmp_path / "model").mkdir()
+    diffusion = ConcentrateConfig(
+        method="diffusion", model=str(tmp_path / "model"), model_revision="r1", class_map="alice/map", steps=7,
+        guidance_scale=1.5, eta=0.5, sample_batch_size=3,
+    )  # fmt: skip
+    assert card.settings_block(diffusion, prior) == {
+        "model": "model",
+        "model_revision": "r1",
+        "class_map": "alice/map",
+        "scheduler": "ddim",
+        "steps": 7,
+        "guidance_scale": 1.5,
+        "eta": 0.5,
+        "clip_sample": True,
+        "sample_batch_size": 3,
+        "resolution": 16,
+    }
+    prior.scheduler.config = {}
+    dsco = card.settings_block(ConcentrateConfig(method="dsco", ipc=4, data_free=True, oversample=2), prior)
+    assert (dsco["model"], dsco["clip_sample"], dsco["data_free"]) == (
+        f"dsco-hub shipped prior ({SHIPPED_PRIOR})",
+        False,
+        True,
+    )
+    assert (dsco["pool_size"], dsco["pool_guidance_scale"], dsco["oversample"]) == (256, 2.0, 2)
+    assert dsco["doping_select"] == "herding" and "doping_ratio" not in dsco and "nopt_lr" in dsco
+    assert list(dsco)[-10:] == list(card.settings_block(diffusion, prior))  # NOpt's and doping's, then the sampler's
+    real = card.settings_block(ConcentrateConfig(method="dsco", ipc=4, doping_ratio="auto"), prior)
+    assert (real["pool_size"], real["pool_guidance_scale"], real["doping_ratio"]) == (None, None, "auto")
+
+    assert card.source_block(ConcentrateConfig(data_free=True), None, ["a", "b"]) == {
+        "id": "data-free", "data_free": True, "is_hub": False, "config": None, "split": None, "revision": None,
+        "num_rows": 0, "num_classes": 2, "license": None,
+    }  # fmt: skip
+    loaded = types.SimpleNamespace(
+        source_id="alice/src", split="train", revision="abc", labels=[0, 1, 2, 2], num_classes=3, license="mit",
+        extra={},
+    )  # fmt: skip
+    hub_cfg = ConcentrateConfig(source=SourceConfig(source="alice/src", config_name="small"))
+    assert card.source_block(hub_cfg, loaded, ["a", "b", "c"]) == {
+        "id": "alice/src", "data_free": False, "is_hub": True, "config": "small", "split": "train",
+        "revision": "abc", "num_rows": 4, "num_classes": 3, "license": "mit",
+    }  # fmt: skip
+    (tmp_path / "data" / "src").mkdir(parents=True)
+    local_cfg = ConcentrateConfig(source=SourceConfig(source=str(tmp_path / "data" / "src")))
+    local = card.source_block(local_cfg, loaded, ["a", "b", "c"], tmp_path / "out")
+    assert (local["id"], local["is_hub"], local["path"]) == ("src", False, "../data/src")
+    loaded.extra = {"streaming": {"num_examples": None, "rows_read": 9, "rows_kept": 6, "per_class": 2,
+                                  "shuffle_buffer": 100, "other": 1}}  # fmt: skip
+    streamed = card.source_block(hub_cfg, loaded, ["a", "b", "c"])
+    assert streamed["num_rows"] is None and "path" not in streamed
+    assert streamed["streaming"] == {"rows_read": 9, "rows_kept": 6, "per_class": 2, "shuffle_buffer": 100}
+
+    eval_cfg = EvalConfig(model="convnet3", epochs=3, runs=2, lr=0.02, momentum=0.8, weight_decay=0.001,
+                          batch_size=16, augment=False, seed=5)  # fmt: skip
+    protocol = card.protocol_block(eval_cfg, 3, torch.device("cpu"))
+    assert protocol == {
+        "model": "convnet3", "epochs": 3, "runs": 2, "lr": 0.02, "momentum": 0.8, "weight_decay": 0.001,
+        "batch_size": 16, "augment": False, "flip": True, "seed": 5, "labels": "hard", "device": "cpu",
+        "precision": "float32",
+    }  # fmt: skip
+    assert card.protocol_block(eval_cfg, 1, torch.device("cpu"))["flip"] is False
+    assert card.protocol_block(EvalConfig(flip=False), 3, torch.device("cpu"))["flip"] is False
+    teacher = types.SimpleNamespace(describe=lambda: {"name": "t"})
+    soft = card.protocol_block(EvalConfig(labels="soft", temperature=2.0), 1, torch.device("cpu"), teacher)
+    assert (soft["teacher"], soft["temperature"], list(soft)[-2:]) == ({"name": "t"}, 2.0, ["device", "precision"])
