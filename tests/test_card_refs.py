@@ -596,3 +596,29 @@ def test_settings_source_and_protocol_blocks(tmp_path):
     teacher = types.SimpleNamespace(describe=lambda: {"name": "t"})
     soft = card.protocol_block(EvalConfig(labels="soft", temperature=2.0), 1, torch.device("cpu"), teacher)
     assert (soft["teacher"], soft["temperature"], list(soft)[-2:]) == ({"name": "t"}, 2.0, ["device", "precision"])
+
+
+def test_with_evaluation_rerenders_a_folder_card_and_keeps_what_it_carried(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+    block = _dsco(evaluated=False)
+    data = card.card_data(block, pretty_name="old title")
+    data["dataset_info"] = {"features": [{"name": "label", "dtype": "int64"}]}
+    data["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    existing = DatasetCard(str(card.render_dataset_card(data, block, "@misc{source}", "out", 3)))
+    evaluation = _dsco()["eval"]
+    updated = card.with_evaluation(existing, evaluation, "my-set")
+    assert updated.data["dsco"] == {**block, "eval": evaluation}
+    assert updated.data["pretty_name"] == "tiny concentrated (dsco, IPC 2)"
+    assert (updated.data["dataset_info"], updated.data["configs"]) == (data["dataset_info"], data["configs"])
+    text = str(updated)
+    assert "```\n@misc{source}\n```" in text and "70.00 ± 1.00" in text and 'load_dataset("my-set"' in text
+
+
+def test_only_the_first_eval_section_is_replaced():
+    old = card.eval_section({"a": {**_dsco(), "eval": {**_dsco()["eval"], "commit": "aaaaaaaa11"}}})
+    other = old.replace("aaaaaaaa", "bbbbbbbb")
+    theirs = DatasetCard("---\nlicense: mit\n---\n# Theirs\n\n" + old + "\nmiddle\n\n" + other)
+    block = {**_dsco()["eval"], "commit": "cccccccc22"}
+    text, _ = card.with_hub_evaluation(theirs, "a", block, "alice/x")
+    assert text.count(card.EVAL_BEGIN) == 2 and "`aaaaaaaa`" not in text
+    assert text.index("`cccccccc`") < text.index("middle") < text.index("`bbbbbbbb`")
