@@ -622,3 +622,18 @@ def test_only_the_first_eval_section_is_replaced():
     text, _ = card.with_hub_evaluation(theirs, "a", block, "alice/x")
     assert text.count(card.EVAL_BEGIN) == 2 and "`aaaaaaaa`" not in text
     assert text.index("`cccccccc`") < text.index("middle") < text.index("`bbbbbbbb`")
+
+
+def test_hub_card_keeps_the_remote_cards_tags_and_needs_no_remote(monkeypatch):
+    import datasets
+    import yaml
+
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+    rows = datasets.Dataset.from_dict({"label": [0, 1]})
+    split = datasets.SplitInfo(name="train", num_bytes=10, num_examples=2)
+    local = card.dataset_card(_dsco(evaluated=False), None, "set", 3, rows, split, 100)
+    alone = yaml.safe_load(card.hub_card(local, None, "ipc2", "alice/x", {}).split("---")[1])
+    assert alone["dsco"]["config"] == "ipc2" and "custom" not in alone["tags"] and "ipc-2" in alone["tags"]
+    remote = DatasetCard("---\nlicense: mit\ntags:\n- custom\n---\n# theirs\n")
+    merged = yaml.safe_load(card.hub_card(local, remote, "ipc2", "alice/x", {"license": "cc-by-4.0"}).split("---")[1])
+    assert {"custom", "ipc-2", "dsco", "synthetic"} <= set(merged["tags"]) and merged["license"] == "cc-by-4.0"
