@@ -637,3 +637,33 @@ def test_hub_card_keeps_the_remote_cards_tags_and_needs_no_remote(monkeypatch):
     remote = DatasetCard("---\nlicense: mit\ntags:\n- custom\n---\n# theirs\n")
     merged = yaml.safe_load(card.hub_card(local, remote, "ipc2", "alice/x", {"license": "cc-by-4.0"}).split("---")[1])
     assert {"custom", "ipc-2", "dsco", "synthetic"} <= set(merged["tags"]) and merged["license"] == "cc-by-4.0"
+
+
+def test_the_cards_protocol_line_and_dataset_info(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
+
+    def protocol_line(**protocol):
+        block = _dsco()
+        block["eval"] = {**block["eval"], "protocol": {**block["eval"]["protocol"], **protocol}}
+        text = str(card.render_dataset_card(card.card_data(block, "t"), block, None, "out", 3))
+        return " ".join(text.split("Protocol: ")[1].split(" The protocol in full")[0].split())
+
+    assert protocol_line() == (
+        "train a ConvNet-3 from scratch on the set with hard labels (2 epochs, SGD with momentum 0.9, learning rate "
+        "0.01 divided by 10 at half of the epochs, weight decay 0.0005, batch 256, DSA-style crop, scale, rotate and "
+        "cutout), test on `tiny` [`test`] (12 images); 2 runs, mean ± std of the test accuracy (%)."
+    )
+    assert "batch 64, DSA-style crop, scale, rotate and cutout, flip)" in protocol_line(flip=True, batch_size=64)
+    assert "weight decay 0.001, batch 256, no augmentation)" in protocol_line(augment=False, weight_decay=0.001)
+    rows = datasets.Dataset.from_dict({"label": [0, 1]})
+    split = datasets.SplitInfo(name="train", num_bytes=10, num_examples=2)
+    made = card.dataset_card(_dsco(evaluated=False), None, "set", 3, rows, split, 100).data.to_dict()
+    info = made["dataset_info"]
+    assert (info["download_size"], info["dataset_size"], info["splits"]) == (
+        100,
+        10,
+        [{"name": "train", "num_bytes": 10, "num_examples": 2}],
+    )
+    assert made["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
