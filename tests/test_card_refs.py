@@ -657,6 +657,14 @@ def test_the_cards_protocol_line_and_dataset_info(monkeypatch):
     )
     assert "batch 64, DSA-style crop, scale, rotate and cutout, flip)" in protocol_line(flip=True, batch_size=64)
     assert "weight decay 0.001, batch 256, no augmentation)" in protocol_line(augment=False, weight_decay=0.001)
+    older = {k: v for k, v in _dsco()["eval"]["protocol"].items() if k not in ("lr", "momentum", "weight_decay")}
+    block = _dsco()
+    block["eval"] = {**block["eval"], "protocol": older, "result": {**block["eval"]["result"], "model": "resnet18"}}
+    text = " ".join(str(card.render_dataset_card(card.card_data(block, "t"), block, None, "out", 3)).split())
+    assert "train a ResNet-18 from scratch" in text  # an older card without the optimizer: EvalConfig's defaults
+    defaults = "momentum 0.9, learning rate 0.01 divided by 10 at half of the epochs, weight decay 0.0005, batch 256"
+    assert defaults in text
+    assert "- Settings: `steps=25`" in text
     rows = datasets.Dataset.from_dict({"label": [0, 1]})
     split = datasets.SplitInfo(name="train", num_bytes=10, num_examples=2)
     made = card.dataset_card(_dsco(evaluated=False), None, "set", 3, rows, split, 100).data.to_dict()
