@@ -675,3 +675,23 @@ def test_the_cards_protocol_line_and_dataset_info(monkeypatch):
         [{"name": "train", "num_bytes": 10, "num_examples": 2}],
     )
     assert made["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+
+
+def test_the_cards_source_line_volume_and_configurations_table(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "metadata", _metadata("Repository, http://example.org/r/"))
+    assert card.repository_url() == "http://example.org/r"  # http is a URL too
+    block = _dsco(evaluated=False)
+    block["source"] = {**block["source"], "revision": "abc123"}
+    block["config"] = "b"
+    other = {**_dsco(evaluated=False), "ipc": 5, "counts": {"rows": 15, "real": 8, "synthetic": 7}}
+    data = card.card_data(block, "t")
+    text = str(card.render_dataset_card(data, block, None, "alice/x", 3, configs={"a": other, "b": block}))
+    assert "Source dataset: `tiny` (revision `abc123`), split `train`." in text
+    assert "6 images in all (31.6 % of the 19 images" in text
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert table == [
+        '| `b` (default) | 2 | dsco | 6 | not evaluated | - | `load_dataset("alice/x", "b", split="train")` |',
+        '| `a` | 5 | dsco | 15 | not evaluated | - | `load_dataset("alice/x", "a", split="train")` |',
+    ]
+    alone = str(card.render_dataset_card(data, block, None, "alice/x", 3, configs={"b": block}))
+    assert "## Configurations" not in alone
