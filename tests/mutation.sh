@@ -21,7 +21,9 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 # the fast tests of each module (kernels: its own file, and the two tests of the trained and ensemble feature maps;
 # nopt: its own file and the feature-map and selection tests; evaluate: its own file but the two-process launch,
-# whose children import the package outside mutmut's copy, and the soft-label loss)
+# whose children import the package outside mutmut's copy, and the soft-label loss; hub_errors, hub, card: the tests of
+# tests/test_hub.py against the fake Hub but the two that run dsco-hub only in a subprocess, for the same reason, and
+# for card also tests/test_card_refs.py)
 declare -A TESTS=(
   [kernels]="tests/test_kernels.py tests/test_quality.py::test_trained_snapshots_are_deterministic_and_learn_the_classes
     tests/test_quality.py::test_feature_maps_of_each_space"
@@ -31,8 +33,11 @@ declare -A TESTS=(
   [doping]="tests/test_doping.py"
   [writer]="tests/test_writer.py tests/test_scale.py::test_shards_round_trip_and_refuse_garbage"
   [evaluate]="EVALUATE"
+  [hub_errors]="HUB"
+  [hub]="HUB"
+  [card]="tests/test_card_refs.py HUB"
 )
-MODULES="kernels config nopt doping writer evaluate"  # hub.py: not yet (being rewritten as a transport layer)
+MODULES="kernels config nopt doping writer evaluate hub_errors hub card"
 
 run() {
   local module=$1 work tests
@@ -44,12 +49,21 @@ run() {
       grep -v two_processes)
     tests="$tests tests/test_teacher.py::test_soft_label_loss_is_kl_times_t_squared"
   fi
-  # cards/: the card templates, which the pipeline tests (doping's "before" run) render
+  if [[ " $tests " == *" HUB "* ]]; then  # every test of tests/test_hub.py but the two subprocess-only ones
+    tests="${tests/HUB/$(cd "$work" && grep -o '^def test_[a-z0-9_]*' tests/test_hub.py |
+      sed 's/^def /tests\/test_hub.py::/' | grep -v -e concentrate_push_from_the_command_line -e update_card_create_pr)}"
+  fi
+  # cards/: the card templates, which the pipeline tests (doping's "before" run) render; docs/, README.md and
+  # pyproject.toml: what tests/test_card_refs.py checks the cards' references against
   cat > "$work/setup.cfg" <<CFG
 [mutmut]
 source_paths = dsco_hub
 only_mutate = dsco_hub/$module.py
-also_copy = cards
+also_copy =
+    cards
+    docs
+    README.md
+    pyproject.toml
 pytest_add_cli_args_test_selection =
 $(printf '    %s\n' $tests)
 CFG

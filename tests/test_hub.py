@@ -27,7 +27,7 @@ from conftest import CLASS_NAMES, tiny_dataset, write_repo
 from hub_server import DROPPED, FakeHub
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from dsco_hub import assess, hub, pipeline, synthesis, writer
+from dsco_hub import assess, hub, hub_errors, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
 from dsco_hub.errors import HubError, SourceError
 
@@ -693,3 +693,489 @@ def test_concentrate_push_without_token_is_refused_before_any_work(fake_hub, tin
     with pytest.raises(HubError, match="no Hugging Face token found"):
         pipeline.concentrate(cfg)
     assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hub_errors: the one-line messages and the retries, without a server
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _http_error(status: int, cls=None, headers: dict | None = None, server_message: str | None = None, text="boom"):
+    """An error of `huggingface_hub` (`cls`, default `HfHubHTTPError`) for a response with `status`."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx2.Request("POST", "https://hub.test/api/datasets/alice/x/commit/main")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    return (cls or HfHubHTTPError)(text, response=response, server_message=server_message)
+
+
+def test_transport_errors_and_endpoint():
+    import httpx2
+
+    assert hub_errors.TRANSPORT_ERRORS == (ConnectionError, TimeoutError, httpx2.TransportError)
+    assert hub_errors._transport_errors() == hub_errors.TRANSPORT_ERRORS  # computed at import: checked again here
+    assert hub_errors.endpoint(HubConfig(endpoint="http://127.0.0.1:9/")) == "http://127.0.0.1:9"
+    assert hub_errors.endpoint(HubConfig(endpoint="https://HUBX/")) == "https://HUBX"  # only slashes are stripped
+    assert hub_errors.endpoint(HubConfig()) == huggingface_hub.constants.ENDPOINT.rstrip("/")
+
+
+def test_scrub_find_and_tries():
+    assert hub_errors._scrub("a  b\n c\tTOKEN d", "TOKEN") == "a b c *** d"
+    assert hub_errors._scrub(" a\nb ", None) == "a b"
+    inner = ValueError("inner")
+    try:
+        try:
+            raise inner
+        except ValueError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as exc:
+        caused = exc
+    assert hub_errors._find(caused, ValueError) is inner
+    assert hub_errors._find(caused, RuntimeError) is caused
+    assert hub_errors._find(caused, KeyError) is None and hub_errors._find(None, ValueError) is None
+    try:
+        try:
+            raise inner
+        except ValueError:
+            raise RuntimeError("during") from None  # no cause: found through the context
+    except RuntimeError as exc:
+        assert hub_errors._find(exc, ValueError) is inner
+    deep = ValueError("deep")  # ten links down: looked at; eleven: not
+    chain = deep
+    for _ in range(9):
+        outer = RuntimeError()
+        outer.__cause__ = chain
+        chain = outer
+    assert hub_errors._find(chain, ValueError) is deep
+    outer = RuntimeError()
+    outer.__cause__ = chain
+    assert hub_errors._find(outer, ValueError) is None
+    assert hub_errors._tries(3) == "3 attempts" and hub_errors._tries(None) == "after huggingface_hub's retries"
+
+
+def test_hub_error_messages():
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    cfg = HubConfig(endpoint="https://hub.test/")
+    hint = hub_errors.LOGIN_HINT
+
+    def message(status, cls=None, repo_id="alice/x", token="tok", attempts=1, revision=None, **kwargs):
+        err = _http_error(status, cls, **kwargs)
+        return str(hub_errors.hub_error(err, "uploading to", repo_id, cfg, token, attempts, revision))
+
+    assert message(404, RevisionNotFoundError, revision="v9") == (
+        "revision 'v9' does not exist in datasets/alice/x; pass an existing branch, tag or commit sha "
+        "(e.g. alice/x@main)."
+    )
+    assert message(401) == f"the Hub rejected the token (HTTP 401) while uploading to datasets/alice/x; {hint}."
+    assert message(401, repo_id=None) == (
+        f"the Hub rejected the token (HTTP 401) while uploading to https://hub.test; {hint}."
+    )
+    missing = (
+        f"datasets/alice/x does not exist on https://hub.test or is private; check the repo id, or {hint} "
+        "with a token that can read it."
+    )
+    assert message(401, token=None) == message(404) == message(400, RepositoryNotFoundError) == missing
+    assert message(404, RemoteEntryNotFoundError, text="no such file\nmore") == (
+        "uploading to datasets/alice/x failed (HTTP 404): no such file"
+    )
+    assert message(403) == (
+        "the token has no write access to datasets/alice/x (HTTP 403) while uploading to it; use a token with write "
+        "permission for that namespace (https://huggingface.co/settings/tokens) or a --repo-id under your user."
+    )
+    assert message(429, attempts=3) == (
+        "the Hub rate-limited uploading to datasets/alice/x (HTTP 429, 3 attempts); wait a few minutes and rerun "
+        "the same command: it uploads only what is missing."
+    )
+    assert message(429, attempts=None).startswith("the Hub rate-limited uploading to datasets/alice/x (HTTP 429, af")
+    for status in (500, 503):
+        assert message(status) == (
+            f"the Hub failed while uploading to datasets/alice/x (HTTP {status}, 1 attempts); rerun the same "
+            "command: it uploads only what is missing."
+        )
+    failed = "uploading to datasets/alice/x failed"
+    assert message(499, server_message="bad  tok\nthing") == f"{failed} (HTTP 499): bad *** thing"
+    assert message(400, text="first tok line\nsecond") == f"{failed} (HTTP 400): first *** line"
+    err = _http_error(400)
+    err.response = None  # no response: no status
+    assert str(hub_errors.hub_error(err, "reading", "alice/x", cfg, None)) == (
+        "reading datasets/alice/x failed (HTTP None): boom"
+    )
+    # the defaults: one attempt, no revision named
+    assert "(HTTP 500, 1 attempts)" in str(hub_errors.hub_error(_http_error(500), "reading", "alice/x", cfg, None))
+    revision = hub_errors.hub_error(_http_error(404, RevisionNotFoundError), "reading", "alice/x", cfg, None)
+    assert str(revision).startswith("revision None does not exist in datasets/alice/x;")
+
+
+def test_retry_after_reads_seconds_and_http_dates(monkeypatch):
+    assert hub_errors._retry_after(_http_error(429)) is None
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": ""})) is None
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": " 7 "})) == 7.0
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": "soon"})) is None
+    monkeypatch.setattr(hub_errors.time, "time", lambda: 1_000_000.0)
+    later = email.utils.formatdate(1_000_090.0, usegmt=True)
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": later})) == 90.0
+    earlier = email.utils.formatdate(999_000.0, usegmt=True)
+    assert hub_errors._retry_after(_http_error(429, headers={"Retry-After": earlier})) == 0.0
+    err = _http_error(429)
+    err.response = None
+    assert hub_errors._retry_after(err) is None
+
+
+def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
+    cfg = HubConfig(endpoint="https://hub.test", max_retries=2, retry_wait=0.5, max_wait=8.0)
+    slept: list[float] = []
+    call = hub_errors.Caller(cfg, "tok", sleep=slept.append)
+
+    def failing(*errors, result="done"):
+        queue = list(errors)
+
+        def fn():
+            if queue:
+                raise queue.pop(0)
+            return result
+
+        return fn
+
+    assert call("uploading to", "alice/x", failing()) == "done" and slept == []
+    with caplog.at_level("WARNING", logger="dsco_hub.hub"):
+        assert call("uploading to", "alice/x", failing(_http_error(500), _http_error(503))) == "done"
+    assert slept == [0.5, 1.0]  # retry_wait, doubled
+    assert [r.getMessage() for r in caplog.records] == [
+        "uploading to alice/x: HTTP 500, retrying in 0.5 s (1/2)",
+        "uploading to alice/x: HTTP 503, retrying in 1.0 s (2/2)",
+    ]
+    slept.clear()
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(*[_http_error(429)] * 3))
+    assert str(err.value).startswith("the Hub rate-limited uploading to datasets/alice/x (HTTP 429, 3 attempts)")
+    assert slept == [0.5, 1.0]
+    slept.clear()
+    assert call("uploading to", "alice/x", failing(_http_error(429, headers={"Retry-After": "8"}))) == "done"
+    assert slept == [8.0]  # as long as max_wait: still waited
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(_http_error(429, headers={"Retry-After": "9"})))
+    assert str(err.value) == (
+        "the Hub asks to wait 9 s (HTTP 429) before uploading to datasets/alice/x; rerun the same command later: it "
+        "uploads only what is missing."
+    )
+    slept.clear()
+    for status in (400, 403):  # not retried
+        with pytest.raises(HubError, match=rf"\(HTTP {status}"):
+            call("uploading to", "alice/x", failing(_http_error(status)))
+    with pytest.raises(HubError) as err:  # retry=False: huggingface_hub retried it already
+        call("listing", "alice/x", failing(_http_error(500)), retry=False)
+    assert "(HTTP 500, after huggingface_hub's retries)" in str(err.value) and slept == []
+    with pytest.raises(HubError, match="revision 'v9' does not exist"):
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        call("reading", "alice/x", failing(_http_error(404, RevisionNotFoundError)), revision="v9")
+    own = HubError("ours")
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(own))
+    assert err.value is own and slept == []
+    with pytest.raises(KeyError):  # neither HTTP nor connection: not ours to describe
+        call("uploading to", "alice/x", failing(KeyError("k")))
+    during = _http_error(400)  # an HTTP error raised while handling a dropped connection: an HTTP error
+    during.__context__ = ConnectionError("dropped before")
+    with pytest.raises(HubError, match=r"failed \(HTTP 400\): boom"):
+        call("uploading to", "alice/x", failing(during))
+    assert slept == []
+    wrapped = RuntimeError("lfs")  # an HTTP error wrapped by the client is still found and retried
+    wrapped.__cause__ = _http_error(502)
+    assert call("uploading to", "alice/x", failing(wrapped)) == "done" and slept == [0.5]
+
+    slept.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dsco_hub.hub"), pytest.raises(HubError) as err:
+        call("checking the token on", None, failing(*[ConnectionError("down")] * 3))
+    assert str(err.value) == (
+        "cannot reach https://hub.test while checking the token on the Hub (ConnectionError, 3 attempts); check "
+        "your connection and --endpoint / HF_ENDPOINT, then rerun."
+    )
+    assert isinstance(err.value.__cause__, ConnectionError) and slept == [0.5, 1.0]
+    assert caplog.records[0].getMessage() == "checking the token on : ConnectionError, retrying in 0.5 s (1/2)"
+    with pytest.raises(HubError) as err:
+        call("uploading to", "alice/x", failing(TimeoutError()), retry=False)
+    assert "while uploading to datasets/alice/x (TimeoutError, after huggingface_hub's retries)" in str(err.value)
+    none = hub_errors.Caller(HubConfig(max_retries=0), None, sleep=slept.append)
+    with pytest.raises(HubError, match=r"HTTP 500, 1 attempts"):
+        none("uploading to", "alice/x", failing(_http_error(500)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hub: targets, tokens, the client, what a push sends and what an evaluation commits (mutation survivors)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_is_hub_ref_tells_hub_ids_from_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert hub.is_hub_ref("alice/set@dev") and hub.is_hub_ref("set") and hub.is_hub_ref("alice/set")
+    for target in ("./set", "/set", "~/set", ".set", "a/b/c", "alice/bad name", "alice/-set"):
+        assert not hub.is_hub_ref(target), target
+    (tmp_path / "alice" / "local").mkdir(parents=True)
+    assert not hub.is_hub_ref("alice/local")  # an existing folder
+
+
+def test_resolve_token_and_the_client(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(HubError) as err:
+        hub.resolve_token(HubConfig())
+    assert str(err.value) == (
+        f"no Hugging Face token found: publishing needs a token with write access; {hub_errors.LOGIN_HINT} "
+        "(create one at https://huggingface.co/settings/tokens)."
+    )
+    with pytest.raises(HubError, match="no Hugging Face token found"):
+        hub._connect(HubConfig())
+    assert hub.resolve_token(HubConfig(), required=False) is None
+    assert hub._connect(HubConfig(), required=False).token is None
+    monkeypatch.setenv("HF_TOKEN", "from-env")
+    assert hub.resolve_token(HubConfig()) == "from-env" and hub.resolve_token(HubConfig(token="given")) == "given"
+    cfg = HubConfig(endpoint="http://127.0.0.1:9", token="given")
+    client = hub._connect(cfg)
+    assert (client.api.endpoint, client.api.token, client.token) == ("http://127.0.0.1:9", "given", "given")
+    assert (client.api.library_name, client.api.library_version) == ("dsco-hub", hub.__version__)
+    assert client.call.cfg is cfg and client.call.token == "given"
+
+
+def test_whoami_and_preflight(fake_hub):
+    from dsco_hub.errors import ConfigError
+
+    assert hub.whoami(_cfg(fake_hub)) == "alice" and hub.preflight(_cfg(fake_hub, repo_id="alice/ok")) == "alice"
+    with pytest.raises(HubError) as err:
+        hub.whoami(_cfg(fake_hub, token="hf_wrong_token"))
+    assert str(err.value) == (
+        f"the Hub rejected the token (HTTP 401) while checking the token on {fake_hub.url}; {hub_errors.LOGIN_HINT}."
+    )
+    with pytest.raises(HubError, match=r"--repo-id='alice/a/b' is not a valid dataset repo id"):
+        hub.preflight(_cfg(fake_hub, repo_id="alice/a/b"))
+    with pytest.raises(ConfigError, match="max_retries=-1"):
+        hub.preflight(_cfg(fake_hub, max_retries=-1))
+
+
+def test_same_compares_size_then_lfs_sha256_or_git_blob_id(tmp_path):
+    import hashlib
+
+    from huggingface_hub.utils.sha import git_hash
+
+    local = tmp_path / "f"
+    local.write_bytes(b"hello")
+    remote = types.SimpleNamespace
+    assert not hub._same(None, local)
+    assert hub._same(remote(size=5, lfs=None, blob_id=git_hash(b"hello")), local)
+    assert not hub._same(remote(size=5, lfs=None, blob_id=git_hash(b"hellO")), local)
+    assert not hub._same(remote(size=4, lfs=None, blob_id=git_hash(b"hello")), local)
+    assert not hub._same(remote(lfs=None, blob_id=git_hash(b"hello")), local)  # no size: not the same
+    sha = hashlib.sha256(b"hello").hexdigest()
+    assert hub._same(remote(size=5, lfs=remote(sha256=sha), blob_id="other"), local)
+    assert not hub._same(remote(size=5, lfs=remote(sha256=sha[::-1]), blob_id=git_hash(b"hello")), local)
+
+
+def test_local_files_and_batches(tmp_path):
+    from dsco_hub.errors import OutputError
+
+    folder = tmp_path / "set"
+    (folder / "data").mkdir(parents=True)
+    with pytest.raises(OutputError) as err:
+        hub._local_files(folder, "ipc2")
+    assert str(err.value) == (
+        f"FOLDER={str(folder)!r} has no data/*.parquet shards; push a folder written by `dsco-hub concentrate`."
+    )
+    for name in ("data/b.parquet", "data/a.parquet", "data/notes.txt", "samples.png"):
+        (folder / name).write_bytes(b"x" * 10)
+    files = hub._local_files(folder, "ipc2")  # shards in order, then what exists of samples.png, dsco_config.json
+    assert files == [
+        ("ipc2/a.parquet", folder / "data" / "a.parquet"),
+        ("ipc2/b.parquet", folder / "data" / "b.parquet"),
+        ("ipc2/samples.png", folder / "samples.png"),
+    ]
+    assert hub._batches([], 2, 20) == []
+    assert hub._batches(files, 2, 20) == [files[:2], files[2:]]  # 2 files of 10 bytes fill a 20-byte commit
+    assert hub._batches(files, 3, 20) == [files[:2], files[2:]]
+    assert hub._batches(files, 3, 19) == [[f] for f in files]
+    assert hub._batches(files, 1, 100) == [[f] for f in files]
+
+
+def _head(fake: FakeHub, repo_id: str, revision: str = "main"):
+    repo = fake.repos[repo_id]
+    return repo.commits[repo.refs[revision]]
+
+
+def test_push_refusals_the_default_repo_name_and_the_commit_titles(fake_hub, tiny_repo, tmp_path):
+    from dsco_hub.errors import OutputError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refusal = f"FOLDER={str(empty)!r} is not a set written by dsco-hub (no README.md with a dsco: block); run "
+    with pytest.raises(OutputError) as err:
+        hub.push_folder(empty, _cfg(fake_hub))
+    assert str(err.value) == refusal + "`dsco-hub concentrate` first."
+    (empty / "README.md").write_text("---\ndsco:\n  method: random\n---\n# no ipc\n")
+    with pytest.raises(OutputError, match="is not a set written by dsco-hub"):
+        hub.push_folder(empty, _cfg(fake_hub))
+
+    out = _make_set(tiny_repo, tmp_path / "set")
+    config = out / "dsco_config.json"
+    saved = config.read_text()
+    config.write_text(saved + TOKEN)
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/leak"))
+    assert str(err.value) == f"refusing to upload {config}: it contains the Hub token; remove it and rerun."
+    config.write_text(saved)
+    assert "alice/leak" not in fake_hub.repos
+
+    result = hub.push_folder(out, _cfg(fake_hub, repo_id="bare", commit_max_files=2))  # a name: the user's repo
+    head = _head(fake_hub, "alice/bare")
+    assert (result.repo_id, result.revision, result.url) == (
+        "alice/bare",
+        "main",
+        f"{fake_hub.url}/datasets/alice/bare",
+    )
+    assert (result.commit, result.pr_url, result.deleted, result.skipped) == (head.oid, None, [], [])
+    assert (
+        result.commits == 2
+        and not fake_hub.repos["alice/bare"].private
+        and fake_hub.repos["alice/bare"].gated is False
+    )
+    assert result.uploaded == [p for p, _ in hub._local_files(out, "ipc2")] + ["README.md"]
+    titles = [fake_hub.repos["alice/bare"].commits[c["oid"]].title for c in fake_hub.commits]
+    title = "Upload ipc2 (random, IPC 2, 6 images) with dsco-hub"
+    assert titles == [f"{title} [part 1/2]", title]  # the card joins the last batch when it has room
+    again = hub.push_folder(out, _cfg(fake_hub, repo_id="alice/bare"))
+    assert (again.commits, again.commit, len(again.skipped)) == (0, head.oid, 3)
+
+    fake_hub.reset_log()
+    hub.push_folder(out, _cfg(fake_hub, repo_id="alice/titled", commit_message="Mine"))
+    assert _head(fake_hub, "alice/titled").title == "Mine"
+
+    # each call's failure names what was being done, and on which repo
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, token="hf_not_valid"))
+    assert str(err.value) == (
+        f"the Hub rejected the token (HTTP 401) while checking the token on {fake_hub.url}; {hub_errors.LOGIN_HINT}."
+    )
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="bob/theirs"))
+    assert str(err.value).startswith(
+        "the token has no write access to datasets/bob/theirs (HTTP 403) while creating it;"
+    )
+    fake_hub.fail("GET", r"/api/datasets/alice/listing/tree/", 403)
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/listing"))
+    assert str(err.value).startswith(
+        "the token has no write access to datasets/alice/listing (HTTP 403) while listing it;"
+    )
+    text = (out / "README.md").read_text()
+    meta = _yaml(text)
+    meta["dsco"]["source"].update(id="alice/missing-source", is_hub=True)
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---" + text.split("---", 2)[2])
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/terms"))
+    assert str(err.value).startswith(f"datasets/alice/missing-source does not exist on {fake_hub.url} or is private;")
+
+
+def _eval_block(commit: str) -> dict:
+    result = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "model": "convnet3", "epochs": 1, "runs": 1}
+    return {
+        "protocol": {"model": "auto", "epochs": 1, "runs": 1},
+        "test": {"dataset": "tiny", "split": "test", "num_images": 12},
+        "result": result,
+        "commit": commit,
+    }
+
+
+def test_open_set_and_update_card_eval_pick_the_branch_and_name_the_commit(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    cfg = _cfg(fake_hub, repo_id="alice/target")
+    pushed = hub.push_folder(out, cfg)
+    hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev", commit_message="to dev"))
+    main_card = fake_hub.read("alice/target", "README.md")
+    HfApi(endpoint=fake_hub.url, token=TOKEN).create_commit(  # main moves on, dev stays
+        "alice/target", [CommitOperationAdd("notes.txt", b"notes")], commit_message="notes", repo_type="dataset"
+    )
+    again = hub.push_folder(out, _cfg(fake_hub, repo_id="alice/target", revision="dev"))  # the branch exists: fine
+    assert again.commits == 0 and again.revision == "dev"
+    assert again.commit == _head(fake_hub, "alice/target", "dev").oid != _head(fake_hub, "alice/target").oid
+
+    published = hub.open_set("alice/target@dev", _cfg(fake_hub, token=None))
+    dev_head = _head(fake_hub, "alice/target", "dev")
+    assert (published.repo_id, published.revision, published.sha) == ("alice/target", "dev", dev_head.oid)
+    assert published.config_name == "ipc2" and published.dsco["ipc"] == 2 and published.card is not None
+    url, pr = hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
+    assert pr is None and _head(fake_hub, "alice/target", "dev").oid in url  # on dev, the evaluated branch
+    assert _head(fake_hub, "alice/target", "dev").title == f"dsco-hub evaluation of ipc2 at {published.sha[:8]}"
+    assert fake_hub.read("alice/target", "README.md") == main_card
+    dev_card = fake_hub.read("alice/target", "README.md", "dev").decode()
+    assert "50.00 ± 1.00" in dev_card and 'load_dataset("alice/target", split="train")' in dev_card
+
+    at_sha = hub.open_set(f"alice/target@{pushed.commit}", _cfg(fake_hub))  # a commit: the card on main
+    hub.update_card_eval(at_sha, _eval_block(pushed.commit), _cfg(fake_hub, commit_message="eval"))
+    assert _head(fake_hub, "alice/target").title == "eval" and fake_hub.read("alice/target", "README.md") != main_card
+    main_head = _head(fake_hub, "alice/target").oid
+    block = {**_eval_block(published.sha), "result": {**_eval_block("")["result"], "accuracy_mean": 60.0}}
+    hub.update_card_eval(published, block, _cfg(fake_hub, revision="dev", create_pr=True))
+    assert _head(fake_hub, "alice/target", "refs/pr/1").parent == _head(fake_hub, "alice/target", "dev").oid
+    assert _head(fake_hub, "alice/target").oid == main_head
+
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/target", _cfg(fake_hub, token="hf_not_valid"))
+    assert str(err.value).startswith("the Hub rejected the token (HTTP 401) while reading datasets/alice/target;")
+    fake_hub.fail("GET", r"/api/datasets/alice/target/refs", 500)
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/target@v9", _cfg(fake_hub, max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while listing the branches of datasets/alice/target (HTTP 500, 1 attempts);"
+    )
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/no-branches", repo_type="dataset")
+    fake_hub.repos["alice/no-branches"].refs.clear()
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/no-branches@v1", _cfg(fake_hub))
+    assert str(err.value) == (
+        "revision 'v1' does not exist in datasets/alice/no-branches; its branches: none. Pass one of them or a "
+        "commit sha, e.g. alice/no-branches@main."
+    )
+
+
+def test_hub_session_points_the_libraries_at_the_endpoint_and_restores_them(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", "before")
+    saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE)
+    saved_datasets = (datasets.config.HF_ENDPOINT, datasets.config.HUB_DATASETS_URL)
+    with hub.hub_session(HubConfig(endpoint="http://127.0.0.1:9/", token="inside")):
+        assert constants.ENDPOINT == datasets.config.HF_ENDPOINT == "http://127.0.0.1:9"
+        assert constants.HUGGINGFACE_CO_URL_TEMPLATE == "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+        assert datasets.config.HUB_DATASETS_URL == "http://127.0.0.1:9/datasets/{repo_id}/resolve/{revision}/{path}"
+        assert os.environ["HF_TOKEN"] == "inside"
+    assert (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE) == saved
+    assert (datasets.config.HF_ENDPOINT, datasets.config.HUB_DATASETS_URL) == saved_datasets
+    assert os.environ["HF_TOKEN"] == "before"
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(KeyError), hub.hub_session(HubConfig(token="inside")):
+        assert os.environ["HF_TOKEN"] == "inside" and constants.ENDPOINT == saved[0]
+        raise KeyError("restored all the same")
+    assert "HF_TOKEN" not in os.environ
+    with hub.hub_session(HubConfig()):
+        assert "HF_TOKEN" not in os.environ and constants.ENDPOINT == saved[0]
+
+
+def test_a_card_that_would_carry_the_token_is_not_uploaded(fake_hub, tiny_repo, tmp_path):
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/leaky-card", repo_type="dataset")
+    leaky = f"---\nlicense: mit\nnote: {TOKEN}\n---\n# theirs\n".encode()
+    api.create_commit(
+        "alice/leaky-card", [CommitOperationAdd("README.md", leaky)], commit_message="card", repo_type="dataset"
+    )
+    out = _make_set(tiny_repo, tmp_path / "set")
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/leaky-card"))
+    assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
+    published = hub.open_set("alice/leaky-card", _cfg(fake_hub))
+    with pytest.raises(HubError) as err:
+        hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
+    assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
+    assert fake_hub.read("alice/leaky-card", "README.md") == leaky
