@@ -716,6 +716,23 @@ def _error(message: str, hint: str | None = None) -> None:
         err_console.print(f"[dim]Hint: {escape(hint)}[/dim]", highlight=False, soft_wrap=True)
 
 
+def _unexpandable(argv: list[str]) -> str | None:
+    """The first argument starting with `~` that `Path.expanduser` cannot expand, as `--option=VALUE` when an option
+    gave it (`--out=~x/y` or `--out ~x/y`), else as `'VALUE'`; None when there is none."""
+    from pathlib import Path
+
+    previous = ""
+    for arg in argv:
+        option, value = arg.split("=", 1) if arg.startswith("--") and "=" in arg else (previous, arg)
+        previous = arg if arg.startswith("--") and "=" not in arg else ""
+        if value.startswith("~"):
+            try:
+                Path(value).expanduser()
+            except RuntimeError:
+                return f"{option}={value}" if option else repr(value)
+    return None
+
+
 def main() -> None:
     """Entry point of the `dsco-hub` console script, with the exit codes scripts and CI expect.
 
@@ -764,6 +781,12 @@ def main() -> None:
         if traceback:
             raise
         _error(str(os_error(err)))
+        sys.exit(1)
+    except RuntimeError as err:  # pathlib's expanduser: "~name/..." for a user this machine does not know
+        value = _unexpandable(sys.argv[1:])
+        if traceback or value is None:
+            raise
+        _error(f"{value}: this machine knows no such home folder ({err}); write the path out in full.")
         sys.exit(1)
     except exits as exit_:
         sys.exit(exit_.exit_code)

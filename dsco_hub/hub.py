@@ -49,7 +49,7 @@ TEXT_FILES = ("README.md", "dsco_config.json")  # files checked for the token be
 
 def is_hub_ref(target: str) -> bool:
     """Whether `target` names a Hub dataset (`USER/NAME[@REV]` or `NAME[@REV]`) rather than a local folder."""
-    if Path(target).expanduser().exists() or target.startswith((".", "/", "~")):
+    if target.startswith((".", "/", "~")) or Path(target).exists():  # "~user/...": a path, even with no such user
         return False
     repo_id, _ = parse_set_ref(target)
     parts = repo_id.split("/")

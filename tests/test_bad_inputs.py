@@ -273,6 +273,26 @@ def test_file_system_errors_become_one_line_and_exit_1(tiny_repo, tmp_path, monk
     assert not [p for p in (tmp_path / "set.partial" / "units").glob("*")]  # no half-written shard
 
 
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["evaluate", "~no-such-user-x/set"], "'~no-such-user-x/set'"),
+        (["concentrate", "--ipc", "1", "--no-eval", "--out", "~no-such-user-x/out"], "--out=~no-such-user-x/out"),
+        (["concentrate", "--ipc", "1", "--no-eval", "--out=~no-such-user-x/out"], "--out=~no-such-user-x/out"),
+    ],
+)
+def test_a_path_under_an_unknown_users_home_is_one_line(monkeypatch, capsys, tmp_path, args, named):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dsco-hub", *args])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"Error: {named}: this machine knows no such home folder (Could not determine home directory.); "
+                     "write the path out in full."]  # fmt: skip
+    assert not any(tmp_path.iterdir())
+
+
 # 7. Bad input found late: reported by its source row, nothing left behind ------------------------------------------
 
 

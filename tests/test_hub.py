@@ -912,7 +912,7 @@ def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
 def test_is_hub_ref_tells_hub_ids_from_local_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert hub.is_hub_ref("alice/set@dev") and hub.is_hub_ref("set") and hub.is_hub_ref("alice/set")
-    for target in ("./set", "/set", "~/set", ".set", "a/b/c", "alice/bad name", "alice/-set"):
+    for target in ("./set", "/set", "~/set", "~no-such-user-x/set", ".set", "a/b/c", "alice/bad name", "alice/-set"):
         assert not hub.is_hub_ref(target), target
     (tmp_path / "alice" / "local").mkdir(parents=True)
     assert not hub.is_hub_ref("alice/local")  # an existing folder
