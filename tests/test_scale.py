@@ -265,6 +265,15 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def _dsco_hub(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    """`dsco-hub ARGS` in a subprocess, under `torchrun --nproc_per_node PROCESSES` if more than one; exits 0."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    launch = [*launch, "--master_port", _free_port()] if processes > 1 else [sys.executable]
+    done = subprocess.run([*launch, "-m", "dsco_hub", *args], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.parametrize(
     "method, extra",
     [
@@ -277,15 +286,8 @@ def test_two_processes_give_byte_identical_output(tiny_repo, tiny_prior, tmp_pat
     def args(out):
         return _args(tiny_repo, out, tiny_prior, "--method", method, *extra)
 
-    one = subprocess.run(
-        [sys.executable, "-m", "dsco_hub", *args(tmp_path / "one")], env=_env(), capture_output=True, text=True
-    )
-    assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    two = subprocess.run(
-        [*launch, "-m", "dsco_hub", *args(tmp_path / "two")], env=_env(), capture_output=True, text=True
-    )
-    assert two.returncode == 0, two.stderr
+    _dsco_hub(args(tmp_path / "one"))
+    two = _dsco_hub(args(tmp_path / "two"), processes=2)
     assert (tmp_path / "two" / DATA).read_bytes() == (tmp_path / "one" / DATA).read_bytes()
     assert (tmp_path / "two" / "samples.png").read_bytes() == (tmp_path / "one" / "samples.png").read_bytes()
     assert two.stdout.count("concentrated set written to") == 1  # only the main process reports
@@ -299,15 +301,8 @@ def test_two_processes_spread_the_evaluation_and_record_the_one_process_accuraci
         own = [a for a in _args(tiny_repo, out, tiny_prior, "--method", "random") if a != "--no-eval"]
         return [*own, "--runs", "3", "--epochs", "2"]
 
-    one = subprocess.run(
-        [sys.executable, "-m", "dsco_hub", *args(tmp_path / "one")], env=_env(), capture_output=True, text=True
-    )
-    assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    two = subprocess.run(
-        [*launch, "-m", "dsco_hub", *args(tmp_path / "two")], env=_env(), capture_output=True, text=True
-    )
-    assert two.returncode == 0, two.stderr
+    _dsco_hub(args(tmp_path / "one"))
+    two = _dsco_hub(args(tmp_path / "two"), processes=2)
     # runs 0 and 2 of the set and of the baseline on rank 0, run 1 of each on rank 1, gathered on rank 0
     assert "rank 1 of 2: 1 of 3 evaluation runs per set trained" in two.stderr
     evals = [DatasetCard.load(tmp_path / name / "README.md").data["dsco"]["eval"] for name in ("one", "two")]
@@ -318,26 +313,13 @@ def test_two_processes_spread_the_evaluation_and_record_the_one_process_accuraci
 
 
 def test_two_processes_spread_the_runs_of_evaluate_and_report_once(tiny_repo, tiny_prior, tmp_path):
-    made = subprocess.run(
-        [sys.executable, "-m", "dsco_hub", *_args(tiny_repo, tmp_path / "set", tiny_prior, "--method", "random")],
-        env=_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert made.returncode == 0, made.stderr
+    _dsco_hub(_args(tiny_repo, tmp_path / "set", tiny_prior, "--method", "random"))
 
     def evaluate(name):
         return ["evaluate", str(tmp_path / "set"), "--runs", "3", "--epochs", "2", "--json", str(tmp_path / name)]
 
-    one = subprocess.run(
-        [sys.executable, "-m", "dsco_hub", *evaluate("one.json")], env=_env(), capture_output=True, text=True
-    )
-    assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    two = subprocess.run(
-        [*launch, "-m", "dsco_hub", *evaluate("two.json")], env=_env(), capture_output=True, text=True
-    )
-    assert two.returncode == 0, two.stderr
+    one = _dsco_hub(evaluate("one.json"))
+    two = _dsco_hub(evaluate("two.json"), processes=2)
     docs = [json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json")]
     for key in ("result", "baseline", "gain_over_baseline", "test", "protocol"):
         assert docs[1][key] == docs[0][key]
