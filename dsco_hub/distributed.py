@@ -347,7 +347,7 @@ def finish() -> None:
     - the group is destroyed and Python's exit handlers run (output flushed, temporary folders removed);
     - the process then ends with `os._exit(0)`, skipping the interpreter's teardown: there, gloo's threads abort a
       finished process now and then with SIGABRT ("terminate called without an active exception", no Python frame;
-      about 1 run in 20 of `tests/test_evaluate.py`'s two-process script with torch 2.13 on a 2-core CPU, even after
+      3 of about 40 runs of `tests/test_evaluate.py`'s two-process script with torch 2.13 on a 2-core CPU, even after
       `destroy_process_group`), which the launcher reports as a failed run.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
