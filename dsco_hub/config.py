@@ -200,12 +200,12 @@ class NOptConfig:
         n = 1 and max(128, 10 n) from n = 2 on (all of them once that reaches the `targets`).
 
         Embedding all 500 targets with each iteration's fresh feature map dominates NOpt's cost on small priors:
-        6.5x plain sampling at IPC 10 against 3.0x with 128, which scored as well (79.4 % against 78.8 % with all
+        6.1x plain sampling at IPC 10 against 2.8x with 128, which scored as well (79.4 % against 78.8 % with all
         500: bench/results/baselines.jsonl line 27 at 985f36d). The
         target side of the MMD needs many more samples than the n synthetic ones: at IPC 50, 128 targets lost
-        0.5 points to all 500 (83.5 % against 84.0 %), at 2.8x the cost of plain sampling. A single image's MMD
+        0.5 points to all 500 (83.5 % against 84.0 %), at 2.9x the cost of plain sampling. A single image's MMD
         has no repulsion term: its gradient only climbs the targets' kernel density, which a subset estimates
-        noisily; 128 lost 1.3 points at IPC 1 over 3 seeds, where all targets cost 16 s per class
+        noisily; 128 lost 1.3 points at IPC 1 over 3 seeds, where all targets cost 13 s per class
         (bench/results/baselines.md, defaults_checks.md, nopt_cost*.md).
         """
         if self.target_batch is not None:
