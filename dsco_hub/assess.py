@@ -392,7 +392,15 @@ def as_source(ds: datasets.Dataset, name: str, class_names: list[str]) -> Source
 
 
 def runs_share(runs: int, rank: int, world_size: int) -> str:
-    """What another process of a launch says once its share of an evaluation is trained (the main one has a bar)."""
+    """What another process of a launch says once its share of an evaluation is trained (the main one has a bar).
+
+    Args:
+        runs (`int`): runs per set (`EvalConfig.runs`, at least 1).
+        rank (`int`), world_size (`int`): this process in the launch, `0 <= rank < world_size`.
+
+    Returns:
+        `str`: e.g. "rank 1 of 2: 1 of 3 evaluation runs per set trained" (the share is `runs_of_process`').
+    """
     mine = len(runs_of_process(runs, rank, world_size))
     return f"rank {rank} of {world_size}: {mine} of {runs} evaluation runs per set trained"
 

@@ -509,7 +509,7 @@ def evaluate(
     gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
     hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
-    main = distributed.world()[0] == 0  # under a launcher every process trains its share; the main one reports
+    rank, world_size = distributed.world()  # under a launcher every process trains its share; rank 0 reports
     doc = evaluate_report(
         target,
         test,
@@ -521,10 +521,9 @@ def evaluate(
         set_config=set_config,
         image_column=image_column,
         label_column=label_column,
-        report=out_console.print if main else None,
+        report=out_console.print if rank == 0 else None,
     )
-    if not main:
-        rank, world_size = distributed.world()
+    if rank != 0:
         err_console.print(runs_share(runs, rank, world_size), highlight=False)
         return
     _print_eval(_as_block(doc), out_console)
