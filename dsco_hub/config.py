@@ -355,7 +355,9 @@ class ConcentrateConfig:
     nopt: NOptConfig = field(default_factory=NOptConfig)  # DsCo's noise optimization
     gradient_checkpointing: bool = False  # recompute denoiser activations in NOpt's backward: less memory, same images
     torch_compile: bool = False  # `torch.compile` the denoiser on CUDA (ignored on the CPU: its results must not move)
-    # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only); "auto" = `auto_doping_ratio`
+    # rho: real images per class = round(rho * IPC), chosen by doping_select (dsco only); "auto" = `auto_doping_ratio`.
+    # 0 by default though auto scored best on the shipped prior: the rule is measured on that one small prior, and
+    # with a strong one (DiT-XL/2) it would make `--ipc 50` 42 real images per class and 8 synthetic (README)
     doping_ratio: float | str = 0.0
     # how doped real images are chosen: "herding" (MMD-greedy, continued from the class's synthetic images: joint
     # doping), "herding-independent" (MMD-greedy from zero, blind to the synthetic images) or "random"
