@@ -15,7 +15,8 @@ names as labels), then measured with proxies that need no training:
 - spread: RMS pairwise feature distance within a class over the same for real test images (1 = as spread out
   as real data), averaged over classes;
 
-and by the evaluation protocol (ConvNet-3, hard labels, 300 epochs, `--runs` students). Rows are appended to
+and by the evaluation protocol (ConvNet-3, hard labels, 300 epochs, `--runs` students; `--runs 0`: proxies only,
+for reference sets whose accuracy another results file holds). Rows are appended to
 `--results` (default `bench/results/nopt_sweep.jsonl`); the table beside it (`.md`) is rewritten from it, and
 `--table-only` rewrites only the table. The table quotes the call that made each row.
 """
@@ -67,18 +68,13 @@ def proxies(folder: Path, source: SourceConfig, classifier: str) -> dict:
     }
 
 
-# Figures quoted beside the sweep, each naming where it comes from (they are not rows of the sweep's results file).
+# Figures quoted beside the sweep, each naming the results file and row it comes from (not rows of this sweep).
 REFERENCES = (
-    "References with lr 0.1 (3 runs each): plain sampling 73.3 (IPC 10) and 81.4 (IPC 50), "
+    "The rows `plain` (plain sampling, proxies only) and `lr01` / `lr01-tb128` (the earlier step length 0.1) are the"
+    " references. Accuracies quoted (3 runs each): plain sampling 73.3 (IPC 10) and 81.4 (IPC 50), "
     "`bench/results/baselines.md` row `dsco-hub diffusion (prior 572c2ad7dd07)`; data-free DsCo at IPC 1 with the old"
-    " pool of 4 samples per class 53.6, row `dsco-hub dsco-datafree (prior 572c2ad7dd07, NOpt lr 0.1, pool 4)`; DsCo "
-    "77.0 (IPC 10, all targets per iteration), 76.8 (IPC 10, 128 targets per iteration) and 79.1 (IPC 50): lines 18, "
-    "20 and 24 of `bench/results/baselines.jsonl` as of 985f36d (`git show 985f36d:bench/results/baselines.jsonl`), "
-    "rows made by older code whose settings were written into their labels by hand after the runs, so they were "
-    "dropped from the results file and no command repeats them. The same proxies for those sets (fidelity, saturated,"
-    " MMD^2, spread) were typed in by hand at 3dbadca (2026-11-22) and are kept in no results file either: plain IPC "
-    "10 99.0, 0.060, 0.383, 0.885; DsCo lr 0.1 IPC 10 95.0, 0.107, 0.217, 0.962; plain IPC 50 97.0, 0.063, 0.139, "
-    "0.933; DsCo lr 0.1 IPC 50 87.4, 0.132, 0.082, 1.049. Real test images: saturated 0.013."
+    " pool of 4 samples per class 53.6, row `dsco-hub dsco-datafree (prior 572c2ad7dd07, NOpt lr 0.1, pool 4)`. "
+    "Real test images: saturated 0.013."
 )
 
 
@@ -94,6 +90,13 @@ def row_command(row: dict) -> str:
         f"python bench/nopt_sweep.py {row['name']} --ipc {row['ipc']} --runs {row['runs']} "
         f"--nopt '{json.dumps(nopt)}'{config}"
     )
+
+
+def accuracy(row: dict) -> str:
+    """A row's accuracy cell: mean ± std (%) and the number of runs, or "— (proxies only)" for `--runs 0`."""
+    if not row["runs"]:
+        return "— (proxies only)"
+    return f"{row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} ({row['runs']})"
 
 
 def write_table(rows: list[dict], path: Path, results: Path) -> None:
@@ -116,8 +119,7 @@ def write_table(rows: list[dict], path: Path, results: Path) -> None:
         settings = ", ".join(f"{k} {v}" for k, v in given.items())
         lines.append(
             f"| {row['ipc']} | {row['name']} | {settings} | {row['fidelity']} | {row['saturated']} | "
-            f"{row['mmd2']} | {row['spread'] or '—'} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} "
-            f"({row['runs']}) |"
+            f"{row['mmd2']} | {row['spread'] or '—'} | {accuracy(row)} |"
         )
     lines += ["", "Rows, one call each (NOpt's step length and target batch pinned to what the row used):", ""]
     lines += [f"    {row_command(row)}" for row in rows]
@@ -128,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="row name (also the set's folder under --work)")
     parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=2, help="students trained; 0 = proxies only")
     parser.add_argument("--nopt", default="{}", help="NOptConfig overrides as JSON, e.g. '{\"lr\": 0.05}'")
     parser.add_argument(
         "--config", default="{}", help="ConcentrateConfig overrides as JSON, e.g. '{\"pool_size\": 64}'"
@@ -148,6 +150,8 @@ def main() -> None:
         return
     if args.name is None:
         parser.error("NAME is required (the row's name), unless --table-only")
+    if args.runs < 0:
+        parser.error(f"--runs={args.runs} must be >= 0 (0 = proxies only, no student trained)")
     try:
         nopt, overrides = json.loads(args.nopt), json.loads(args.config)
     except json.JSONDecodeError as err:
@@ -176,7 +180,9 @@ def main() -> None:
         parser.error(f"--nopt / --config: {err}; use NOptConfig / ConcentrateConfig field names, e.g. lr, pool_size")
     pipeline.concentrate(cfg, command="bench/nopt_sweep.py")
     made = time.time() - started
-    block = assess.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
+    block = {"result": {"accuracy_mean": None, "accuracy_std": None, "accuracies": []}}  # --runs 0: proxies only
+    if args.runs:
+        block = assess.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
     row = {
         "name": args.name,
         "ipc": args.ipc,
