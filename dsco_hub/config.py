@@ -407,10 +407,10 @@ class ConcentrateConfig:
         """Data-free target pool per class for `n` synthetic images: `pool_size`, else `max(4 n, 256)`.
 
         The floor keeps small IPCs from matching a handful of samples: data-free DsCo at IPC 1 on Fashion-MNIST
-        scored 53.6 % with a pool of 4, 62.1 % with 64, 63.8 % with 128 and 64.5 % with 256; at IPC 10 75.7 % with
-        64 (baselines.jsonl line 28 at 985f36d), 76.2 % with 128 and 76.5 % with 256 (bench/results/baselines.md,
-        nopt_sweep.md). The pool costs
-        `pool_for(n)` plain samples per class (`--dry-run` counts them).
+        scored 53.6 % with a pool of 4, 62.0 % with 64, 63.8 % with 128 and 64.5 % with 256
+        (bench/results/baselines.md); at IPC 10 75.7 % with 64 (baselines.jsonl line 28 at 985f36d), 76.2 % with 128
+        and 76.5 % with 256 (bench/results/defaults_checks.md). The pool costs `pool_for(n)` plain samples per
+        class (`--dry-run` counts them).
         """
         return self.pool_size or max(4 * n, 256)
 
