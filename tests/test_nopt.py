@@ -336,3 +336,66 @@ def test_a_batch_holding_the_end_of_one_class_and_the_start_of_another_embeds_ea
         # before any update each class's MMD^2 sees its own rows only (the updates' normalised steps can amplify the
         # denoiser's rounding in other batches, so the images themselves are compared in the test above, not here)
         assert ta.first_mmd2 == pytest.approx(tb.first_mmd2, rel=1e-4)
+
+
+def _trunks(width=8):
+    """Three ConvNet-3 trunks standing in for trained snapshots (stages 0, 1, 2)."""
+    trunks = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (1, 2, 3):
+            torch.manual_seed(seed)
+            trunks.append(conv_trunk(1, width).state_dict())
+    return trunks
+
+
+def test_nopt_with_trained_features_draws_the_snapshots_it_is_given(prior):
+    # iteration i of step s uses the snapshot derive_seed(phi_seed, s, i) mod 3: other snapshots, other images
+    cfg = NOptConfig(features="trained", width=8, window=0.5, iters=2)
+    trunks = _trunks()
+    images, trace = nopt_sample(prior, 0, [1, 2], _targets(12), cfg, SamplerConfig(steps=4), snapshots=trunks)
+    (together,), _ = nopt_sample_classes(
+        prior, [NOptClass(0, [1, 2], _targets(12))], cfg, SamplerConfig(steps=4), snapshots=trunks
+    )
+    assert images.numpy().tobytes() == together.numpy().tobytes()
+    assert trace.iterations == 4
+    others, _ = nopt_sample(prior, 0, [1, 2], _targets(12), cfg, SamplerConfig(steps=4), snapshots=trunks[::-1])
+    assert (others - images).abs().max() > 1e-4
+
+
+def test_two_targets_are_enough(prior):
+    images, trace = nopt_sample(prior, 0, [1], _targets(2), NOptConfig(window=0.5, iters=1), SamplerConfig(steps=2))
+    assert images.shape == (1, 1, 16, 16) and trace.iterations == 1
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_the_mmd_gradient_takes_one_pass_up_to_the_batch_size_and_two_passes_beyond(kernel):
+    # five rows of two classes (3 + 2); a feature map whose rows also depend on their place in the whole batch, so
+    # a batch embedded as if it started elsewhere gives other features
+    g = torch.Generator().manual_seed(2)
+    x, w, offsets = (
+        torch.randn(5, 1, 4, 4, generator=g),
+        torch.randn(16, 3, generator=g),
+        torch.randn(5, 3, generator=g),
+    )
+    target_features = [torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g) + 1]
+    calls = []
+
+    def features(xb, start):
+        calls.append((len(xb), start, xb.requires_grad))
+        return torch.tanh(xb.flatten(1) @ w) + offsets[start : start + len(xb)]
+
+    x_ref = x.clone().requires_grad_(True)
+    f = torch.tanh(x_ref.flatten(1) @ w) + offsets
+    expected = torch.stack([mmd2(f[:3], target_features[0], kernel), mmd2(f[3:], target_features[1], kernel)])
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x_ref)
+    for batch_size, passes in [
+        (5, [(5, 0, True)]),
+        (64, [(5, 0, True)]),
+        (2, [(2, 0, False), (2, 2, False), (1, 4, False), (2, 0, True), (2, 2, True), (1, 4, True)]),
+    ]:
+        calls.clear()
+        losses, grad = nopt_module._mmd_gradient(features, x.clone(), [3, 2], target_features, kernel, batch_size)
+        assert calls == passes
+        assert not losses.requires_grad
+        torch.testing.assert_close(losses, expected.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
