@@ -1179,3 +1179,48 @@ def test_a_card_that_would_carry_the_token_is_not_uploaded(fake_hub, tiny_repo, 
         hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
     assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
     assert fake_hub.read("alice/leaky-card", "README.md") == leaky
+
+
+def test_update_card_eval_reads_and_commits_on_the_target_branch_and_names_the_config(fake_hub, tiny_repo, tmp_path):
+    cfg = _cfg(fake_hub, repo_id="alice/two")
+    hub.push_folder(_make_set(tiny_repo, tmp_path / "set2"), cfg)
+    hub.push_folder(_make_set(tiny_repo, tmp_path / "set3", ipc=3), cfg)
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_branch("alice/two", branch="dev", repo_type="dataset")
+    marked = fake_hub.read("alice/two", "README.md", "dev").replace(b"---\n", b"---\nmarked_on: dev\n", 1)
+    api.create_commit(
+        "alice/two",
+        [CommitOperationAdd("README.md", marked)],
+        commit_message="mark",
+        repo_type="dataset",
+        revision="dev",
+    )
+    main_card = fake_hub.read("alice/two", "README.md")
+
+    published = hub.open_set("alice/two", _cfg(fake_hub), config_name="ipc3")  # main, no revision asked
+    assert (published.revision, published.config_name) == (None, "ipc3")
+    fake_hub.reset_log()
+    hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub, revision="dev"))
+    assert not _calls(fake_hub, "GET", "/refs")  # no revision asked: no branches to list
+    dev_card = fake_hub.read("alice/two", "README.md", "dev").decode()
+    assert "marked_on: dev" in dev_card and "50.00 ± 1.00" in dev_card  # read at dev's head, cfg.revision
+    assert _head(fake_hub, "alice/two", "dev").title == f"dsco-hub evaluation of ipc3 at {published.sha[:8]}"
+    assert fake_hub.read("alice/two", "README.md") == main_card
+
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/two@v9", _cfg(fake_hub))
+    assert str(err.value) == (
+        "revision 'v9' does not exist in datasets/alice/two; its branches: main, dev. Pass one of them or a commit "
+        "sha, e.g. alice/two@main."
+    )
+    at_dev = hub.open_set("alice/two@dev", _cfg(fake_hub))
+    fake_hub.fail("GET", r"/api/datasets/alice/two/refs", 500)
+    with pytest.raises(HubError) as err:
+        hub.update_card_eval(at_dev, _eval_block(at_dev.sha), _cfg(fake_hub, max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while listing the branches of datasets/alice/two (HTTP 500, 1 attempts);"
+    )
+    fake_hub.repos["alice/two"].refs.clear()  # no main to read the card on: the message names it
+    with pytest.raises(HubError) as err:
+        hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
+    assert str(err.value).startswith("revision 'main' does not exist in datasets/alice/two;")
