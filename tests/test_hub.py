@@ -550,6 +550,13 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
     assert pushed["extra_gated_prompt"] == "Non-commercial research use only."
     assert fake_hub.repos["alice/gated-set"].gated == "manual"
+    fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set", max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while reading the licence and gating of the source datasets/alice/gated-source (HTTP 500, 1 "
+        "attempts);"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
