@@ -557,6 +557,18 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
         "the Hub failed while reading the licence and gating of the source datasets/alice/gated-source (HTTP 500, 1 "
         "attempts);"
     )
+    api.create_branch("alice/gated-source", branch="v1", repo_type="dataset")  # terms read at the source's revision
+    api.create_commit(
+        "alice/gated-source",
+        [CommitOperationAdd("README.md", b"---\nlicense: mit\n---\n# source\n")],
+        commit_message="relicensed",
+        repo_type="dataset",
+    )
+    meta["dsco"]["source"]["revision"] = "v1"
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---" + text.split("---", 2)[2])
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set-v1"))
+    pushed = _yaml(fake_hub.read("alice/gated-set-v1", "README.md").decode())
+    assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
