@@ -69,6 +69,7 @@ class Request(NamedTuple):
     path: str
     status: int  # DROPPED when the connection was closed without an answer
     at: float  # FakeHub.clock() when the request arrived
+    query: str = ""  # the query string, e.g. "create_pr=1"
 
 
 def git_blob_id(content: bytes) -> str:
@@ -271,7 +272,7 @@ class FakeHub:
                 if failure.seen > failure.after:
                     failure.hits += 1
                     self.log.append((method, path, failure.status))
-                    self.requests.append(Request(method, path, failure.status, arrived))
+                    self.requests.append(Request(method, path, failure.status, arrived, split.query))
                     data = json.dumps(failure.body).encode()
                     return failure.status, {"Content-Type": "application/json", **failure.headers}, data
         try:
@@ -284,7 +285,7 @@ class FakeHub:
             out_body = json.dumps(err.body).encode()
         with self.lock:
             self.log.append((method, path, status))
-            self.requests.append(Request(method, path, status, arrived))
+            self.requests.append(Request(method, path, status, arrived, split.query))
         return status, out_headers, out_body
 
     def _user(self, headers, required: bool = True) -> str | None:

@@ -519,7 +519,12 @@ def test_push_to_a_branch_and_as_a_pull_request(fake_hub, tiny_repo, tmp_path):
     branch = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="dev"))
     assert branch.revision == "dev" and "ipc2/samples.png" in fake_hub.files("alice/branches", "dev")
     assert set(fake_hub.files("alice/branches", "main")) == {".gitattributes"}
+    preuploads = [(r.path, r.query) for r in fake_hub.requests if "/preupload/" in r.path]
+    assert preuploads == [("/api/datasets/alice/branches/preupload/dev", "")]  # upload modes asked of the branch
+    fake_hub.reset_log()
     proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", create_pr=True, commit_message="Add ipc2"))
+    preuploads = [(r.path, r.query) for r in fake_hub.requests if "/preupload/" in r.path]
+    assert preuploads == [("/api/datasets/alice/branches/preupload/main", "create_pr=1")]  # ... and for a PR
     assert proposed.pr_url.endswith("/datasets/alice/branches/discussions/1") and proposed.revision == "refs/pr/1"
     assert "README.md" in fake_hub.files("alice/branches", "refs/pr/1")
     assert fake_hub.repos["alice/branches"].discussions[1]["title"] == "Add ipc2"
