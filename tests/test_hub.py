@@ -1248,3 +1248,21 @@ def test_update_card_eval_reads_and_commits_on_the_target_branch_and_names_the_c
     with pytest.raises(HubError) as err:
         hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
     assert str(err.value).startswith("revision 'main' does not exist in datasets/alice/two;")
+
+
+def test_a_failing_card_read_names_the_call_and_the_repo(fake_hub):
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo("alice/card-401", repo_type="dataset")
+    api.create_commit(
+        "alice/card-401",
+        [CommitOperationAdd("README.md", b"---\nlicense: mit\n---\n# theirs\n")],
+        commit_message="card",
+        repo_type="dataset",
+    )
+    fake_hub.fail("HEAD", r"/datasets/alice/card-401/resolve/", 401)
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/card-401", _cfg(fake_hub))
+    assert str(err.value) == (
+        "the Hub rejected the token (HTTP 401) while reading the card of datasets/alice/card-401; "
+        f"{hub_errors.LOGIN_HINT}."
+    )
