@@ -574,6 +574,14 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set-v1"))
     pushed = _yaml(fake_hub.read("alice/gated-set-v1", "README.md").decode())
     assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
+    api.create_repo("alice/cardless-source", repo_type="dataset")  # gated, no card: the prompt names the source
+    api.update_repo_settings("alice/cardless-source", gated="auto", repo_type="dataset")
+    meta["dsco"]["source"].update(id="alice/cardless-source", revision=None)
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---" + text.split("---", 2)[2])
+    pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set-cardless"))
+    pushed = _yaml(fake_hub.read("alice/gated-set-cardless", "README.md").decode())
+    assert "images of alice/cardless-source, a gated dataset" in pushed["extra_gated_prompt"]
+    assert fake_hub.repos["alice/gated-set-cardless"].gated == "auto"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1238,6 +1246,16 @@ def test_update_card_eval_reads_and_commits_on_the_target_branch_and_names_the_c
         "sha, e.g. alice/two@main."
     )
     at_dev = hub.open_set("alice/two@dev", _cfg(fake_hub))
+    assert at_dev.card.data.get("marked_on") == "dev"  # the card at the revision asked
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/two", _cfg(fake_hub), config_name="ipc9")
+    assert str(err.value).startswith("--set-config='ipc9' is not a config of datasets/alice/two; its configs:")
+    fake_hub.fail("POST", r"/api/datasets/alice/two/commit/", 500)
+    with pytest.raises(HubError) as err:
+        hub.update_card_eval(at_dev, _eval_block(at_dev.sha), _cfg(fake_hub, revision="dev", max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while updating the card of datasets/alice/two (HTTP 500, 1 attempts);"
+    )
     fake_hub.fail("GET", r"/api/datasets/alice/two/refs", 500)
     with pytest.raises(HubError) as err:
         hub.update_card_eval(at_dev, _eval_block(at_dev.sha), _cfg(fake_hub, max_retries=0))
