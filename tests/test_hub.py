@@ -1052,7 +1052,7 @@ def test_push_refusals_the_default_repo_name_and_the_commit_titles(fake_hub, tin
     out = _make_set(tiny_repo, tmp_path / "set")
     config = out / "dsco_config.json"
     saved = config.read_text()
-    config.write_text(saved + TOKEN)
+    config.write_bytes(saved.encode() + b"\xff" + TOKEN.encode())  # an undecodable byte does not hide the token
     with pytest.raises(HubError) as err:
         hub.push_folder(out, _cfg(fake_hub, repo_id="alice/leak"))
     assert str(err.value) == f"refusing to upload {config}: it contains the Hub token; remove it and rerun."
