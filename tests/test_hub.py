@@ -528,6 +528,15 @@ def test_push_to_a_branch_and_as_a_pull_request(fake_hub, tiny_repo, tmp_path):
     assert proposed.pr_url.endswith("/datasets/alice/branches/discussions/1") and proposed.revision == "refs/pr/1"
     assert "README.md" in fake_hub.files("alice/branches", "refs/pr/1")
     assert fake_hub.repos["alice/branches"].discussions[1]["title"] == "Add ipc2"
+    fake_hub.reset_log()
+    again = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="refs/pr/1"))  # a ref: no branch
+    assert again.commits == 0 and not _calls(fake_hub, "POST", "/branch/")
+    fake_hub.fail("POST", r"/api/datasets/alice/branches/branch/", 500)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="dev2", max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while creating branch dev2 in datasets/alice/branches (HTTP 500, 1 attempts);"
+    )
 
 
 def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_path):
