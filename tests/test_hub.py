@@ -521,6 +521,16 @@ def test_push_to_a_branch_and_as_a_pull_request(fake_hub, tiny_repo, tmp_path):
     assert set(fake_hub.files("alice/branches", "main")) == {".gitattributes"}
     preuploads = [(r.path, r.query) for r in fake_hub.requests if "/preupload/" in r.path]
     assert preuploads == [("/api/datasets/alice/branches/preupload/dev", "")]  # upload modes asked of the branch
+    HfApi(endpoint=fake_hub.url, token=TOKEN).create_commit(  # a nested stray file of the config, on dev only
+        "alice/branches",
+        [CommitOperationAdd("ipc2/old/stray.bin", b"stray")],
+        commit_message="stray",
+        repo_type="dataset",
+        revision="dev",
+    )
+    fake_hub.reset_log()
+    again = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="dev"))  # the tree of dev is listed
+    assert (again.commits, len(again.skipped), again.deleted) == (1, 3, ["ipc2/old/stray.bin"])
     fake_hub.reset_log()
     proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", create_pr=True, commit_message="Add ipc2"))
     preuploads = [(r.path, r.query) for r in fake_hub.requests if "/preupload/" in r.path]
