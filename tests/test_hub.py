@@ -530,7 +530,10 @@ def test_push_to_a_branch_and_as_a_pull_request(fake_hub, tiny_repo, tmp_path):
     )
     fake_hub.reset_log()
     again = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="dev"))  # the tree of dev is listed
-    assert (again.commits, len(again.skipped), again.deleted) == (1, 3, ["ipc2/old/stray.bin"])
+    assert (again.commits, len(again.skipped), again.deleted, again.uploaded) == (1, 3, ["ipc2/old/stray.bin"], [])
+    with pytest.raises(HubError) as err:  # dev's card was read: unchanged; a missing ref is named
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", revision="refs/pr/9"))
+    assert str(err.value).startswith("revision 'refs/pr/9' does not exist in datasets/alice/branches;")
     fake_hub.reset_log()
     proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/branches", create_pr=True, commit_message="Add ipc2"))
     preuploads = [(r.path, r.query) for r in fake_hub.requests if "/preupload/" in r.path]
