@@ -278,6 +278,14 @@ def test_calls_huggingface_hub_retries_are_not_retried_again_and_a_retried_commi
     )
     assert [status for status, _ in _calls(fake_hub, "POST", "/preupload/")] == [500] * 6
     assert {who for who, _ in waits} == {"huggingface_hub"} and fake_hub.commits == []
+    fake_hub.clear_failures()  # the same for the listing of the repo's tree (paginated: huggingface_hub retries it)
+    fake_hub.reset_log()
+    waits.clear()
+    fake_hub.fail("GET", r"/api/datasets/alice/no-double/tree/", 500, times=100)
+    with pytest.raises(HubError, match="while listing datasets/alice/no-double"):
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/no-double", max_retries=3))
+    assert [status for status, _ in _calls(fake_hub, "GET", "/tree/")] == [500] * 6
+    assert {who for who, _ in waits} == {"huggingface_hub"}
 
     fake_hub.clear_failures()  # a commit answered 500 once: only the commit is sent again, no file is uploaded twice
     fake_hub.reset_log()
