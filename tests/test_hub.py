@@ -1268,6 +1268,9 @@ def test_update_card_eval_reads_and_commits_on_the_target_branch_and_names_the_c
     assert "marked_on: dev" in dev_card and "50.00 ± 1.00" in dev_card  # read at dev's head, cfg.revision
     assert _head(fake_hub, "alice/two", "dev").title == f"dsco-hub evaluation of ipc3 at {published.sha[:8]}"
     assert fake_hub.read("alice/two", "README.md") == main_card
+    fake_hub.reset_log()
+    hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))  # no revision anywhere: main
+    assert not _calls(fake_hub, "GET", "/refs") and "50.00 ± 1.00" in fake_hub.read("alice/two", "README.md").decode()
 
     with pytest.raises(HubError) as err:
         hub.open_set("alice/two@v9", _cfg(fake_hub))
