@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
-from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from dsco_hub import __version__, card
@@ -121,12 +121,18 @@ def preflight(cfg: HubConfig) -> str:
 
 
 def _read_card(client: _Client, repo_id: str, revision: str) -> DatasetCard | None:
-    """The README card of `repo_id` at `revision`, or None when the repo has none (huggingface_hub retries)."""
+    """The README card of `repo_id` at `revision`, or None when the repo has none (huggingface_hub retries).
+
+    Only the Hub's answer that the file does not exist (`RemoteEntryNotFoundError`, a 404) means "no card". A card the
+    Hub failed to serve (a 5xx after huggingface_hub's retries, a 403, a dropped connection) reaches here as
+    `LocalEntryNotFoundError`, also an `EntryNotFoundError`; it raises `HubError` naming the call, since a push
+    that took it for "no card" would write a card without the repo's other configs.
+    """
 
     def download():
         try:
             path = client.api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:
             return None
         return DatasetCard.load(path)
 

@@ -1317,3 +1317,18 @@ def test_a_failing_card_read_names_the_call_and_the_repo(fake_hub):
         "the Hub rejected the token (HTTP 401) while reading the card of datasets/alice/card-401; "
         f"{hub_errors.LOGIN_HINT}."
     )
+
+
+def test_a_card_the_hub_fails_to_serve_is_an_error_not_no_card(fake_hub, tiny_repo, tmp_path):
+    # a push that took the failure for "no card" would write a card without the repo's other configs
+    out = _make_set(tiny_repo, tmp_path / "set")
+    hub.push_folder(out, _cfg(fake_hub, repo_id="alice/served"))
+    card_before = fake_hub.read("alice/served", "README.md")
+    fake_hub.fail("HEAD", r"/datasets/alice/served/resolve/", 500, times=100)
+    with pytest.raises(HubError) as err:
+        hub.open_set("alice/served", _cfg(fake_hub, max_retries=0))
+    assert "while reading the card of datasets/alice/served" in str(err.value)
+    with pytest.raises(HubError) as err:
+        hub.push_folder(out, _cfg(fake_hub, repo_id="alice/served", max_retries=0))
+    assert "while reading the card of datasets/alice/served" in str(err.value)
+    assert fake_hub.read("alice/served", "README.md") == card_before
