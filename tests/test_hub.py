@@ -400,6 +400,15 @@ def test_push_splits_commits_by_file_and_byte_caps_with_the_card_last(fake_hub, 
     assert commits[-1][-1] == "README.md" and all("README.md" not in paths for paths in commits[:-1])
 
 
+def test_the_card_gets_a_commit_of_its_own_when_the_last_batch_is_full(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set", ipc=3)
+    files = [path for path, _ in hub._local_files(out, "ipc3")]
+    result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/full", commit_max_files=len(files)))
+    # the data fill the cap exactly, so the card cannot join them: a second commit, never one of cap + 1 files
+    assert [c["paths"] for c in fake_hub.commits] == [files, ["README.md"]]
+    assert result.commits == 2 and result.uploaded == [*files, "README.md"]
+
+
 def test_pushing_an_ipc_again_deletes_its_stale_shards_and_nothing_else(fake_hub, tiny_repo, tmp_path):
     cfg = _cfg(fake_hub, repo_id="alice/restale")
     pipeline.push(_make_set(tiny_repo, tmp_path / "ipc2", ipc=2), cfg)
