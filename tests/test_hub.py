@@ -409,6 +409,36 @@ def test_the_card_gets_a_commit_of_its_own_when_the_last_batch_is_full(fake_hub,
     assert result.commits == 2 and result.uploaded == [*files, "README.md"]
 
 
+def test_a_pull_request_pushed_in_several_commits_is_one_pull_request(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set", ipc=3)
+    files = [path for path, _ in hub._local_files(out, "ipc3")]
+    HfApi(endpoint=fake_hub.url, token=TOKEN).create_repo("alice/one-pr", repo_type="dataset")
+    main = fake_hub.repos["alice/one-pr"].refs["main"]
+    result = pipeline.push(out, _cfg(fake_hub, repo_id="alice/one-pr", create_pr=True, commit_max_files=1))
+    # the first commit opens the pull request; the others go to its ref, never opening another
+    assert [(c["revision"], c["create_pr"]) for c in fake_hub.commits] == [("main", True)] + [
+        ("refs/pr/1", False)
+    ] * len(files)
+    assert [p for c in fake_hub.commits for p in c["paths"]] == [*files, "README.md"]
+    assert list(fake_hub.repos["alice/one-pr"].discussions) == [1]
+    assert (result.revision, result.commits) == ("refs/pr/1", len(files) + 1)
+    assert result.pr_url.endswith("/datasets/alice/one-pr/discussions/1")
+    assert fake_hub.repos["alice/one-pr"].refs["main"] == main  # main untouched
+    assert sorted(fake_hub.files("alice/one-pr", "refs/pr/1")) == sorted([*files, "README.md", ".gitattributes"])
+
+
+def test_a_push_with_nothing_to_upload_names_the_failed_read_of_the_head(fake_hub, tiny_repo, tmp_path):
+    out = _make_set(tiny_repo, tmp_path / "set")
+    cfg = _cfg(fake_hub, repo_id="alice/same", max_retries=0)
+    first = pipeline.push(out, cfg)
+    assert pipeline.push(out, cfg).commit == first.commit  # nothing to upload: the head is read
+    fake_hub.fail("GET", r"/api/datasets/alice/same/revision/main", 500)
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, cfg)
+    assert str(err.value).startswith("the Hub failed while reading datasets/alice/same (HTTP 500, 1 attempts);")
+    assert "\n" not in str(err.value)
+
+
 def test_pushing_an_ipc_again_deletes_its_stale_shards_and_nothing_else(fake_hub, tiny_repo, tmp_path):
     cfg = _cfg(fake_hub, repo_id="alice/restale")
     pipeline.push(_make_set(tiny_repo, tmp_path / "ipc2", ipc=2), cfg)
