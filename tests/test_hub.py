@@ -624,6 +624,11 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
     assert pushed["extra_gated_prompt"] == "Non-commercial research use only."
     assert fake_hub.repos["alice/gated-set"].gated == "manual"
+    fake_hub.fail("PUT", r"/api/datasets/alice/gated-copy/settings", 500)  # gating, the last call, fails: named
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-copy", max_retries=0))
+    assert str(err.value).startswith("the Hub failed while gating datasets/alice/gated-copy (HTTP 500, 1 attempts);")
+    fake_hub.clear_failures()
     fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500)
     with pytest.raises(HubError) as err:
         pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set", max_retries=0))
