@@ -45,6 +45,7 @@ PUBLISHED = {
 
 
 # What the digests of priors measured here stand for (rows of other priors are listed by digest only)
+RESULTS, TABLE = "bench/results/baselines.jsonl", "bench/results/baselines.md"
 PRIORS = {
     "572c2ad7dd07": "the shipped Fashion-MNIST prior, DDIM without x0 clipping (since 2026-11-22)",
     "adfb977c86bd": "the same weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of the "
@@ -197,11 +198,14 @@ def write_table(done: dict, args) -> None:
 
     methods = sorted(variants, key=rank)
     method_names = " ".join(dict.fromkeys(m for m, _, _ in methods))
+    # the options that name the prior and the files, where they are not the defaults: the command writes this file
+    options = (("model", args.model, None), ("results", args.results, RESULTS), ("table", args.table, TABLE))
+    extra = "".join(f" --{name} {value}" for name, value, default in options if value != default)
     lines = [
         "# Concentration methods on Fashion-MNIST (ConvNet-3, hard labels)",
         "",
         f"Command: `python bench/baselines.py --source {args.source} --methods {method_names} --ipcs "
-        f"{' '.join(map(str, ipcs))} --runs {args.runs} --epochs {args.epochs}` (rows appended to "
+        f"{' '.join(map(str, ipcs))} --runs {args.runs} --epochs {args.epochs}{extra}` (rows appended to "
         f"`{args.results}` as they finish; `--table-only` rewrites this table). Test accuracy (%) on the 10,000 test "
         f"images, mean ± std over "
         f"{args.runs} runs; published figures from DC (ICLR 2021) and DSA (ICML 2021), full dataset "
@@ -261,8 +265,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work", default="runs/bench-baselines")
-    parser.add_argument("--results", default="bench/results/baselines.jsonl")
-    parser.add_argument("--table", default="bench/results/baselines.md")
+    parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--table", default=TABLE)
     parser.add_argument("--table-only", action="store_true", help="Only rewrite the table from the results file.")
     run(parser.parse_args())
 
