@@ -44,8 +44,9 @@ PUBLISHED = {
 }
 
 
+RESULTS, TABLE = "bench/results/baselines.jsonl", "bench/results/baselines.md"  # --results, --table
+
 # What the digests of priors measured here stand for (rows of other priors are listed by digest only)
-RESULTS, TABLE = "bench/results/baselines.jsonl", "bench/results/baselines.md"
 PRIORS = {
     "572c2ad7dd07": "the shipped Fashion-MNIST prior, DDIM without x0 clipping (since 2026-11-22)",
     "adfb977c86bd": "the same weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of the "
