@@ -247,8 +247,9 @@ def _batches(files: list[tuple[str, Path]], max_files: int, max_bytes: int) -> l
 def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     """Publish a folder written by `dsco-hub concentrate` as config `ipc<IPC>` of a dataset repo on the Hub.
 
-    Creates the repo (`private` when asked) and the branch if needed, uploads only the files whose content is
-    not already on the Hub, deletes the config's stale shards and writes the merged card (`card.hub_card`) last.
+    Creates the repo (`private` when asked) and the branch if needed, gates the repo as its Hub source is gated
+    before any file reaches it, uploads only the files whose content is not already on the Hub, deletes the
+    config's stale shards and writes the merged card (`card.hub_card`) last.
     Rerunning after a failure finishes the upload without sending again what was committed.
 
     Args:
@@ -284,7 +285,9 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         if path.exists() and token in path.read_text(errors="ignore"):
             raise HubError(f"refusing to upload {path}: it contains the Hub token; remove it and rerun.")
 
-    # 1. Repo and branch
+    terms = _source_terms(client, dsco)  # read before anything is created: a failed read leaves nothing behind
+
+    # 1. Repo, gating and branch
     repo_id = cfg.repo_id
     if repo_id is None or "/" not in repo_id:
         user = call("checking the token on", None, lambda: api.whoami()["name"])
@@ -295,6 +298,12 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         repo_id,
         lambda: api.create_repo(repo_id, repo_type="dataset", private=cfg.private or None, exist_ok=True),
     )
+    if terms.get("gated") and not cfg.create_pr:  # before any upload: a gated source's images are never ungated
+        call(
+            "gating",
+            repo_id,
+            lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
+        )
     base = cfg.revision or "main"
     if cfg.revision is not None and not cfg.revision.startswith("refs/"):
         call(
@@ -315,7 +324,6 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
 
     remote_files = call("listing", repo_id, tree, revision=base, retry=False)
     remote_card = _read_card(client, repo_id, base)
-    terms = _source_terms(client, dsco)
     content = card.hub_card(local, remote_card, config_name, repo_id, terms).encode()
     if token in content.decode(errors="ignore"):
         raise HubError("refusing to upload README.md: the card would contain the Hub token.")
@@ -354,12 +362,6 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
             result.revision = revision
     if not batches:
         result.commit = call("reading", repo_id, lambda: api.dataset_info(repo_id, revision=base).sha, revision=base)
-    if terms.get("gated") and not cfg.create_pr:
-        call(
-            "gating",
-            repo_id,
-            lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
-        )
     return result
 
 

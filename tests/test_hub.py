@@ -624,18 +624,23 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     assert (pushed["license"], pushed["license_name"]) == ("other", "imagenet-terms")
     assert pushed["extra_gated_prompt"] == "Non-commercial research use only."
     assert fake_hub.repos["alice/gated-set"].gated == "manual"
-    fake_hub.fail("PUT", r"/api/datasets/alice/gated-copy/settings", 500)  # gating, the last call, fails: named
+    # the repo is gated right after its creation: when gating fails, the failure is named and no image was uploaded
+    fake_hub.fail("PUT", r"/api/datasets/alice/gated-copy/settings", 500)
     with pytest.raises(HubError) as err:
         pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-copy", max_retries=0))
     assert str(err.value).startswith("the Hub failed while gating datasets/alice/gated-copy (HTTP 500, 1 attempts);")
+    assert [c for c in fake_hub.commits if c["repo"] == "alice/gated-copy"] == []
+    assert set(fake_hub.files("alice/gated-copy")) <= {".gitattributes"}
     fake_hub.clear_failures()
-    fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500)
-    with pytest.raises(HubError) as err:
-        pipeline.push(out, _cfg(fake_hub, repo_id="alice/gated-set", max_retries=0))
-    assert str(err.value).startswith(
-        "the Hub failed while reading the licence and gating of the source datasets/alice/gated-source (HTTP 500, 1 "
-        "attempts);"
-    )
+    fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500, times=2)  # the terms are read before anything
+    for repo_id in ("alice/gated-set", "alice/gated-new"):
+        with pytest.raises(HubError) as err:
+            pipeline.push(out, _cfg(fake_hub, repo_id=repo_id, max_retries=0))
+        assert str(err.value).startswith(
+            "the Hub failed while reading the licence and gating of the source datasets/alice/gated-source (HTTP 500, "
+            "1 attempts);"
+        )
+    assert "alice/gated-new" not in fake_hub.repos  # a failed read creates no repo
     api.create_branch("alice/gated-source", branch="v1", repo_type="dataset")  # terms read at the source's revision
     api.create_commit(
         "alice/gated-source",
