@@ -263,7 +263,8 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     Raises:
         ConfigError: an option of `cfg` is out of range.
         OutputError: `folder` is not a set written by dsco-hub.
-        HubError: no token, malformed repo id, 401/403, or the Hub kept failing (after retries).
+        HubError: no token, malformed repo id, 401/403, a pull request (`create_pr`) that would put a gated
+            source's images in a public, ungated repo, or the Hub kept failing (after retries).
     """
     cfg.validate()
     folder = Path(folder).expanduser()
@@ -304,6 +305,14 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
             repo_id,
             lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
         )
+    elif terms.get("gated"):  # a pull request cannot gate, and its ref is as readable as the repo
+        info = call("reading the access settings of", repo_id, lambda: api.dataset_info(repo_id))
+        if not info.gated and not info.private:
+            raise HubError(
+                f"refusing to open a pull request with images of the gated source {dsco['source']['id']} on "
+                f"datasets/{repo_id}, which is public and not gated; ask its owner to gate it, or push to a repo "
+                "of yours without --create-pr."
+            )
     base = cfg.revision or "main"
     if cfg.revision is not None and not cfg.revision.startswith("refs/"):
         call(

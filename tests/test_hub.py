@@ -632,6 +632,21 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     assert [c for c in fake_hub.commits if c["repo"] == "alice/gated-copy"] == []
     assert set(fake_hub.files("alice/gated-copy")) <= {".gitattributes"}
     fake_hub.clear_failures()
+    # a pull request cannot gate the repo: refused on a public, ungated repo, whose refs anyone can read
+    api.create_repo("alice/public-target", repo_type="dataset")
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/public-target", create_pr=True))
+    assert str(err.value) == (
+        "refusing to open a pull request with images of the gated source alice/gated-source on "
+        "datasets/alice/public-target, which is public and not gated; ask its owner to gate it, or push to a repo "
+        "of yours without --create-pr."
+    )
+    assert [c for c in fake_hub.commits if c["repo"] == "alice/public-target"] == []
+    api.update_repo_settings("alice/public-target", gated="auto", repo_type="dataset")  # gated by its owner: opened
+    proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/public-target", create_pr=True))
+    assert proposed.revision == "refs/pr/1" and fake_hub.repos["alice/public-target"].gated == "auto"
+    api.create_repo("alice/private-target", repo_type="dataset", private=True)  # private: its refs are not public
+    assert pipeline.push(out, _cfg(fake_hub, repo_id="alice/private-target", create_pr=True)).revision == "refs/pr/1"
     fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500, times=2)  # the terms are read before anything
     for repo_id in ("alice/gated-set", "alice/gated-new"):
         with pytest.raises(HubError) as err:
