@@ -299,20 +299,21 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         repo_id,
         lambda: api.create_repo(repo_id, repo_type="dataset", private=cfg.private or None, exist_ok=True),
     )
-    if terms.get("gated") and not cfg.create_pr:  # before any upload: a gated source's images are never ungated
-        call(
-            "gating",
-            repo_id,
-            lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
-        )
-    elif terms.get("gated"):  # a pull request cannot gate, and its ref is as readable as the repo
-        info = call("reading the access settings of", repo_id, lambda: api.dataset_info(repo_id))
-        if not info.gated and not info.private:
-            raise HubError(
-                f"refusing to open a pull request with images of the gated source {dsco['source']['id']} on "
-                f"datasets/{repo_id}, which is public and not gated; ask its owner to gate it, or push to a repo "
-                "of yours without --create-pr."
+    if terms.get("gated"):  # before any upload: a gated source's images never sit in an ungated repo
+        if not cfg.create_pr:
+            call(
+                "gating",
+                repo_id,
+                lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
             )
+        else:  # a pull request cannot gate, and its ref is as readable as the repo
+            info = call("reading the access settings of", repo_id, lambda: api.dataset_info(repo_id))
+            if not info.gated and not info.private:
+                raise HubError(
+                    f"refusing to open a pull request with images of the gated source {dsco['source']['id']} on "
+                    f"datasets/{repo_id}, which is public and not gated; ask its owner to gate it, or push to a "
+                    "repo of yours without --create-pr."
+                )
     base = cfg.revision or "main"
     if cfg.revision is not None and not cfg.revision.startswith("refs/"):
         call(
