@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
-from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from dsco_hub import __version__, card
@@ -248,8 +253,9 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
     """Publish a folder written by `dsco-hub concentrate` as config `ipc<IPC>` of a dataset repo on the Hub.
 
     Creates the repo (`private` when asked) and the branch if needed, gates the repo as its Hub source is gated
-    before any file reaches it, uploads only the files whose content is not already on the Hub, deletes the
-    config's stale shards and writes the merged card (`card.hub_card`) last.
+    before any file reaches it (a pull request is opened only on a repo that is gated, private or new), uploads
+    only the files whose content is not already on the Hub, deletes the config's stale shards and writes the
+    merged card (`card.hub_card`) last.
     Rerunning after a failure finishes the upload without sending again what was committed.
 
     Args:
@@ -294,26 +300,30 @@ def push_folder(folder: str | Path, cfg: HubConfig) -> PushResult:
         user = call("checking the token on", None, lambda: api.whoami()["name"])
         repo_id = default_repo_id(user, dsco) if repo_id is None else f"{user}/{repo_id}"
         check_repo_id(repo_id)
+    gated = terms.get("gated")
+    existing = None  # a pull request cannot gate, and its ref is as readable as the repo: read before creating
+    if gated and cfg.create_pr:
+
+        def access():
+            try:
+                return api.dataset_info(repo_id)
+            except RepositoryNotFoundError:
+                return None  # created below, by this token's user, who can gate it
+
+        existing = call("reading the access settings of", repo_id, access)
+        if existing is not None and not existing.gated and not existing.private:
+            raise HubError(
+                f"refusing to open a pull request with images of the gated source {dsco['source']['id']} on "
+                f"datasets/{repo_id}, which is public and not gated; ask its owner to gate it, or push to a "
+                "repo of yours without --create-pr."
+            )
     call(
         "creating",
         repo_id,
         lambda: api.create_repo(repo_id, repo_type="dataset", private=cfg.private or None, exist_ok=True),
     )
-    if terms.get("gated"):  # before any upload: a gated source's images never sit in an ungated repo
-        if not cfg.create_pr:
-            call(
-                "gating",
-                repo_id,
-                lambda: api.update_repo_settings(repo_id, gated=terms["gated"], repo_type="dataset"),
-            )
-        else:  # a pull request cannot gate, and its ref is as readable as the repo
-            info = call("reading the access settings of", repo_id, lambda: api.dataset_info(repo_id))
-            if not info.gated and not info.private:
-                raise HubError(
-                    f"refusing to open a pull request with images of the gated source {dsco['source']['id']} on "
-                    f"datasets/{repo_id}, which is public and not gated; ask its owner to gate it, or push to a "
-                    "repo of yours without --create-pr."
-                )
+    if gated and existing is None:  # before any upload: a gated source's images never sit in an ungated repo
+        call("gating", repo_id, lambda: api.update_repo_settings(repo_id, gated=gated, repo_type="dataset"))
     base = cfg.revision or "main"
     if cfg.revision is not None and not cfg.revision.startswith("refs/"):
         call(

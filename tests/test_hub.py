@@ -647,6 +647,9 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     assert proposed.revision == "refs/pr/1" and fake_hub.repos["alice/public-target"].gated == "auto"
     api.create_repo("alice/private-target", repo_type="dataset", private=True)  # private: its refs are not public
     assert pipeline.push(out, _cfg(fake_hub, repo_id="alice/private-target", create_pr=True)).revision == "refs/pr/1"
+    # a repo the pull request creates is this user's: gated before the pull request is opened
+    proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/new-target", create_pr=True))
+    assert proposed.revision == "refs/pr/1" and fake_hub.repos["alice/new-target"].gated == "manual"
     fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500, times=2)  # the terms are read before anything
     for repo_id in ("alice/gated-set", "alice/gated-new"):
         with pytest.raises(HubError) as err:
