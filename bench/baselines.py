@@ -51,6 +51,8 @@ PRIORS = {
     "572c2ad7dd07": "the shipped Fashion-MNIST prior, DDIM without x0 clipping (since 2026-11-22)",
     "adfb977c86bd": "the same weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of the "
     "weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
+    "26c6b4bf4c62": "a candidate: the shipped architecture trained 9,600 steps instead of 2,400, on the CPU; not "
+    "shipped yet (bench/results/prior_9600.md)",
 }
 
 

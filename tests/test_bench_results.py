@@ -57,15 +57,17 @@ def script_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Argu
     return _PARSERS[script]
 
 
-def cli_options(subcommand: str) -> set[str]:
-    """The options `dsco-hub SUBCOMMAND` accepts."""
+def cli_options(words: list[str]) -> tuple[str, set[str]]:
+    """The (sub)command `dsco-hub WORDS...` names (e.g. `prior train`) and the options it accepts."""
     import typer
 
     from dsco_hub.cli import app
 
-    group = typer.main.get_command(app)
-    assert subcommand in group.commands, f"dsco-hub has no command {subcommand!r}"
-    return {o for p in group.commands[subcommand].params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+    command, name = typer.main.get_command(app), "dsco-hub"
+    while hasattr(command, "commands"):  # descend through the command groups (`prior train`)
+        assert words and words[0] in command.commands, f"{name} has no command {words[:1]}"
+        command, name, words = command.commands[words[0]], f"{name} {words[0]}", words[1:]
+    return name, {o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
 
 
 def parse(command: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace | None:
@@ -74,9 +76,9 @@ def parse(command: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace |
     while argv and ENV_ASSIGNMENT.match(argv[0]):  # OMP_NUM_THREADS=1 ...
         argv.pop(0)
     if argv[:1] == ["dsco-hub"]:
-        options = cli_options(argv[1])
+        name, options = cli_options(argv[1:])
         used = {arg.split("=", 1)[0] for arg in argv[2:] if arg.startswith("--")}
-        assert used <= options, f"dsco-hub {argv[1]} has no option {sorted(used - options)}: {command}"
+        assert used <= options, f"{name} has no option {sorted(used - options)}: {command}"
         return None
     assert argv[:1] == ["python"] and argv[1].startswith("bench/"), f"not a bench script or dsco-hub: {command}"
     parser = script_parser(argv[1], monkeypatch)
@@ -138,5 +140,8 @@ def test_a_command_with_an_unknown_option_is_caught(monkeypatch):
         parse("python bench/sampling_throughput.py --steps 25 --best-of 3", monkeypatch)
     with pytest.raises(AssertionError, match="has no option"):
         parse("dsco-hub concentrate SOURCE --ipc 1 --nopt-magic 2", monkeypatch)
+    with pytest.raises(AssertionError, match="dsco-hub prior train has no option"):
+        parse("dsco-hub prior train SOURCE --out P --max-step 9600", monkeypatch)
+    parse("dsco-hub prior train SOURCE --out P --max-steps 9600", monkeypatch)  # a command of a group is checked
     args = parse("python bench/nopt_cost.py --ipc 1", monkeypatch)
     assert args.out == "bench/results/nopt_cost.md"  # the default: a command for nopt_cost_ipc1.md must say --out
