@@ -650,6 +650,14 @@ def test_gated_non_commercial_source_terms_carry_over(fake_hub, tiny_repo, tmp_p
     # a repo the pull request creates is this user's: gated before the pull request is opened
     proposed = pipeline.push(out, _cfg(fake_hub, repo_id="alice/new-target", create_pr=True))
     assert proposed.revision == "refs/pr/1" and fake_hub.repos["alice/new-target"].gated == "manual"
+    fake_hub.fail("GET", r"/api/datasets/alice/unread-target", 500)  # a failed read is named; nothing is created
+    with pytest.raises(HubError) as err:
+        pipeline.push(out, _cfg(fake_hub, repo_id="alice/unread-target", create_pr=True, max_retries=0))
+    assert str(err.value).startswith(
+        "the Hub failed while reading the access settings of datasets/alice/unread-target (HTTP 500, 1 attempts);"
+    )
+    assert "alice/unread-target" not in fake_hub.repos
+    fake_hub.clear_failures()
     fake_hub.fail("GET", r"/api/datasets/alice/gated-source", 500, times=2)  # the terms are read before anything
     for repo_id in ("alice/gated-set", "alice/gated-new"):
         with pytest.raises(HubError) as err:
