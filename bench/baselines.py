@@ -48,11 +48,12 @@ RESULTS, TABLE = "bench/results/baselines.jsonl", "bench/results/baselines.md"  
 
 # What the digests of priors measured here stand for (rows of other priors are listed by digest only)
 PRIORS = {
-    "572c2ad7dd07": "the shipped Fashion-MNIST prior, DDIM without x0 clipping (since 2026-11-22)",
-    "adfb977c86bd": "the same weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of the "
-    "weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
-    "26c6b4bf4c62": "a candidate: the shipped architecture trained 9,600 steps instead of 2,400, on the CPU; not "
-    "shipped yet (bench/results/prior_9600.md)",
+    "26c6b4bf4c62": "the shipped Fashion-MNIST prior (since 2026-12-05): 9,600 training steps on the CPU, DDIM without "
+    "x0 clipping (bench/results/prior_9600.md)",
+    "572c2ad7dd07": "the same architecture trained 2,400 steps, DDIM without x0 clipping; shipped from 2026-11-22 to "
+    "2026-12-05, superseded by 26c6b4bf4c62 (better DsCo at IPC 10 and 50)",
+    "adfb977c86bd": "572c2ad7dd07's weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of "
+    "the weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
 }
 
 
