@@ -16,16 +16,14 @@ beside the published figures of `docs/method.md` §6, is rewritten after each re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 
-from dsco_hub import assess, pipeline
+from dsco_hub import assess, models, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
 from dsco_hub.data import load_source
 from dsco_hub.models import shipped_prior_path
@@ -48,24 +46,18 @@ RESULTS, TABLE = "bench/results/baselines.jsonl", "bench/results/baselines.md"  
 
 # What the digests of priors measured here stand for (rows of other priors are listed by digest only)
 PRIORS = {
-    "26c6b4bf4c62": "the shipped Fashion-MNIST prior (since 2026-12-05): 9,600 training steps on the CPU, DDIM without "
-    "x0 clipping (bench/results/prior_9600.md)",
+    "26c6b4bf4c62": "the shipped Fashion-MNIST prior (since 2026-12-05): 9,600 training steps on the CPU, DDIM "
+    "without x0 clipping (bench/results/prior_9600.md)",
     "572c2ad7dd07": "the same architecture trained 2,400 steps, DDIM without x0 clipping; shipped from 2026-11-22 to "
     "2026-12-05, superseded by 26c6b4bf4c62 (better DsCo at IPC 10 and 50)",
-    "adfb977c86bd": "572c2ad7dd07's weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest of "
-    "the weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
+    "adfb977c86bd": "572c2ad7dd07's weights sampled with x0 clipping (`clip_sample=true`, before 2026-11-22; digest "
+    "of the weights only); superseded: clipping erased classes under guidance (bench/results/prior_quality.md)",
 }
 
 
 def prior_digest(model: str | None) -> str:
-    """The first 12 hex digits of the SHA-256 of a local prior's weights and scheduler config (its identity in the
-    results: the same weights sampled with another scheduler config, e.g. x0 clipping, are another prior)."""
-    folder = Path(model) if model else shipped_prior_path()
-    weights = sorted(folder.glob("*/*.safetensors"))
-    digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights))
-    scheduler = dict(DDIMScheduler.load_config(folder / "scheduler"))
-    digest.update(json.dumps({k: v for k, v in scheduler.items() if not k.startswith("_")}, sort_keys=True).encode())
-    return digest.hexdigest()[:12]
+    """`dsco_hub.models.prior_digest` of `--model` (default: the shipped prior): a prior's identity in the results."""
+    return models.prior_digest(model or shipped_prior_path())
 
 
 def append_row(results: Path, row: dict, started: float, made: float, threads: int) -> dict:

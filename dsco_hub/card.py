@@ -260,11 +260,11 @@ def settings_block(cfg: ConcentrateConfig, prior: Any | None) -> dict:
             `clip_sample` and resolution are recorded.
 
     Returns:
-        `dict`: herding's kernel, feature seed and pool; the sampler's (model by Hub id or local name, scheduler,
-        steps, guidance, eta, batch, resolution) for `diffusion`; NOpt's, doping's and data-free mode's before the
-        sampler's for `dsco`; `{}` for `random`.
+        `dict`: herding's kernel, feature seed and pool; the sampler's (model by Hub id, local name, or "dsco-hub
+        shipped prior (prior_fashion_mnist@<weight digest>)"; scheduler, steps, guidance, eta, batch, resolution)
+        for `diffusion`; NOpt's, doping's and data-free mode's before the sampler's for `dsco`; `{}` for `random`.
     """
-    from dsco_hub.models import SHIPPED_PRIOR  # models loads torch and diffusers: imported only when a prior ran
+    from dsco_hub.models import shipped_prior_id  # models loads torch and diffusers: imported only when a prior ran
 
     if cfg.method == "herding":
         return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
@@ -275,7 +275,7 @@ def settings_block(cfg: ConcentrateConfig, prior: Any | None) -> dict:
         return files.local_name(path) if path and Path(path).expanduser().exists() else path
 
     sampler = {
-        "model": named(cfg.model) or f"dsco-hub shipped prior ({SHIPPED_PRIOR})",
+        "model": named(cfg.model) or f"dsco-hub shipped prior ({shipped_prior_id()})",  # its weight digest
         "model_revision": cfg.model_revision,
         "class_map": named(cfg.class_map),
         "scheduler": cfg.scheduler,

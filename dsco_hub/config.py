@@ -658,6 +658,7 @@ _OPTION_NAMES = {
     "eval.labels": "--eval-labels",
     "nopt.kernel": "--kernel",
     "torch_compile": "--compile",
+    "shipped_prior": "the shipped prior (no --model; dsco-hub upgraded?)",  # `models.shipped_prior_id()`
     # the students' optimiser and augmentation have no option (the protocol fixes them): named by their field
     "eval.lr": "EvalConfig.lr",
     "eval.momentum": "EvalConfig.momentum",

@@ -15,6 +15,7 @@ gradients and hard-codes the null class, and NOpt extends this loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,47 @@ def shipped_prior_path() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("dsco_hub") / "resources" / SHIPPED_PRIOR))
+
+
+def shipped_prior_id() -> str | None:
+    """Which shipped prior this install has, e.g. "prior_fashion_mnist@26c6b4bf4c62" (`prior_digest` of its
+    folder), or None when it ships none; recorded by sets made without `--model`."""
+    path = shipped_prior_path()
+    return f"{SHIPPED_PRIOR}@{prior_digest(path)}" if (path / "model_index.json").exists() else None
+
+
+def prior_digest(folder: str | Path) -> str:
+    """The identity of a local prior: the first 12 hex digits of the SHA-256 of its weights and scheduler config.
+
+    The same weights sampled with another scheduler config (e.g. DDIM's x0 clipping) are another prior. Sets made
+    with the shipped prior record it (`shipped_prior` in `dsco_config.json`, the model in the card), so a run saved
+    with one shipped prior is never resumed with another, and the benchmarks key their rows by it.
+
+    Args:
+        folder (`str` or `Path`): a prior in either layout of `load_prior` (`*/*.safetensors`, `scheduler/`).
+
+    Returns:
+        `str`: e.g. "26c6b4bf4c62".
+
+    Raises:
+        ModelError: `folder` holds no `*/*.safetensors` weights or no readable `scheduler/` config.
+    """
+    folder = Path(folder)
+    weights = sorted(folder.glob("*/*.safetensors"))
+    if not weights:
+        raise ModelError(f"prior {folder} holds no */*.safetensors weights; pass a folder saved by diffusers.")
+    digest = hashlib.sha256()
+    for path in weights:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    try:
+        scheduler = dict(DDIMScheduler.load_config(folder / "scheduler"))
+    except (OSError, ValueError):
+        message = f"prior {folder} has no readable scheduler/ config; pass a folder saved by diffusers."
+        raise ModelError(message) from None
+    digest.update(json.dumps({k: v for k, v in scheduler.items() if not k.startswith("_")}, sort_keys=True).encode())
+    return digest.hexdigest()[:12]
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:

@@ -25,6 +25,7 @@ from dsco_hub import (
     doping,
     files,
     hub,
+    models,
     plan,
     presets,
     synthesis,
@@ -115,6 +116,8 @@ def _concentrate_set(
     protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
     out = files.check_out_path(cfg.out, "--out", protected)  # never the current, home or a source's folder
     plain = writer.portable_config(cfg.to_dict(), out)  # as saved in dsco_config.json: no absolute path
+    if cfg.model is None and cfg.method not in REAL_METHODS:  # which shipped prior: an upgrade may ship another
+        plain["shipped_prior"] = models.shipped_prior_id()
     source_fingerprint, compared = _fingerprints(cfg)
     if writer.check_output(out, cfg.overwrite, run_settings(plain, "set"), compared):
         if state.is_main:

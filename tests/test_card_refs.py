@@ -522,7 +522,7 @@ def test_settings_source_and_protocol_blocks(tmp_path):
     import torch
 
     from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
-    from dsco_hub.models import SHIPPED_PRIOR
+    from dsco_hub.models import SHIPPED_PRIOR, prior_digest, shipped_prior_path
 
     herding = ConcentrateConfig(method="herding", kernel="linear", feature_seed=4, herding_pool=9)
     assert card.settings_block(herding, None) == {"kernel": "linear", "feature_seed": 4, "herding_pool": 9}
@@ -550,7 +550,7 @@ def test_settings_source_and_protocol_blocks(tmp_path):
     prior.scheduler.config = {}
     dsco = card.settings_block(ConcentrateConfig(method="dsco", ipc=4, data_free=True, oversample=2), prior)
     assert (dsco["model"], dsco["clip_sample"], dsco["data_free"]) == (
-        f"dsco-hub shipped prior ({SHIPPED_PRIOR})",
+        f"dsco-hub shipped prior ({SHIPPED_PRIOR}@{prior_digest(shipped_prior_path())})",
         False,
         True,
     )

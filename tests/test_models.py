@@ -175,3 +175,31 @@ def test_shipped_prior_covers_the_embedded_fashion_mnist_classes():
     assert map_classes(names, prior.id2label) == list(range(10))
     assert prior.image_shape == (1, 28, 28) and prior.null_class == 10
     assert sample(prior, [9], [0], SamplerConfig(steps=2)).shape == (1, 1, 28, 28)
+
+
+def test_prior_digest_names_weights_and_scheduler_and_refuses_a_folder_without_weights(tiny_unet_prior, tmp_path):
+    import shutil
+
+    from dsco_hub.models import prior_digest
+
+    digest = prior_digest(tiny_unet_prior)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_unet_prior, copy)
+    assert prior_digest(copy) == digest  # where the folder lies is not part of it
+    DDIMScheduler.from_pretrained(copy / "scheduler", clip_sample=False).save_pretrained(copy / "scheduler")
+    clipless = prior_digest(copy)
+    assert clipless != digest  # the same weights sampled without x0 clipping: another prior
+    unet = UNet2DModel.from_pretrained(copy / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(1e-3)
+    unet.save_pretrained(copy / "unet")
+    assert prior_digest(copy) not in (digest, clipless)
+    with pytest.raises(ModelError) as err:
+        prior_digest(tmp_path / "empty")
+    assert str(err.value) == (
+        f"prior {tmp_path / 'empty'} holds no */*.safetensors weights; pass a folder saved by diffusers."
+    )
+    shutil.rmtree(copy / "scheduler")
+    with pytest.raises(ModelError, match=r"has no readable scheduler/ config; pass a folder saved by diffusers\.$"):
+        prior_digest(copy)

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_dataset, write_repo
 from huggingface_hub import DatasetCard
 
-from dsco_hub import distributed, pipeline, synthesis, writer
+from dsco_hub import distributed, models, pipeline, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig, first_difference, run_settings
 from dsco_hub.data import load_source
 from dsco_hub.errors import ConfigError, OutputError, SourceError
@@ -199,6 +199,46 @@ def test_resume_with_other_settings_is_refused(tiny_repo, tiny_prior, tmp_path, 
     # what does not change the rows may change: the evaluation, the batch size (memory only)
     pipeline.concentrate(_cfg(tiny_repo, out, tiny_prior, sample_batch_size=1, eval=EvalConfig(runs=1, epochs=2)))
     assert (out / DATA).exists()
+
+
+def test_a_run_made_with_another_shipped_prior_is_neither_resumed_nor_reused(
+    tiny_repo, tiny_prior, tmp_path, monkeypatch
+):
+    # without --model the shipped prior runs, recorded by its weight digest: an upgrade of dsco-hub that ships
+    # another prior must not finish a run, nor pass for a finished set, made with the old one
+    monkeypatch.setattr(models, "shipped_prior_path", lambda: tiny_prior)
+    out = tmp_path / "out"
+    cfg = _cfg(tiny_repo, out, tiny_prior)
+    cfg.model = None
+    old = f"prior_fashion_mnist@{models.prior_digest(tiny_prior)}"
+    _crash_at_unit(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        pipeline.concentrate(cfg)
+    saved = json.loads((writer.run_folder(out) / writer.RUN_CONFIG).read_text())
+    assert saved["settings"]["shipped_prior"] == old
+
+    scheduler = tiny_prior / "scheduler" / "scheduler_config.json"
+    original = scheduler.read_text()
+    upgraded = json.dumps({**json.loads(original), "clip_sample": not json.loads(original)["clip_sample"]})
+    scheduler.write_text(upgraded)  # "the upgrade": another prior (the same weights sampled otherwise)
+    new = f"prior_fashion_mnist@{models.prior_digest(tiny_prior)}"
+    assert new != old
+    computed = _crash_at_unit(monkeypatch, -1)
+    message = r"the shipped prior \(no --model; dsco-hub upgraded\?\) differs from the saved run in .*out.partial"
+    with pytest.raises(ConfigError, match=rf"{message} \({old} there, {new} now\)"):
+        pipeline.concentrate(cfg)
+    assert computed == []
+
+    scheduler.write_text(original)  # the prior the run was made with: it resumes
+    pipeline.concentrate(cfg)
+    assert computed == [1, 2]  # unit 0 is reused
+    assert json.loads((out / "dsco_config.json").read_text())["shipped_prior"] == old
+    card = DatasetCard.load(out / "README.md").data["dsco"]
+    assert card["settings"]["model"] == f"dsco-hub shipped prior ({old})"
+
+    scheduler.write_text(upgraded)
+    with pytest.raises(ConfigError, match=rf"dsco-hub upgraded\?\) differs from the finished set .* \({old} there"):
+        pipeline.concentrate(cfg)
 
 
 def test_overwrite_discards_a_saved_run_with_other_settings(tiny_repo, tiny_prior, tmp_path, monkeypatch):
