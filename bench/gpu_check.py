@@ -74,15 +74,24 @@ TINY_VAE = {
     "norm_num_groups": 4,
     "sample_size": 16,  # 16 px images: NOpt's ConvNet-3 features need at least 8
 }
-# The shipped prior's rows of bench/results/baselines.md (CPU, ConvNet-3, 3 x 300 epochs), for comparison
-SHIPPED = {
-    "random": {1: 50.3, 10: 71.8, 50: 83.0},
-    "herding": {1: 64.9, 10: 79.2, 50: 85.8},
-    "diffusion": {1: 53.4, 10: 73.3, 50: 81.4},
-    "dsco": {1: 64.7, 10: 79.4, 50: 84.0},
-    "dsco-doped": {1: 64.7, 10: 79.6, 50: 85.3},
-    "dsco-datafree": {1: 64.5, 10: 76.5, 50: 81.5},
-}
+BASELINES = Path(__file__).parent / "results" / "baselines.jsonl"  # the CPU quality table's raw rows
+
+
+def shipped_figures(results: Path = BASELINES) -> dict[str, dict[int, float]]:
+    """The CPU figures to compare with: `{method: {ipc: accuracy_mean}}` of `results`' rows at the defaults (no
+    variant), real methods and the shipped prior's (by `dsco_hub.models.prior_digest`) synthetic ones; `{}` when the
+    file is missing."""
+    from dsco_hub.models import prior_digest, shipped_prior_path
+
+    if not results.exists():
+        return {}
+    shipped = prior_digest(shipped_prior_path())
+    figures: dict[str, dict[int, float]] = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("prior", "") in ("", shipped) and not row.get("variant"):
+            figures.setdefault(row["method"], {})[row["ipc"]] = row["accuracy_mean"]
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -570,13 +579,14 @@ class Check:
                 "|---|" + "---|" * len(ipcs),
             ]
             found = {(row["method"], row["ipc"]): row for row in r.get("eval", [])}
+            figures = {} if self.args.smoke else shipped_figures()
             for method in METHODS:
                 cells = []
                 for ipc in ipcs:
                     row = found.get((method, ipc))
-                    shipped = SHIPPED[method].get(ipc)
+                    shipped = figures.get(method, {}).get(ipc)
                     cell = f"{row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f}" if row else "—"
-                    cells.append(f"{cell} ({shipped})" if shipped is not None and not self.args.smoke else cell)
+                    cells.append(f"{cell} ({shipped:.1f})" if shipped is not None else cell)
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             made = {(row["method"], row["ipc"]): row["seconds"] for row in r.get("sets", [])}
             timing = [

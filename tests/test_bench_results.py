@@ -145,3 +145,31 @@ def test_a_command_with_an_unknown_option_is_caught(monkeypatch):
     parse("dsco-hub prior train SOURCE --out P --max-steps 9600", monkeypatch)  # a command of a group is checked
     args = parse("python bench/nopt_cost.py --ipc 1", monkeypatch)
     assert args.out == "bench/results/nopt_cost.md"  # the default: a command for nopt_cost_ipc1.md must say --out
+
+
+def _bench_module(name: str):
+    path = ROOT / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_compares_with_the_shipped_priors_cpu_rows(tmp_path):
+    import json
+
+    from dsco_hub.models import prior_digest, shipped_prior_path
+
+    gpu_check = _bench_module("gpu_check")
+    shipped = prior_digest(shipped_prior_path())
+    rows = [
+        {"method": "herding", "ipc": 10, "prior": "", "accuracy_mean": 79.2},
+        {"method": "dsco", "ipc": 10, "prior": "0123456789ab", "accuracy_mean": 70.0},  # another prior
+        {"method": "dsco", "ipc": 10, "prior": shipped, "accuracy_mean": 80.2},
+        {"method": "dsco", "ipc": 1, "prior": shipped, "variant": "pool 64", "accuracy_mean": 50.0},  # not defaults
+    ]
+    results = tmp_path / "baselines.jsonl"
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert gpu_check.shipped_figures(results) == {"herding": {10: 79.2}, "dsco": {10: 80.2}}
+    assert gpu_check.shipped_figures(tmp_path / "missing.jsonl") == {}
+
