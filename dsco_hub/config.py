@@ -56,11 +56,11 @@ def auto_doping_ratio(ipc: int) -> float:
 
     DsCo's efficiency limit (arXiv 2603.27987, §3): synthetic images carry the generator's error, so their
     marginal value falls below that of well-chosen real images as IPC grows, and the share of real images should
-    grow with it. Measured on Fashion-MNIST with the shipped prior (`bench/results/baselines.md`,
-    `bench/results/quality.md`): at IPC 1 doping changes nothing (0 real images: `round(1/11)`), at IPC 10 the
-    best ratios are 0.25-0.75 (79.8 / 79.6 / 79.5 %, the rule's 10 gives 0.5), at IPC 50 all-real herding (85.8 %)
-    beat rho 0.5 (85.3 %), which beat rho 0 (84.0 %), and the rule's 0.83 beat all three (86.2 %). The number of
-    real images per class does not enter: no measurement showed an effect of it.
+    grow with it. Measured on Fashion-MNIST with the 2,400-step prior shipped until 2026-12-05 (572c2ad7dd07;
+    `bench/results/baselines.md`, `bench/results/quality.md`): at IPC 1 doping changes nothing (0 real images:
+    `round(1/11)`), at IPC 10 the best ratios are 0.25-0.75 (79.8 / 79.6 / 79.5 %, the rule's 10 gives 0.5), at
+    IPC 50 all-real herding (85.8 %) beat rho 0.5 (85.3 %), which beat rho 0 (84.0 %), and the rule's 0.83 beat
+    all three (86.2 %). The number of real images per class does not enter: no measurement showed an effect of it.
 
     Args:
         ipc (`int`): images per class, at least 1.
@@ -367,11 +367,12 @@ class ConcentrateConfig:
     pool_size: int | None = None  # data-free target pool per class; None = max(4 x synthetic per class, 256)
     # classifier-free guidance of the data-free pool's samples; None = `guidance_scale`. The pool stands in for the
     # class's real images, and guidance > 1 trades their diversity for fidelity (1 = the model's own p(x | class));
-    # on the shipped prior 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
+    # on the 2,400-step prior (572c2ad7dd07) 2.0 beat 1.0 and 3.0 at IPC 10 (bench/results/defaults_checks.md)
     pool_guidance_scale: float | None = None
     # generate-then-select (dsco): NOpt synthesizes `oversample` x the synthetic images of each class, and herding in
     # NOpt's feature space keeps those whose set best matches the class's targets (1 = no selection). 1 is measured
-    # best on the shipped prior at IPC 10: 79.4 against 78.4 (K = 2) and 78.0 (K = 4) (bench/results/quality.md)
+    # best on the 2,400-step prior (572c2ad7dd07) at IPC 10: 79.4 against 78.4 (K = 2) and 78.0 (K = 4)
+    # (bench/results/quality.md)
     oversample: int = 1
     out: str = "dsco-out"  # output folder (a `datasets` repo)
     overwrite: bool = False  # replace a set dsco-hub wrote in `out` (never a folder it did not write)
