@@ -173,3 +173,10 @@ def test_gpu_check_compares_with_the_shipped_priors_cpu_rows(tmp_path):
     assert gpu_check.shipped_figures(results) == {"herding": {10: 79.2}, "dsco": {10: 80.2}}
     assert gpu_check.shipped_figures(tmp_path / "missing.jsonl") == {}
 
+
+def test_the_shipped_priors_quality_table_is_complete():
+    # the README's quality table is `baselines.jsonl`'s rows at the defaults: every method at IPC 1, 10 and 50,
+    # synthetic ones with the prior this checkout ships (re-run them when another prior is shipped)
+    gpu_check = _bench_module("gpu_check")
+    figures = gpu_check.shipped_figures()
+    assert [(m, ipc) for m in gpu_check.METHODS for ipc in (1, 10, 50) if ipc not in figures.get(m, {})] == []
