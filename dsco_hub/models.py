@@ -163,7 +163,11 @@ def shipped_prior_path() -> Path:
 
 def shipped_prior_id() -> str | None:
     """Which shipped prior this install has, e.g. "prior_fashion_mnist@26c6b4bf4c62" (`prior_digest` of its
-    folder), or None when it ships none; recorded by sets made without `--model`."""
+    folder), or None when it ships none; recorded by sets made without `--model`.
+
+    Raises:
+        ModelError: the shipped folder has a `model_index.json` but no weights or scheduler (`prior_digest`).
+    """
     path = shipped_prior_path()
     return f"{SHIPPED_PRIOR}@{prior_digest(path)}" if (path / "model_index.json").exists() else None
 

@@ -187,6 +187,9 @@ def test_prior_digest_names_weights_and_scheduler_and_refuses_a_folder_without_w
     copy = tmp_path / "copy"
     shutil.copytree(tiny_unet_prior, copy)
     assert prior_digest(copy) == digest  # where the folder lies is not part of it
+    config = copy / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_diffusers_version": "0.0.1"}))
+    assert prior_digest(copy) == digest  # nor the diffusers version that saved it
     DDIMScheduler.from_pretrained(copy / "scheduler", clip_sample=False).save_pretrained(copy / "scheduler")
     clipless = prior_digest(copy)
     assert clipless != digest  # the same weights sampled without x0 clipping: another prior
