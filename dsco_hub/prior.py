@@ -188,8 +188,8 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         ema.copy_to(final.parameters())
         final.eval().requires_grad_(False)
         # Sampling does not clip x0: DDIM clips x0_hat but keeps the unclipped eps (use_clipped_model_output=False),
-        # which at the first, noisiest steps shrinks the signal and, under guidance, erased classes (shipped prior:
-        # 74.5 % class fidelity with clipping, 96.1 % without, bench/results/prior_quality.md).
+        # which at the first, noisiest steps shrinks the signal and, under guidance, erases classes (shipped prior:
+        # 70.8 % class fidelity with clipping, 98.0 % without, bench/results/prior_quality*.md).
         ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
         id2label = dict(enumerate(source.class_names))
         staging = out / ".final.tmp"
