@@ -37,14 +37,21 @@ class _Captured(Exception):
 _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
+def _bench_module(name: str):
+    """`bench/NAME.py` imported as a module (its `main()` is not run)."""
+    path = ROOT / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def script_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
     """The `argparse` parser `bench/SCRIPT.py`'s `main()` builds, captured when it parses (nothing else runs)."""
     if script not in _PARSERS:
         path = ROOT / script
         assert path.is_file(), f"{script} does not exist"
-        spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _bench_module(path.stem)
 
         def capture(self, *args, **kwargs):
             raise _Captured(self)
@@ -145,14 +152,6 @@ def test_a_command_with_an_unknown_option_is_caught(monkeypatch):
     parse("dsco-hub prior train SOURCE --out P --max-steps 9600", monkeypatch)  # a command of a group is checked
     args = parse("python bench/nopt_cost.py --ipc 1", monkeypatch)
     assert args.out == "bench/results/nopt_cost.md"  # the default: a command for nopt_cost_ipc1.md must say --out
-
-
-def _bench_module(name: str):
-    path = ROOT / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_gpu_check_compares_with_the_shipped_priors_cpu_rows(tmp_path):
