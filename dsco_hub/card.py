@@ -251,20 +251,23 @@ def source_block(cfg: ConcentrateConfig, source: Any | None, class_names: list[s
     return block
 
 
-def settings_block(cfg: ConcentrateConfig, prior: Any | None) -> dict:
+def settings_block(cfg: ConcentrateConfig, prior: Any | None, identity: dict | None = None) -> dict:
     """The card's `dsco.settings`: the method's settings, only those the method uses.
 
     Args:
         cfg (`ConcentrateConfig`): the run's settings.
         prior (`models.DiffusionPrior`, *optional*): the loaded prior (None for `random` and `herding`); its DDIM
             `clip_sample` and resolution are recorded.
+        identity (`dict`, *optional*): `models.model_identity` of the run, as its `dsco_config.json` records it
+            (computed when not given: a local model's weights are then read once more).
 
     Returns:
         `dict`: herding's kernel, feature seed and pool; the sampler's (model by Hub id, local name, or "dsco-hub
-        shipped prior (prior_fashion_mnist@<weight digest>)"; scheduler, steps, guidance, eta, batch, resolution)
-        for `diffusion`; NOpt's, doping's and data-free mode's before the sampler's for `dsco`; `{}` for `random`.
+        shipped prior (prior_fashion_mnist@<weight digest>)"; then a local model's `model_digest` or a Hub model's
+        `model_commit`; scheduler, steps, guidance, eta, batch, resolution) for `diffusion`; NOpt's, doping's and
+        data-free mode's before the sampler's for `dsco`; `{}` for `random`.
     """
-    from dsco_hub.models import shipped_prior_id  # models loads torch and diffusers: imported only when a prior ran
+    from dsco_hub.models import model_identity  # models loads torch and diffusers: imported only when a prior ran
 
     if cfg.method == "herding":
         return {"kernel": cfg.kernel, "feature_seed": cfg.feature_seed, "herding_pool": cfg.herding_pool}
@@ -274,8 +277,11 @@ def settings_block(cfg: ConcentrateConfig, prior: Any | None) -> dict:
     def named(path: str | None) -> str | None:  # a local folder or file by its name, a Hub id as it is
         return files.local_name(path) if path and Path(path).expanduser().exists() else path
 
+    identity = dict(model_identity(cfg.model, cfg.model_revision) if identity is None else identity)
+    shipped = identity.pop("shipped_prior", None)  # by name and weight digest, in "model"
     sampler = {
-        "model": named(cfg.model) or f"dsco-hub shipped prior ({shipped_prior_id()})",  # its weight digest
+        "model": named(cfg.model) or f"dsco-hub shipped prior ({shipped})",
+        **identity,  # model_digest (a local folder) or model_commit (a Hub id)
         "model_revision": cfg.model_revision,
         "class_map": named(cfg.class_map),
         "scheduler": cfg.scheduler,

@@ -660,6 +660,8 @@ _OPTION_NAMES = {
     "nopt.kernel": "--kernel",
     "torch_compile": "--compile",
     "shipped_prior": "the shipped prior (no --model; dsco-hub upgraded?)",  # `models.shipped_prior_id()`
+    "model_digest": "the --model folder (its weights or scheduler changed since?)",  # `models.prior_digest`
+    "model_commit": "the Hub commit of --model (pushed to since? --model-revision pins one)",
     # the students' optimiser and augmentation have no option (the protocol fixes them): named by their field
     "eval.lr": "EvalConfig.lr",
     "eval.momentum": "EvalConfig.momentum",

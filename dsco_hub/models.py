@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from dsco_hub.errors import ConfigError, ModelError
 from dsco_hub.text import closest
 
 SHIPPED_PRIOR = "prior_fashion_mnist"  # dsco_hub/resources/<this>: the embedded Fashion-MNIST prior
+MODEL_IDENTITY_KEYS = ("shipped_prior", "model_digest", "model_commit")  # what `model_identity` may return
 
 
 @dataclass
@@ -179,19 +181,25 @@ def prior_digest(folder: str | Path) -> str:
     with the shipped prior record it (`shipped_prior` in `dsco_config.json`, the model in the card), so a run saved
     with one shipped prior is never resumed with another, and the benchmarks key their rows by it.
 
+    Every byte of the weights is read (about a second per GB): `facebook/DiT-XL-2-256`'s 2.7 GB take seconds,
+    the shipped prior's 4.3 MB milliseconds.
+
     Args:
-        folder (`str` or `Path`): a prior in either layout of `load_prior` (`*/*.safetensors`, `scheduler/`).
+        folder (`str` or `Path`): a prior in either layout of `load_prior` (`*/*.safetensors`, or `*/*.bin` when
+            there is no safetensors file; `scheduler/`).
 
     Returns:
         `str`: e.g. "26c6b4bf4c62".
 
     Raises:
-        ModelError: `folder` holds no `*/*.safetensors` weights or no readable `scheduler/` config.
+        ModelError: `folder` holds no `*/*.safetensors` or `*/*.bin` weights, or no readable `scheduler/` config.
     """
     folder = Path(folder)
-    weights = sorted(folder.glob("*/*.safetensors"))
+    weights = sorted(folder.glob("*/*.safetensors")) or sorted(folder.glob("*/*.bin"))  # .bin: older diffusers
     if not weights:
-        raise ModelError(f"prior {folder} holds no */*.safetensors weights; pass a folder saved by diffusers.")
+        raise ModelError(
+            f"prior {folder} holds no */*.safetensors (or *.bin) weights; pass a folder saved by diffusers."
+        )
     digest = hashlib.sha256()
     for path in weights:
         with open(path, "rb") as handle:
@@ -204,6 +212,42 @@ def prior_digest(folder: str | Path) -> str:
         raise ModelError(message) from None
     digest.update(json.dumps({k: v for k, v in scheduler.items() if not k.startswith("_")}, sort_keys=True).encode())
     return digest.hexdigest()[:12]
+
+
+def model_identity(model: str | None, revision: str | None = None) -> dict[str, str | None]:
+    """Which weights a `diffusion` or `dsco` run samples from, as its settings record them (`dsco_config.json`,
+    `run_config.json`, the card's `dsco.settings`), so that a resumed or rerun set is never made with two models.
+
+    - no `--model`: `{"shipped_prior": "prior_fashion_mnist@<digest>"}` (`shipped_prior_id`): another dsco-hub
+      version may ship another prior;
+    - a local folder: `{"model_digest": "<digest>"}` (`prior_digest`: its weights and scheduler config), so a prior
+      retrained or replaced in place is another model;
+    - a Hub id: `{"model_commit": "<40 hex digits>"}`, the commit `revision` (default: main) resolves to now, read
+      from the Hub or, offline, from the local cache (`hf_hub_download` of `model_index.json`: its snapshot folder is
+      named by the commit). The run then loads that commit (`load_prior(model, commit)`), so a commit pushed while
+      it runs, or before it resumes, cannot mix in.
+
+    Args:
+        model (`str`, *optional*): `--model` (None: the shipped prior).
+        revision (`str`, *optional*): `--model-revision` (branch, tag or commit) of a Hub id.
+
+    Returns:
+        `dict[str, str | None]`: one key, as above; `model_commit` is None when the cache lays files out otherwise
+        (nothing to compare then).
+
+    Raises:
+        ModelError: a local folder without weights or scheduler config (`prior_digest`), a path that looks local
+            but does not exist, or a Hub model that can be neither downloaded nor found in the cache.
+    """
+    if model is None:
+        return {"shipped_prior": shipped_prior_id()}
+    path = Path(model).expanduser()
+    if path.is_dir():
+        load_model_index(model)  # a folder that is no diffusers model: that message, before the weights'
+        return {"model_digest": prior_digest(path)}
+    index = _model_index_path(model, revision)
+    commit = index.parent.name  # <cache>/models--org--name/snapshots/<commit>/model_index.json
+    return {"model_commit": commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None}
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
@@ -238,12 +282,21 @@ def load_model_index(model: str, revision: str | None = None) -> dict:
                 "or a DiT repo such as facebook/DiT-XL-2-256."
             )
         return json.loads(index.read_text())
+    return json.loads(_model_index_path(model, revision).read_text())
+
+
+def _model_index_path(model: str, revision: str | None) -> Path:
+    """Where the `model_index.json` of Hub model `model` is in the local cache (downloaded if not there yet).
+
+    Raises:
+        ModelError: `model` looks like a local path but does not exist, or the file cannot be downloaded.
+    """
     if model.startswith((".", "/", "~")):
         raise ModelError(f"--model={model!r} does not exist; pass an existing folder or a Hub model id.")
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text())
+        return Path(hf_hub_download(model, "model_index.json", revision=revision))
     except Exception as err:
         raise ModelError(
             f"--model={model!r} (revision {revision or 'main'}) could not be loaded from the Hub "

@@ -96,6 +96,8 @@ def concentrate(
         OutputError: `cfg.out` is a non-empty folder not written by dsco-hub and `cfg.overwrite` is False.
         SourceError: the source or its test split cannot be used.
         ImageDecodeError: an image cannot be decoded (names the row).
+        ModelError: `cfg.model` cannot be identified (`models.model_identity`, before any work) or loaded, or its
+            classes do not cover the set's.
         HubError: with `cfg.push`, no token, a malformed repo id (both before any work), or the push failed (the
             hint says how to finish it with `dsco-hub push`).
     """
@@ -116,8 +118,9 @@ def _concentrate_set(
     protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
     out = files.check_out_path(cfg.out, "--out", protected)  # never the current, home or a source's folder
     plain = writer.portable_config(cfg.to_dict(), out)  # as saved in dsco_config.json: no absolute path
-    if cfg.model is None and cfg.method not in REAL_METHODS:  # which shipped prior: an upgrade may ship another
-        plain["shipped_prior"] = models.shipped_prior_id()
+    if cfg.method not in REAL_METHODS:  # which weights: the shipped prior, a local folder's digest, a Hub commit
+        identity = models.model_identity(cfg.model, cfg.model_revision)
+        plain.update(state.gather([identity])[0])  # the main process's: one Hub commit for every process
     source_fingerprint, compared = _fingerprints(cfg)
     if writer.check_output(out, cfg.overwrite, run_settings(plain, "set"), compared):
         if state.is_main:
@@ -193,7 +196,7 @@ def _concentrate(
                 "ipc": cfg.ipc,
                 "doping_ratio": round(rows.source.count("real") / max(len(rows), 1), 4),
                 "seed": cfg.seed,
-                "settings": card.settings_block(cfg, prior),
+                "settings": card.settings_block(cfg, prior, _identity(plain)),
                 "counts": {
                     "rows": len(rows),
                     "real": rows.source.count("real"),
@@ -222,6 +225,11 @@ def _concentrate(
     return ConcentrateResult(out=final, dsco=dsco)
 
 
+def _identity(plain: dict) -> dict:
+    """The model's identity (`models.model_identity`) as the run recorded it in `plain`, for the card."""
+    return {k: plain[k] for k in models.MODEL_IDENTITY_KEYS if k in plain}
+
+
 def _compute(
     cfg: ConcentrateConfig,
     state: distributed.ProcessState,
@@ -244,7 +252,7 @@ def _compute(
     # before the run's settings are saved must not let a rerun with other settings reuse them
     key = json.dumps([plain["source"], cfg.rows_per_class, cfg.seed], sort_keys=True)
     stream_to = folder / "stream" / f"{derive_seed(key):016x}"
-    work = synthesis.prepare(cfg, state, stream_to, say)
+    work = synthesis.prepare(cfg, state, stream_to, say, model_commit=plain.get("model_commit"))
     bar.advance(task)
     test_cfg = assess.eval_test_config(cfg)
     test = None

@@ -67,6 +67,7 @@ def prepare(
     state: distributed.ProcessState,
     stream_to: Path,
     say: Callable[[str], Any] | None = None,
+    model_commit: str | None = None,
 ) -> Synthesis:
     """Load the training split and (for `diffusion` and `dsco`) the prior, and check the class sizes, before any
     unit is computed.
@@ -80,6 +81,8 @@ def prepare(
         state (`distributed.ProcessState`): this process (the prior goes to `state.device`).
         stream_to (`Path`): where a streamed split keeps the rows it reads (in the run folder).
         say (`Callable[[str], Any]`, *optional*): one-line notices, said by the main process only.
+        model_commit (`str`, *optional*): the Hub commit the run recorded for `cfg.model`
+            (`models.model_identity`); loaded instead of `cfg.model_revision`, so the weights are those recorded.
 
     Returns:
         `Synthesis`: what `compute_unit` needs.
@@ -102,7 +105,7 @@ def prepare(
     if cfg.method in REAL_METHODS:
         doping.check_ipc(source, cfg.ipc)
         return Synthesis(cfg, sampler, source, class_names, name, source.image_shape[0])
-    prior, class_ids = load_model(cfg, sampler, class_names, name, source, state.device)
+    prior, class_ids = load_model(cfg, sampler, class_names, name, source, state.device, model_commit)
     if cfg.torch_compile and not models.compile_denoiser(prior) and say is not None and state.is_main:
         say("--compile: ignored on the CPU (compiled kernels may round differently; CPU results stay put)")
     if cfg.method == "dsco" and not cfg.data_free:
@@ -135,6 +138,7 @@ def load_model(
     name: str,
     source: SourceData | None = None,
     device: torch.device | None = None,
+    revision: str | None = None,
 ) -> tuple[models.DiffusionPrior, list[int]]:
     """The diffusion prior of the run and the model's class id of each class, with errors before any heavy work.
 
@@ -148,6 +152,8 @@ def load_model(
         name (`str`): what the classes come from, for messages.
         source (`SourceData`, *optional*): the training split (a preset reads its source classes).
         device (`torch.device`, *optional*): where the prior goes (default: CUDA if available).
+        revision (`str`, *optional*): the Hub revision to load (default: `cfg.model_revision`), e.g. the commit
+            `models.model_identity` resolved it to.
 
     Returns:
         `tuple[models.DiffusionPrior, list[int]]`: the prior on `device`, and a class id in `[0, K)` per class.
@@ -159,6 +165,7 @@ def load_model(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(sampler.dtype, device)
     class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
+    revision = revision or cfg.model_revision
     if cfg.model is None:
         path = models.shipped_prior_path()
         if not (path / "model_index.json").exists():
@@ -172,11 +179,11 @@ def load_model(
                 "prior; pass --model facebook/DiT-XL-2-256 (ImageNet classes) or a prior from `dsco-hub prior train`."
             ) from None
     elif cfg.preset is not None:  # ImageNet classes by position or WordNet id, never by (ambiguous) name
-        prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
+        prior = models.load_prior(cfg.model, revision, device=device, dtype=dtype)
         presets.check_model(cfg.preset, cfg.model, prior.num_classes)
         class_ids = presets.class_ids(cfg.preset, class_names, source.source_classes if source else None)
     else:
-        prior = models.load_prior(cfg.model, cfg.model_revision, device=device, dtype=dtype)
+        prior = models.load_prior(cfg.model, revision, device=device, dtype=dtype)
         class_ids = models.map_classes(class_names, prior.id2label, class_map)
     models.check_sampler_args(prior, sampler)
     if cfg.gradient_checkpointing:  # NOpt's backward recomputes activations instead of storing them

@@ -535,8 +535,9 @@ def test_settings_source_and_protocol_blocks(tmp_path):
         method="diffusion", model=str(tmp_path / "model"), model_revision="r1", class_map="alice/map", steps=7,
         guidance_scale=1.5, eta=0.5, sample_batch_size=3,
     )  # fmt: skip
-    assert card.settings_block(diffusion, prior) == {
+    assert card.settings_block(diffusion, prior, {"model_digest": "0123456789ab"}) == {
         "model": "model",
+        "model_digest": "0123456789ab",  # as the run recorded it (`models.model_identity`)
         "model_revision": "r1",
         "class_map": "alice/map",
         "scheduler": "ddim",
@@ -556,7 +557,8 @@ def test_settings_source_and_protocol_blocks(tmp_path):
     )
     assert (dsco["pool_size"], dsco["pool_guidance_scale"], dsco["oversample"]) == (256, 2.0, 2)
     assert dsco["doping_select"] == "herding" and "doping_ratio" not in dsco and "nopt_lr" in dsco
-    assert list(dsco)[-10:] == list(card.settings_block(diffusion, prior))  # NOpt's and doping's, then the sampler's
+    shipped = card.settings_block(ConcentrateConfig(method="diffusion"), prior)  # the same keys as the dsco block's
+    assert list(dsco)[-10:] == list(shipped)  # NOpt's and doping's, then the sampler's
     real = card.settings_block(ConcentrateConfig(method="dsco", ipc=4, doping_ratio="auto"), prior)
     assert (real["pool_size"], real["pool_guidance_scale"], real["doping_ratio"]) == (None, None, "auto")
 

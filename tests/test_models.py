@@ -201,8 +201,45 @@ def test_prior_digest_names_weights_and_scheduler_and_refuses_a_folder_without_w
     with pytest.raises(ModelError) as err:
         prior_digest(tmp_path / "empty")
     assert str(err.value) == (
-        f"prior {tmp_path / 'empty'} holds no */*.safetensors weights; pass a folder saved by diffusers."
+        f"prior {tmp_path / 'empty'} holds no */*.safetensors (or *.bin) weights; pass a folder saved by diffusers."
     )
+    unet.save_pretrained(copy / "unet", safe_serialization=False)  # an older diffusers' pickled weights
+    (copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    assert prior_digest(copy) not in (digest, clipless)  # the .bin file is hashed when there is no safetensors
     shutil.rmtree(copy / "scheduler")
     with pytest.raises(ModelError, match=r"has no readable scheduler/ config; pass a folder saved by diffusers\.$"):
         prior_digest(copy)
+
+
+def test_model_identity_is_the_shipped_prior_a_folder_digest_or_a_hub_commit(tiny_unet_prior, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dsco_hub.models import model_identity, prior_digest, shipped_prior_id
+
+    assert model_identity(None) == {"shipped_prior": shipped_prior_id()}
+    assert model_identity(str(tiny_unet_prior), "ignored") == {"model_digest": prior_digest(tiny_unet_prior)}
+    with pytest.raises(ModelError, match=r"^--model='\./gone' does not exist; pass an existing folder or a Hub"):
+        model_identity("./gone")
+    snapshots = tmp_path / "models--alice--dit" / "snapshots"
+    asked = []
+
+    def hf_hub_download(repo_id, filename, revision=None, **kwargs):  # the cache's layout: snapshots/<commit>/
+        asked.append((repo_id, filename, revision))
+        return str(snapshots / {None: "c" * 40, "v1": "d" * 40}.get(revision, revision) / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    assert model_identity("alice/dit") == {"model_commit": "c" * 40}
+    assert model_identity("alice/dit", "v1") == {"model_commit": "d" * 40}  # a tag resolves to its commit
+    assert asked == [("alice/dit", "model_index.json", None), ("alice/dit", "model_index.json", "v1")]
+    assert model_identity("alice/dit", "not-a-commit") == {"model_commit": None}  # another layout: not compared
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline and not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ModelError) as err:
+        model_identity("alice/dit", "v1")
+    assert str(err.value) == (
+        "--model='alice/dit' (revision v1) could not be loaded from the Hub (LocalEntryNotFoundError); check the id, "
+        "your network and HF_TOKEN for gated models."
+    )

@@ -241,6 +241,85 @@ def test_a_run_made_with_another_shipped_prior_is_neither_resumed_nor_reused(
         pipeline.concentrate(cfg)
 
 
+def test_a_model_folder_retrained_in_place_is_neither_resumed_nor_reused(tiny_repo, tiny_prior, tmp_path, monkeypatch):
+    # a local --model is recorded by its weight digest, not only by its name: retraining the folder in place (the
+    # same path, other weights) must not finish a run, nor pass for a finished set, made with the old weights
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "my-prior"
+    shutil.copytree(tiny_prior, model)
+    out = tmp_path / "out"
+    old = models.prior_digest(model)
+    _crash_at_unit(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        pipeline.concentrate(_cfg(tiny_repo, out, model))
+    saved = json.loads((writer.run_folder(out) / writer.RUN_CONFIG).read_text())
+    assert saved["settings"]["model_digest"] == old and "shipped_prior" not in saved["settings"]
+
+    (weights,) = model.glob("unet/*.safetensors")
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights)  # "retrained": the same folder, other weights
+    new = models.prior_digest(model)
+    computed = _crash_at_unit(monkeypatch, -1)
+    message = r"the --model folder \(its weights or scheduler changed since\?\) differs from the saved run in "
+    with pytest.raises(ConfigError, match=rf"{message}.*out.partial \({old} there, {new} now\); rerun with the same"):
+        pipeline.concentrate(_cfg(tiny_repo, out, model))
+    assert computed == []
+
+    weights.write_bytes(original)  # the weights the run was made with: it resumes
+    pipeline.concentrate(_cfg(tiny_repo, out, model))
+    assert computed == [1, 2]
+    assert json.loads((out / "dsco_config.json").read_text())["model_digest"] == old
+    settings = DatasetCard.load(out / "README.md").data["dsco"]["settings"]
+    assert (settings["model"], settings["model_digest"]) == ("my-prior", old)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights)
+    with pytest.raises(ConfigError, match=rf"changed since\?\) differs from the finished set .* \({old} there"):
+        pipeline.concentrate(_cfg(tiny_repo, out, model))
+
+
+def test_a_hub_model_is_pinned_to_the_commit_the_run_recorded(tiny_repo, tiny_prior, tmp_path, monkeypatch):
+    # a Hub --model without --model-revision follows main: the run records the commit main resolves to when it
+    # starts, loads that commit, and a commit pushed to main before it resumes is refused instead of mixed in
+    import huggingface_hub
+
+    commits = iter(["a" * 40, "a" * 40, "b" * 40])  # what main resolves to at the start of each run below
+    asked, loaded = [], []
+
+    def hf_hub_download(repo_id, filename, revision=None, **kwargs):  # the cache's layout, without a network
+        asked.append(revision)
+        snapshot = tmp_path / "hub" / "models--alice--prior" / "snapshots" / (revision or next(commits))
+        shutil.copytree(tiny_prior, snapshot, dirs_exist_ok=True)
+        return str(snapshot / filename)
+
+    load_prior = models.load_prior
+
+    def load_from_cache(model, revision=None, **kwargs):
+        loaded.append(revision)
+        return load_prior(str(tmp_path / "hub" / "models--alice--prior" / "snapshots" / revision), **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(models, "load_prior", load_from_cache)
+    out = tmp_path / "out"
+    _crash_at_unit(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        pipeline.concentrate(_cfg(tiny_repo, out, "alice/prior"))
+    saved = json.loads((writer.run_folder(out) / writer.RUN_CONFIG).read_text())
+    assert saved["settings"]["model_commit"] == "a" * 40
+    assert asked == [None] and loaded == ["a" * 40]  # main resolved once, then that commit loaded
+
+    computed = _crash_at_unit(monkeypatch, -1)
+    pipeline.concentrate(_cfg(tiny_repo, out, "alice/prior"))  # main has not moved: it resumes
+    assert computed == [1, 2] and loaded == ["a" * 40] * 2
+    settings = DatasetCard.load(out / "README.md").data["dsco"]["settings"]
+    assert (settings["model"], settings["model_commit"], settings["model_revision"]) == ("alice/prior", "a" * 40, None)
+
+    message = r"the Hub commit of --model \(pushed to since\? --model-revision pins one\) differs from the finished"
+    with pytest.raises(ConfigError, match=rf"{message} set in .* \({'a' * 40} there, {'b' * 40} now\)"):
+        pipeline.concentrate(_cfg(tiny_repo, out, "alice/prior"))  # a new commit on main
+    assert computed == [1, 2]
+
+
 def test_overwrite_discards_a_saved_run_with_other_settings(tiny_repo, tiny_prior, tmp_path, monkeypatch):
     out = tmp_path / "out"
     _crash_at_unit(monkeypatch, 1)
