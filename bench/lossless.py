@@ -15,6 +15,8 @@ at which doped DsCo matches the full source's accuracy within the full source's 
 two sets' combined one. The table quotes the command with its `--work`, `--results` and `--table`, so running the
 quoted command writes that table again (another sweep needs its own three). `--nopt-target-batch` sets NOpt's
 targets per iteration in the doped sets (default: the product's, max(128, 10 n) for n synthetic images per class).
+Doped rows record the prior's weight digest (`prior`) and are keyed by it, as are their sets in `--work`: a sweep
+with another prior (a new shipped one, or `--model`) makes its own doped rows and tables only this prior's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import read_rows  # noqa: E402
+from baselines import prior_digest, read_rows  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import DOPING_SELECT, ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig  # noqa: E402
@@ -86,13 +88,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = SourceConfig(source=str(make_source(args)))
     results = Path(args.results)
-    done = read_rows(results, ("arm", "volume"))
+    digest = prior_digest(args.model)
+    done = {  # the random arm's rows, and the doped ones made with this prior, by (arm, volume)
+        (arm, volume): row
+        for (arm, volume, prior), row in read_rows(results, ("arm", "volume", "prior")).items()
+        if prior == ("" if arm == "random" else digest)
+    }
     arms = [("random", v) for v in args.volumes] + [("dsco-doped", v) for v in args.volumes if v < 1]
     for arm, volume in arms:
         if (arm, volume) in done:
             continue
         ipc = max(1, round(volume * args.per_class))
-        out = Path(args.work) / f"{arm}-v{volume}"
+        out = Path(args.work) / (f"{arm}-v{volume}" if arm == "random" else f"{arm}-v{volume}-{digest}")
         started = time.time()
         # a set finished by an interrupted sweep is reused (a set made with other settings is refused: use another
         # --work); the evaluation of a set is not resumable, so a row is written only when both are done
@@ -120,6 +127,7 @@ def main() -> None:
             "arm": arm,
             "volume": volume,
             "ipc": ipc,
+            **({"prior": digest} if arm != "random" else {}),
             "doping_ratio": made_set.dsco["doping_ratio"] if arm != "random" else 1.0,
             **({"doping_select": args.doping_select} if arm != "random" else {}),
             **({"nopt_target_batch": made_set.dsco["settings"]["nopt_target_batch"]} if arm != "random" else {}),
@@ -135,12 +143,13 @@ def main() -> None:
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[(arm, volume)] = row
-        write_table(done, args)
-    write_table(done, args)
+        write_table(done, digest, args)
+    write_table(done, digest, args)
 
 
-def write_table(done: dict, args) -> None:
-    """Accuracy against volume for both arms, and the smallest lossless volume of doped DsCo."""
+def write_table(done: dict, digest: str, args) -> None:
+    """Accuracy against volume for both arms (doped DsCo with prior `digest`), and doped DsCo's smallest lossless
+    volume."""
     full = done.get(("random", 1.0))
     test_images = next(iter(done.values()))["test_images"] if done else "?"
     lines = [
@@ -155,7 +164,8 @@ def write_table(done: dict, args) -> None:
         + (f" --nopt-target-batch {args.nopt_target_batch}" if args.nopt_target_batch is not None else "")
         + f" --work {args.work} --results {args.results} --table {args.table}`. Source: {args.per_class} training "
         "images per class (a seeded subset), the "
-        f"{test_images} test images; every student trains about {args.train_steps} SGD steps (batch 256).",
+        f"{test_images} test images; every student trains about {args.train_steps} SGD steps (batch 256). "
+        f"Doped DsCo with prior {digest}.",
         "",
         "NOpt targets embedded per iteration in the doped sets (0 = all): "
         + (

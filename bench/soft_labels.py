@@ -11,7 +11,9 @@ teacher's temperature-softened predictions on its augmented batches. The hard-la
 herding is quoted from `bench/results/baselines.jsonl` (same sets, protocol and seeds; the line number is given);
 methods without a quoted row (`--hard` lists them) are also evaluated here with hard labels. Rows are appended
 to `--results` as they finish (a rerun skips what is done) and the markdown table is rewritten whole from it after
-each row (`--table-only`: only the table).
+each row (`--table-only`: only the table). Rows of the methods that sample a prior (diffusion, dsco) record the
+shipped prior's weight digest (`prior`) and are keyed by it, as are their sets in `--work`: after a prior swap they
+are made again, and the table lists each prior's rows apart.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import append_row  # noqa: E402
+from baselines import append_row, prior_digest  # noqa: E402
 
 from dsco_hub import assess, pipeline  # noqa: E402
 from dsco_hub.config import ConcentrateConfig, EvalConfig, SourceConfig
 from dsco_hub.teacher import load_teacher
 
 BASELINES = "bench/results/baselines.jsonl"
+PRIOR_METHODS = ("diffusion", "dsco")  # their rows carry the prior's digest
 
 
 def quoted_hard(method: str, ipc: int, runs: int, epochs: int, baselines: Path) -> tuple[int, dict] | None:
@@ -56,10 +59,10 @@ def quoted_hard(method: str, ipc: int, runs: int, epochs: int, baselines: Path) 
     return None
 
 
-def finished(results: Path) -> dict[tuple[str, int, str], dict]:
-    """The rows of the results file by (method, IPC, labels); the last of a key wins."""
+def finished(results: Path) -> dict[tuple[str, int, str, str], dict]:
+    """The rows of the results file by (method, IPC, labels, prior digest or ""); the last of a key wins."""
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    return {(row["method"], row["ipc"], row["labels"]): row for row in rows}
+    return {(row["method"], row["ipc"], row["labels"], row.get("prior", "")): row for row in rows}
 
 
 def run(args) -> None:
@@ -72,15 +75,18 @@ def run(args) -> None:
         write_table(done, args)
         return
     teacher = load_teacher(args.teacher)
+    digest = prior_digest(None)
     for ipc in args.ipcs:
         for method in args.methods:
+            prior = digest if method in PRIOR_METHODS else ""
             labels = ["soft"] + (
                 ["hard"] if quoted_hard(method, ipc, args.runs, args.epochs, Path(BASELINES)) is None else []
             )
             for kind in labels:
-                if (method, ipc, kind) in done or (method, ipc, kind) in finished(results):  # or another process's
+                key = (method, ipc, kind, prior)
+                if key in done or key in finished(results):  # or another process's
                     continue
-                out = work / f"{method}-ipc{ipc}"
+                out = work / (f"{method}-ipc{ipc}-{prior}" if prior else f"{method}-ipc{ipc}")
                 started = time.time()
                 cfg = ConcentrateConfig(
                     source=SourceConfig(source=args.source),
@@ -106,10 +112,11 @@ def run(args) -> None:
                     "method": method,
                     "ipc": ipc,
                     "labels": kind,
+                    **({"prior": prior} if prior else {}),
                     **({"teacher": teacher.describe(), "temperature": args.temperature} if soft else {}),
                     **block["result"],
                 }
-                done[(method, ipc, kind)] = append_row(results, row, started, made, args.threads)
+                done[key] = append_row(results, row, started, made, args.threads)
                 write_table(finished(results), args)  # every row of the file: another process may add rows too
 
 
@@ -128,8 +135,10 @@ def command(args) -> str:
 
 def write_table(done: dict, args) -> None:
     """Write the markdown table whole from the rows of `args.results` (and the quoted hard-label rows)."""
-    ipcs = sorted({ipc for _, ipc, _ in done} | set(args.ipcs))
-    methods = list(dict.fromkeys([*args.methods, *(m for m, _, _ in done)]))
+    ipcs = sorted({ipc for _, ipc, _, _ in done} | set(args.ipcs))
+    digest = prior_digest(None)
+    asked = [(m, digest if m in PRIOR_METHODS else "") for m in args.methods]  # then other priors' rows
+    methods = list(dict.fromkeys([*asked, *sorted({(m, p) for m, _, _, p in done}, key=lambda mp: mp[1] != digest)]))
     teachers = {json.dumps(r["teacher"], sort_keys=True): r for r in done.values() if r["labels"] == "soft"}
     lines = [
         "# Hard vs soft labels on Fashion-MNIST (ConvNet-3 students)",
@@ -145,21 +154,21 @@ def write_table(done: dict, args) -> None:
         "|---|" + "---|---|---|" * len(ipcs),
     ]
     notes = []
-    for method in methods:
+    for method, prior in methods:
         cells = []
         for ipc in ipcs:
-            hard = done.get((method, ipc, "hard"))
+            hard = done.get((method, ipc, "hard", prior))
             mark = ""
-            if hard is None:
+            if hard is None and not prior:
                 quoted = quoted_hard(method, ipc, args.runs, args.epochs, Path(BASELINES))
                 if quoted is not None:
                     number, hard = quoted
                     mark = f" [{len(notes) + 1}]"
                     notes.append(f"[{len(notes) + 1}] `{BASELINES}` line {number} (same set, protocol and seeds).")
-            soft = done.get((method, ipc, "soft"))
+            soft = done.get((method, ipc, "soft", prior))
             gain = f"{soft['accuracy_mean'] - hard['accuracy_mean']:+.1f}" if hard and soft else "—"
             cells += [_cell(hard) + mark, _cell(soft), gain]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method}{f' (prior {prior})' if prior else ''} | " + " | ".join(cells) + " |")
     lines += ["", "Hard-label rows quoted from the baselines benchmark:", ""] + [f"- {n}" for n in notes]
     lines += ["", "Teacher:", ""]
     config = Path(args.teacher) / "teacher_config.json"
@@ -177,10 +186,9 @@ def write_table(done: dict, args) -> None:
         "other jobs, so the times follow the load more than the method):",
         "",
     ]
-    for (method, ipc, kind), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
-        lines.append(
-            f"- {method} IPC {ipc} {kind}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})"
-        )
+    for (method, ipc, kind, prior), row in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2:])):
+        named = f"{method} (prior {prior})" if prior else method
+        lines.append(f"- {named} IPC {ipc} {kind}: {row['select_seconds']} / {row['eval_seconds']} ({row['machine']})")
     Path(args.table).write_text("\n".join(lines) + "\n")
 
 
