@@ -185,8 +185,8 @@ def prior_digest(folder: str | Path) -> str:
     the shipped prior's 4.3 MB milliseconds.
 
     Args:
-        folder (`str` or `Path`): a prior in either layout of `load_prior` (`*/*.safetensors`, or `*/*.bin` when
-            there is no safetensors file; `scheduler/`).
+        folder (`str` or `Path`): a prior in either layout of `load_prior` (each component's `*.safetensors`, or
+            its `*.bin` when it has no safetensors file; `scheduler/`).
 
     Returns:
         `str`: e.g. "26c6b4bf4c62".
@@ -195,7 +195,11 @@ def prior_digest(folder: str | Path) -> str:
         ModelError: `folder` holds no `*/*.safetensors` or `*/*.bin` weights, or no readable `scheduler/` config.
     """
     folder = Path(folder)
-    weights = sorted(folder.glob("*/*.safetensors")) or sorted(folder.glob("*/*.bin"))  # .bin: older diffusers
+    weights = [  # per component (unet/, transformer/, vae/): what from_pretrained loads, safetensors before .bin
+        path
+        for part in sorted(p for p in folder.glob("*") if p.is_dir())
+        for path in sorted(part.glob("*.safetensors")) or sorted(part.glob("*.bin"))
+    ]
     if not weights:
         raise ModelError(
             f"prior {folder} holds no */*.safetensors (or *.bin) weights; pass a folder saved by diffusers."

@@ -205,7 +205,13 @@ def test_prior_digest_names_weights_and_scheduler_and_refuses_a_folder_without_w
     )
     unet.save_pretrained(copy / "unet", safe_serialization=False)  # an older diffusers' pickled weights
     (copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    assert prior_digest(copy) not in (digest, clipless)  # the .bin file is hashed when there is no safetensors
+    pickled = prior_digest(copy)
+    assert pickled not in (digest, clipless)  # the .bin file is hashed when there is no safetensors
+    (copy / "vae").mkdir()  # a second component saved only as .bin (a DiT's vae/ beside its transformer/)
+    (copy / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"weights")
+    with_vae = prior_digest(copy)
+    (copy / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"other weights")
+    assert len({pickled, with_vae, prior_digest(copy)}) == 3  # every component's weights count
     shutil.rmtree(copy / "scheduler")
     with pytest.raises(ModelError, match=r"has no readable scheduler/ config; pass a folder saved by diffusers\.$"):
         prior_digest(copy)
