@@ -138,7 +138,8 @@ def write_table(done: dict, args) -> None:
     ipcs = sorted({ipc for _, ipc, _, _ in done} | set(args.ipcs))
     digest = prior_digest(None)
     asked = [(m, digest if m in PRIOR_METHODS else "") for m in args.methods]  # then other priors' rows
-    methods = list(dict.fromkeys([*asked, *sorted({(m, p) for m, _, _, p in done}, key=lambda mp: mp[1] != digest)]))
+    found = sorted({(m, p) for m, _, _, p in done}, key=lambda mp: (mp[1] != digest, mp))  # stable across runs
+    methods = list(dict.fromkeys([*asked, *found]))
     teachers = {json.dumps(r["teacher"], sort_keys=True): r for r in done.values() if r["labels"] == "soft"}
     lines = [
         "# Hard vs soft labels on Fashion-MNIST (ConvNet-3 students)",
