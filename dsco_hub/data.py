@@ -183,7 +183,8 @@ def fingerprint(cfg: SourceConfig) -> dict | None:
 
     A local folder (and the embedded subset) is fingerprinted by the relative path, size and modification time of
     each of its files (no file is read); a Hub dataset by the commit `cfg.revision` resolves to now (None when the
-    Hub cannot be reached: nothing to compare). No absolute path enters the fingerprint: it is saved in the set.
+    Hub cannot be reached: nothing to compare), which `concentrate` then loads it at. No absolute path enters the
+    fingerprint: it is saved in the set.
 
     Args:
         cfg (`SourceConfig`): the source (`source=None` is the embedded subset).
@@ -530,6 +531,7 @@ def _save_stream(
             "shuffle_buffer": cfg.shuffle_buffer,
             "read_all": stats["read_all"],
             "num_examples": num_examples or (stats["rows_read"] if stats["read_all"] else None),
+            "revision": cfg.revision,  # what the rows were read at (a resume reads them here, not at --revision)
             "license": license_ or (stream.info.license or None),
             "citation": citation or (stream.info.citation or None),
         }
@@ -561,7 +563,7 @@ def _load_streamed(
     return dataclasses.replace(
         loaded,
         source_id=display,
-        revision=cfg.revision,
+        revision=info.get("revision", cfg.revision),  # rows saved by an older version: no revision recorded
         license=info["license"],
         citation=info["citation"],
         extra={**loaded.extra, "streaming": info},

@@ -8,6 +8,7 @@ source --data--> images per class --synthesis (models, nopt, doping)--> unit sha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -121,7 +122,7 @@ def _concentrate_set(
     if cfg.method not in REAL_METHODS:  # which weights: the shipped prior, a local folder's digest, a Hub commit
         identity = models.model_identity(cfg.model, cfg.model_revision)
         plain.update(state.gather([identity])[0])  # the main process's: one Hub commit for every process
-    source_fingerprint, compared = _fingerprints(cfg)
+    source_fingerprint, compared = _fingerprints(cfg, state)
     if writer.check_output(out, cfg.overwrite, run_settings(plain, "set"), compared):
         if state.is_main:
             say(f"{cfg.out} is already complete with these settings; nothing to do (pass --overwrite to redo it)")
@@ -143,15 +144,31 @@ def _concentrate_set(
         raise
 
 
-def _fingerprints(cfg: ConcentrateConfig) -> tuple[dict | None, dict | None]:
+def _fingerprints(cfg: ConcentrateConfig, state: distributed.ProcessState) -> tuple[dict | None, dict | None]:
     """The source's fingerprint (`data.fingerprint`) as the run records it, and as a saved run's is compared with.
 
-    A streamed run reads its rows once and then only its saved copy (in OUT.partial): that copy, not the source as
-    it is now, is what its units were made from, so its fingerprint is recorded but not compared (None). Data-free
-    without SOURCE: nothing to fingerprint.
+    Under a launcher every process takes the main process's (`state.gather`), so all of them compare the same
+    fingerprint and load a Hub source at the same commit (`_pinned`). A streamed run reads its rows once and then
+    only its saved copy (in OUT.partial): that copy, not the source as it is now, is what its units were made from,
+    so its fingerprint is recorded but not compared (None). Data-free without SOURCE: nothing to fingerprint.
     """
     recorded = fingerprint(cfg.source) if cfg.source.source is not None or not cfg.data_free else None
+    recorded = state.gather([recorded])[0]
     return recorded, None if cfg.source.streaming else recorded
+
+
+def _pinned(cfg: ConcentrateConfig, source_fingerprint: dict | None) -> ConcentrateConfig:
+    """`cfg` with a Hub source's `--revision` replaced by the commit its fingerprint recorded, for loading.
+
+    The fingerprint is taken when the run starts; loading at that commit means a commit pushed to the branch while
+    the run loads (or between two processes of a launch loading) cannot mix in, and the card's `source.revision`
+    names the exact commit. `datasets` prepares a Hub dataset in a cache folder named by the resolved commit, so a
+    source already loaded at its branch is not downloaded again. Other sources, and a Hub source whose commit could
+    not be read (offline: None), are returned as they are.
+    """
+    if source_fingerprint is None or source_fingerprint["kind"] != "hub":
+        return cfg
+    return dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, revision=source_fingerprint["value"]))
 
 
 def _concentrate(
@@ -214,7 +231,11 @@ def _concentrate(
             command = command or command_line()
             writer.write_json(
                 staging / "dsco_config.json",
-                {**plain, "source_fingerprint": source_fingerprint, "command": writer.portable_command(command)},
+                {
+                    **plain,
+                    "source_fingerprint": writer.run_fingerprint(folder),  # what the units were made from
+                    "command": writer.portable_command(command),
+                },
             )
             bar.advance(task)
             final = writer.commit(staging, out)
@@ -252,9 +273,10 @@ def _compute(
     # before the run's settings are saved must not let a rerun with other settings reuse them
     key = json.dumps([plain["source"], cfg.rows_per_class, cfg.seed], sort_keys=True)
     stream_to = folder / "stream" / f"{derive_seed(key):016x}"
-    work = synthesis.prepare(cfg, state, stream_to, say, model_commit=plain.get("model_commit"))
+    pinned = _pinned(cfg, source_fingerprint)  # a Hub source at the commit the run recorded
+    work = synthesis.prepare(pinned, state, stream_to, say, model_commit=plain.get("model_commit"))
     bar.advance(task)
-    test_cfg = assess.eval_test_config(cfg)
+    test_cfg = assess.eval_test_config(pinned)
     test = None
     if cfg.evaluate and test_cfg is not None:
         with state.main_first():  # a streamed test split is read once, and saved in the run folder for the others

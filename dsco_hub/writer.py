@@ -305,6 +305,17 @@ def prepare_run(folder: Path, settings: dict, num_units: int, fingerprint: dict 
         )
 
 
+def run_fingerprint(folder: Path) -> dict | None:
+    """The source fingerprint a run saved when it started (`prepare_run`): what its units were made from.
+
+    For a streamed run resumed after its source changed, this is the first run's, not the source's as it is now.
+
+    Raises:
+        FileNotFoundError: `folder` holds no `run_config.json` (call it after `prepare_run`).
+    """
+    return json.loads((folder / RUN_CONFIG).read_text()).get("source_fingerprint")
+
+
 def shard_path(folder: Path, index: int) -> Path:
     """Where unit `index` is stored: `folder/units/unit-XXXXXX.parquet`."""
     return folder / "units" / f"unit-{index:06d}.parquet"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
+import numpy as np
 import pytest
 import yaml
 from conftest import CLASS_NAMES, tiny_dataset, write_repo
@@ -1408,3 +1409,57 @@ def test_a_card_the_hub_fails_to_serve_is_an_error_not_no_card(fake_hub, tiny_re
         hub.push_folder(out, _cfg(fake_hub, repo_id="alice/served", max_retries=0))
     assert str(err.value).startswith(failed)
     assert fake_hub.read("alice/served", "README.md") == card_before
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_source_is_loaded_at_the_commit_the_run_recorded(fake_hub, tmp_path, monkeypatch, streaming):
+    # the run fingerprints a Hub source by the commit main resolves to when it starts; a push to main right after
+    # (before the data is loaded) must not mix in: the set, its test split and its card are those of that commit
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    name = f"alice/moving-source-{'streamed' if streaming else 'loaded'}"
+    repo = {"repo_id": name, "repo_type": "dataset"}
+    api.create_repo(**repo)
+    api.upload_folder(folder_path=str(write_repo(tmp_path / "v1", tiny_dataset(), tiny_dataset((2, 2, 2)))), **repo)
+    first = api.dataset_info(name).sha
+    newer = write_repo(tmp_path / "v2", tiny_dataset((5, 5, 5), seed_offset=50), tiny_dataset((3, 3, 3)))
+    fingerprint = pipeline.fingerprint
+
+    def then_push(source_cfg):
+        found = fingerprint(source_cfg)
+        api.upload_folder(folder_path=str(newer), commit_message="v2", **repo)
+        return found
+
+    monkeypatch.setattr(pipeline, "fingerprint", then_push)
+    cfg = ConcentrateConfig(
+        source=SourceConfig(source=name, streaming=streaming),
+        out=str(tmp_path / "set"),
+        method="random",
+        ipc=2,
+        eval=FAST_EVAL,
+    )
+    with hub.hub_session(HubConfig(endpoint=fake_hub.url, token=TOKEN)):
+        if streaming:  # a crash after the push: the resume reads the rows saved from the first commit, not main
+            compute_unit = synthesis.compute_unit
+
+            def crash(unit, *args, **kwargs):
+                if unit.index == 1:
+                    raise RuntimeError("crash at unit 1")
+                return compute_unit(unit, *args, **kwargs)
+
+            monkeypatch.setattr(synthesis, "compute_unit", crash)
+            with pytest.raises(RuntimeError, match="crash at unit 1"):
+                pipeline.concentrate(cfg)
+            monkeypatch.setattr(synthesis, "compute_unit", compute_unit)
+            monkeypatch.setattr(pipeline, "fingerprint", fingerprint)
+        result = pipeline.concentrate(cfg)
+    assert api.dataset_info(name).sha != first  # main moved during the run
+    source = result.dsco["source"]
+    assert (source["id"], source["revision"], source["num_rows"]) == (name, first, 19)
+    assert result.dsco["eval"]["test"]["num_images"] == 6  # the first commit's test split (the newer has 9)
+    saved = json.loads((result.out / "dsco_config.json").read_text())
+    assert saved["source"]["revision"] is None  # the option as given; the commit is the fingerprint's
+    assert saved["source_fingerprint"] == {"kind": "hub", "value": first, "files": None}
+    ours = datasets.Dataset.from_parquet(str(next((result.out / "data").glob("*.parquet"))))
+    theirs = tiny_dataset()  # the first commit's training split, in its row order
+    for row in ours:
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(theirs[row["source_index"]]["image"]))
