@@ -65,6 +65,12 @@ def finished(results: Path) -> dict[tuple[str, int, str, str], dict]:
     return {(row["method"], row["ipc"], row["labels"], row.get("prior", "")): row for row in rows}
 
 
+def _measured(rows: dict, key: tuple[str, int, str, str], teacher_digest: str) -> bool:
+    """Whether `rows` (`finished`) hold `key`'s row, a soft-label row with this teacher (another one's is redone)."""
+    row = rows.get(key)
+    return row is not None and (row["labels"] == "hard" or row["teacher"]["digest"] == teacher_digest)
+
+
 def run(args) -> None:
     """Make and evaluate every (method, IPC, labels) row not yet in `args.results`, rewriting the table after each."""
     torch.set_num_threads(args.threads)
@@ -84,8 +90,8 @@ def run(args) -> None:
             )
             for kind in labels:
                 key = (method, ipc, kind, prior)
-                if key in done or key in finished(results):  # or another process's
-                    continue
+                if _measured(done, key, teacher.digest) or _measured(finished(results), key, teacher.digest):
+                    continue  # (or by another process)
                 out = work / (f"{method}-ipc{ipc}-{prior}" if prior else f"{method}-ipc{ipc}")
                 started = time.time()
                 cfg = ConcentrateConfig(
@@ -177,7 +183,7 @@ def write_table(done: dict, args) -> None:
     for row in teachers.values():
         t = row["teacher"]
         lines.append(
-            f"- `{t['name']}` (config {t['digest']}): {t['model']} trained {t['epochs']} epochs on {t['num_images']} "
+            f"- `{t['name']}` (digest {t['digest']}): {t['model']} trained {t['epochs']} epochs on {t['num_images']} "
             f"images of `{t['source']}`, {t['test_accuracy'] * 100:.2f} % test accuracy"
             + (f", made by `{made_by}` (as its `teacher_config.json` records it)." if made_by else ".")
         )

@@ -837,7 +837,7 @@ def labels_text(protocol: dict) -> str:
         protocol (`dict`): an `eval.protocol` block; one without `labels` (older cards) had hard labels.
 
     Returns:
-        `str`: e.g. "soft labels of the teacher `fmnist-teacher` (ConvNet-3, config 1a2b3c4d5e6f, 88.10 % test
+        `str`: e.g. "soft labels of the teacher `fmnist-teacher` (ConvNet-3, digest 1a2b3c4d5e6f, 88.10 % test
         accuracy), temperature 4".
     """
     if protocol.get("labels", "hard") != "soft":
@@ -847,7 +847,7 @@ def labels_text(protocol: dict) -> str:
     accuracy = teacher.get("test_accuracy")
     shown = f", {accuracy * 100:.2f} % test accuracy" if accuracy is not None else ""
     return (
-        f"soft labels of the teacher `{teacher.get('name')}` ({model}, config {teacher.get('digest')}{shown}), "
+        f"soft labels of the teacher `{teacher.get('name')}` ({model}, digest {teacher.get('digest')}{shown}), "
         f"temperature {protocol.get('temperature', 4.0):g}"
     )
 

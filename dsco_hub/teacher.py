@@ -10,7 +10,8 @@ A teacher folder holds:
 
 - `model.safetensors`: the weights;
 - `teacher_config.json`: what was trained (source, classes, image size, student, epochs, images, seed), its test
-  accuracy and the command; its SHA-256 (`teacher_digest`) names the teacher in evaluation results;
+  accuracy and the command; its SHA-256 with the weights' (`teacher_digest`) names the teacher in evaluation
+  results;
 - `README.md`: a model card (huggingface_hub `ModelCard`);
 - while training, `checkpoint.safetensors` (weights, SGD momentum, epochs done), written atomically after each
   epoch: a rerun of the same command resumes from it; other settings are refused.
@@ -68,7 +69,7 @@ class Teacher:
             `(batch_size, channels, height, width)` in `[-1, 1]`.
         config (`dict`): its `teacher_config.json`.
         name (`str`): the folder's name (never a path: it goes into cards and results).
-        digest (`str`): the first 12 hex digits of the SHA-256 of `teacher_config.json`.
+        digest (`str`): `teacher_digest` of the folder (its config and weights).
     """
 
     model: nn.Module
@@ -121,8 +122,25 @@ def _shown(source: str) -> str:
 
 
 def teacher_digest(folder: str | Path) -> str:
-    """The first 12 hex digits of the SHA-256 of a teacher folder's `teacher_config.json` (its identity)."""
-    return hashlib.sha256((Path(folder).expanduser() / TEACHER_CONFIG).read_bytes()).hexdigest()[:12]
+    """A teacher's identity: the first 12 hex digits of the SHA-256 of its `teacher_config.json` and weights.
+
+    The weights count as well as the config: the same command retrained in place (on a GPU, or after a resume on
+    another device) can give other weights, hence other soft labels, and must not pass for the same teacher.
+
+    Args:
+        folder (`str` or `Path`): a finished teacher folder (`teacher_config.json` and `model.safetensors`).
+
+    Returns:
+        `str`: e.g. "7d1c0a9e42b5".
+
+    Raises:
+        FileNotFoundError: either file is missing (`load_teacher` checks both first).
+    """
+    path = Path(folder).expanduser()
+    digest = hashlib.sha256()
+    for name in (TEACHER_CONFIG, WEIGHTS):
+        digest.update(name.encode() + b"\0" + (path / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def load_teacher(folder: str | Path) -> Teacher:

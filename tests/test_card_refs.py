@@ -353,13 +353,13 @@ def test_labels_text_and_eval_section(monkeypatch):
     assert card.labels_text({}) == card.labels_text({"labels": "hard"}) == "hard labels"
     teacher = {"name": "t", "model": "resnet18", "digest": "abc", "test_accuracy": 0.881}
     assert card.labels_text({"labels": "soft", "teacher": teacher, "temperature": 2.5}) == (
-        "soft labels of the teacher `t` (ResNet-18, config abc, 88.10 % test accuracy), temperature 2.5"
+        "soft labels of the teacher `t` (ResNet-18, digest abc, 88.10 % test accuracy), temperature 2.5"
     )
     assert card.labels_text({"labels": "soft", "teacher": {"name": "u", "model": "mlp", "digest": "d"}}) == (
-        "soft labels of the teacher `u` (mlp, config d), temperature 4"
+        "soft labels of the teacher `u` (mlp, digest d), temperature 4"
     )
     assert (
-        card.labels_text({"labels": "soft"}) == "soft labels of the teacher `None` (None, config None), temperature 4"
+        card.labels_text({"labels": "soft"}) == "soft labels of the teacher `None` (None, digest None), temperature 4"
     )
 
     soft = _dsco()
@@ -373,7 +373,7 @@ def test_labels_text_and_eval_section(monkeypatch):
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert rows == [
         "| `b` | `tiny` [`test`] | convnet3 | 2 × 2 | 70.00 ± 1.00 | 70.00 ± 1.00 | `-` |",
-        "| `c` | `tiny` [`test`] | convnet3, soft labels of the teacher `t` (ResNet-18, config abc, 88.10 % test "
+        "| `c` | `tiny` [`test`] | convnet3, soft labels of the teacher `t` (ResNet-18, digest abc, 88.10 % test "
         "accuracy), temperature 4 | 2 × 2 | 70.00 ± 1.00 | - | `01234567` |",
     ]
     assert "protocol: dsco-hub " in section and "`docs/evaluation.md`" in section

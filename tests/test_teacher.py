@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import jsonschema
 import pytest
 import torch
 from conftest import CLASS_NAMES
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dsco_hub import evaluate as evaluate_module
 from dsco_hub import pipeline, results
@@ -115,6 +116,28 @@ def test_teacher_writes_weights_config_and_card(tiny_teacher, tiny_repo):
     assert "# Teacher network for tiny" in card and "dsco-hub teacher train tiny" in card
     assert f"**{config['test_accuracy'] * 100:.2f} %** on the 12 images" in card
     assert "| training images | 19 |" in card and "| epochs | 2 |" in card and "ConvNet-3" in card
+
+
+def test_the_teacher_digest_covers_its_config_and_its_weights(tiny_teacher, tmp_path):
+    # the same command retrained in place can give other weights (another device, a GPU's float order): other soft
+    # labels, so another teacher, though its config is unchanged
+    digest = teacher_module.teacher_digest(tiny_teacher)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_teacher, copy)
+    assert teacher_module.teacher_digest(copy) == digest and len(digest) == 12
+    weights = load_file(copy / WEIGHTS)
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, copy / WEIGHTS)
+    retrained = teacher_module.teacher_digest(copy)
+    assert retrained != digest and load_teacher(copy).digest == retrained
+    shutil.copy(tiny_teacher / WEIGHTS, copy / WEIGHTS)
+    config = json.loads((copy / TEACHER_CONFIG).read_text())
+    (copy / TEACHER_CONFIG).write_text(json.dumps({**config, "epochs": config["epochs"] + 1}))
+    assert teacher_module.teacher_digest(copy) not in (digest, retrained)
+    (copy / WEIGHTS).unlink()
+    with pytest.raises(FileNotFoundError):
+        teacher_module.teacher_digest(copy)
 
 
 def test_an_interrupted_teacher_resumes_to_the_same_weights(tiny_repo, tmp_path, monkeypatch):
@@ -267,7 +290,7 @@ def test_evaluate_with_soft_labels_records_the_teacher_and_validates(tiny_set, t
     with pytest.raises(jsonschema.ValidationError, match="'teacher' is a required property"):
         jsonschema.validate(doc, results.schema())
     card = (tiny_set / "README.md").read_text()
-    assert "with soft labels of the teacher `teacher` (ConvNet-3, config " in card and "temperature 4" in card
+    assert "with soft labels of the teacher `teacher` (ConvNet-3, digest " in card and "temperature 4" in card
     hard = dsco("evaluate", str(tiny_set), "--runs", "1", "--epochs", "2", "--json", "-", "--no-baseline")
     hard_protocol = json.loads(hard.stdout)["protocol"]
     assert hard_protocol["labels"] == "hard" and "teacher" not in hard_protocol and "temperature" not in hard_protocol
