@@ -21,6 +21,12 @@ and `results.json` (every figure), plus `pytest_gpu.log` and `prior.tar` (the tr
    `facebook/DiT-XL-2-256` layout, built and saved locally, ImageNet `id2label`): plain sampling and NOpt of 64
    classes at IPC 10 and 50 with `--dit-steps` DDIM steps and 16 NOpt targets per class, beside `--dry-run`'s
    estimate for the same settings (FLOPs at 40 % of the H200's 989 TFLOP/s dense bf16 peak).
+5. Issue 14's ship rule, with what time is left: DsCo (rho 0) at IPC 10 and 50 over set seeds 0-2 (`--ship-seeds`)
+   with the trained prior and with the shipped one, all made and evaluated here. A set's own seed moves DsCo by up
+   to 2 points at IPC 10 (`bench/results/set_seeds.md`), and the CPU figures in brackets come from another device
+   and precision: the report says whether the trained prior leads at both IPCs by more than the sets' spread.
+   When the full check leaves it too little time, `bash bench/gpu_check.sh --stages prior sets evaluate ship
+   --ipcs 10 50` decides alone (no tests, no IPC 1, no DiT), and its `prior.tar` is the prior the verdict is about.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("random", "herding", "diffusion", "dsco", "dsco-doped", "dsco-datafree")
 REAL = ("random", "herding")
-STAGES = ("tests", "prior", "sets", "student_run", "evaluate", "dit")
+STAGES = ("tests", "prior", "sets", "student_run", "evaluate", "dit", "ship")
+SHIPPED = "shipped-"  # folder prefix of the ship stage's sets made with the shipped prior
 PRIOR_ARCH = {"block_out_channels": (64, 128, 128), "layers_per_block": 2, "batch_size": 256}  # issue 14's GPU try
 SMOKE_ARCH = {"block_out_channels": (8, 16), "layers_per_block": 1, "batch_size": 16, "norm_num_groups": 8}
 H200_BF16_TFLOPS = 989.0  # dense bf16 peak of an H200 SXM (NVIDIA's datasheet; the H100 SXM's figure)
@@ -94,18 +101,36 @@ def shipped_figures(results: Path = BASELINES) -> dict[str, dict[int, float]]:
     return figures
 
 
+def ship_verdict(summary: dict[tuple[str, int], tuple[float, float, int]], ipcs: list[int], seeds: int) -> str:
+    """Issue 14's rule on the ship stage's figures: the trained prior replaces the shipped one when its DsCo leads
+    at every IPC by more than the larger std over sets (`summary[(prior, ipc)] = (mean, std, sets)`)."""
+    pairs = [(p, i) for p in ("trained", "shipped") for i in ipcs]
+    missing = [f"{p} IPC {i}" for p, i in pairs if summary.get((p, i), (0, 0, 0))[2] < seeds]
+    if missing:
+        return f"Verdict: not decided, sets missing ({', '.join(missing)})."
+    leads = []
+    for ipc in ipcs:
+        (ours, our_std, _), (theirs, their_std, _) = summary[("trained", ipc)], summary[("shipped", ipc)]
+        leads.append((ipc, ours - theirs, max(our_std, their_std)))
+    shown = "; ".join(f"IPC {ipc}: {lead:+.1f} (spread {spread:.1f})" for ipc, lead, spread in leads)
+    if all(lead > spread for _, lead, spread in leads):
+        return f"Verdict: the trained prior leads at every IPC by more than the sets' spread ({shown}): ship it."
+    return f"Verdict: keep the shipped prior ({shown})."
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Settings of the sets
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def set_config(method: str, ipc: int, out: Path, data: str | None, prior: str | None, smoke: bool):
-    """The `ConcentrateConfig` of one quality-table set (no evaluation: the evaluation stage runs it)."""
+def set_config(method: str, ipc: int, out: Path, data: str | None, prior: str | None, smoke: bool, seed: int = 0):
+    """The `ConcentrateConfig` of one quality-table set (no evaluation: the evaluation stage runs it); `prior` None
+    is the shipped prior."""
     from dsco_hub.config import ConcentrateConfig, NOptConfig, SourceConfig
     from dsco_hub.data import load_source
 
     source = SourceConfig(source=data)
-    common = {"ipc": ipc, "out": str(out), "evaluate": False, "overwrite": True}
+    common = {"ipc": ipc, "seed": seed, "out": str(out), "evaluate": False, "overwrite": True}
     if smoke:
         common["steps"] = 2
     if method in REAL:
@@ -123,8 +148,21 @@ def set_config(method: str, ipc: int, out: Path, data: str | None, prior: str | 
     return ConcentrateConfig(source=source, method="dsco", nopt=nopt, **free, **common)
 
 
-def set_folder(work: Path, method: str, ipc: int) -> Path:
-    return work / "sets" / f"{method}-ipc{ipc}"
+def set_name(method: str, ipc: int, seed: int = 0, tag: str = "") -> str:
+    """A set's folder name: `[shipped-]METHOD-ipcN[-sSEED]` (seed 0 unmarked, as the quality table's sets)."""
+    return f"{tag}{method}-ipc{ipc}" + (f"-s{seed}" if seed else "")
+
+
+def parse_set_name(name: str) -> dict:
+    """`set_name`'s parts: `{"method", "ipc", "seed", "prior"}` (prior "shipped" or "trained")."""
+    tagged = name.startswith(SHIPPED)
+    method, rest = name.removeprefix(SHIPPED).rsplit("-ipc", 1)
+    ipc, _, seed = rest.partition("-s")
+    return {"method": method, "ipc": int(ipc), "seed": int(seed or 0), "prior": "shipped" if tagged else "trained"}
+
+
+def set_folder(work: Path, method: str, ipc: int, seed: int = 0, tag: str = "") -> Path:
+    return work / "sets" / set_name(method, ipc, seed, tag)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,15 +171,19 @@ def set_folder(work: Path, method: str, ipc: int) -> Path:
 
 
 def worker_sets(args) -> None:
-    """Make the sets of `--methods` x `--ipcs`, appending `{method, ipc, seconds}` lines to `--results`."""
+    """Make the sets of `--methods` x `--ipcs` x `--seeds`, appending `{method, ipc, seed, name, seconds}` lines to
+    `--results` (`--tag` prefixes the folder names)."""
     from dsco_hub import pipeline
 
-    for ipc in args.ipcs:
-        for method in args.methods:
-            started = time.time()
-            cfg = set_config(method, ipc, set_folder(args.work, method, ipc), args.data, args.prior, args.smoke)
-            pipeline.concentrate(cfg, command=f"bench/gpu_check.py ({method}, IPC {ipc})")
-            _append(args.results, {"method": method, "ipc": ipc, "seconds": round(time.time() - started, 1)})
+    for seed in args.seeds:
+        for ipc in args.ipcs:
+            for method in args.methods:
+                started = time.time()
+                folder = set_folder(args.work, method, ipc, seed, args.tag)
+                cfg = set_config(method, ipc, folder, args.data, args.prior, args.smoke, seed)
+                pipeline.concentrate(cfg, command=f"bench/gpu_check.py ({folder.name})")
+                row = {"method": method, "ipc": ipc, "seed": seed, "name": folder.name}
+                _append(args.results, {**row, "seconds": round(time.time() - started, 1)})
 
 
 def worker_evaluate(args) -> None:
@@ -154,8 +196,7 @@ def worker_evaluate(args) -> None:
         started = time.time()
         folder = args.work / "sets" / name
         block = assess.evaluate_set(str(folder), SourceConfig(source=args.data), cfg)
-        method, ipc = name.rsplit("-ipc", 1)
-        row = {"method": method, "ipc": int(ipc), **block["result"], "seconds": round(time.time() - started, 1)}
+        row = {**parse_set_name(name), "name": name, **block["result"], "seconds": round(time.time() - started, 1)}
         row.update(device=block["protocol"].get("device"), precision=block["protocol"].get("precision"))
         _append(args.results, row)
 
@@ -382,7 +423,7 @@ class Check:
         if not made or self.left() < self.args.after_sets_seconds / 2:
             self.skip("student run timing", "no set made" if not made else "no time left")
             return
-        name = f"{made[0]['method']}-ipc{made[0]['ipc']}"
+        name = made[0]["name"]
         train = load_source(SourceConfig(source=str(self.work / "sets" / name)))
         test = load_test_source(SourceConfig(source=self.args.data), train.class_names)
         channels, height, width = test.image_shape
@@ -405,10 +446,16 @@ class Check:
         self.say(f"one student run: {len(images)} images x {cfg.epochs} epochs in {seconds:.1f} s")
 
     def evaluate(self) -> None:
-        names = [f"{row['method']}-ipc{row['ipc']}" for row in sorted(self.results["sets"], key=lambda r: -r["ipc"])]
+        names = [row["name"] for row in sorted(self.results["sets"], key=lambda r: -r["ipc"])]
+        self.results["eval"] = self.evaluate_sets(names, "eval", self.args.after_eval_seconds)
+        self.say(f"evaluated: {len(self.results['eval'])} of {len(names)} sets")
+
+    def evaluate_sets(self, names: list[str], label: str, keep_seconds: float) -> list[dict]:
+        """Evaluate the sets `names` (largest first) with `--eval-workers` processes, leaving `keep_seconds` of the
+        budget; their result rows."""
         if not names:
-            return
-        results = self.work / "eval.jsonl"
+            return []
+        results = self.work / f"{label}.jsonl"
         results.unlink(missing_ok=True)
         procs = []
         workers = min(self.args.eval_workers, len(names))  # ConvNet-3 runs are launch-bound: processes overlap
@@ -416,13 +463,12 @@ class Check:
             mine = names[w::workers]
             argv = self.worker("evaluate", "--sets", *mine, "--results", str(results))
             argv += ["--runs", str(self.args.runs), "--epochs", str(self.args.epochs)]
-            procs.append(self.spawn(argv, self.work / f"eval-{w}.log"))
+            procs.append(self.spawn(argv, self.work / f"{label}-{w}.log"))
         for proc in procs:
-            code = self.finish(proc, self.left() - self.args.after_eval_seconds)
+            code = self.finish(proc, self.left() - keep_seconds)
             if code != 0:
                 self.skip(f"evaluation worker {proc.log.name}", f"ended with {code}:\n{self.tail(proc.log)}")
-        self.results["eval"] = _read_lines(results)
-        self.say(f"evaluated: {len(self.results['eval'])} of {len(names)} sets")
+        return _read_lines(results)
 
     # -----------------------------------------------------------------------------------------------------------
     # Stage 4: DiT-XL/2-shaped model, random weights: plain sampling and NOpt beside the dry run
@@ -530,6 +576,43 @@ class Check:
                 self.write_report()
 
     # -----------------------------------------------------------------------------------------------------------
+    # Stage 5: the ship rule over set seeds, both priors made and evaluated here
+    # -----------------------------------------------------------------------------------------------------------
+
+    def ship(self) -> None:
+        if not hasattr(self, "prior_path"):
+            self.skip("ship rule", "no prior was trained")
+            return
+        if self.left() < 30:
+            self.skip("ship rule", f"{self.left():.0f} s left")
+            return
+        ipcs = [str(i) for i in self.args.ship_ipcs]
+        seeds = [str(s) for s in self.args.ship_seeds]
+        evaluated = {row["name"] for row in self.results.get("eval", [])}
+        have_seed0 = all(set_name("dsco", i) in evaluated for i in self.args.ship_ipcs)  # the quality table's
+        jobs = [  # (label, prior, seeds, tag): the trained prior's (seed 0 from the quality table), the shipped one's
+            ("ship-trained", str(self.prior_path), [s for s in seeds if not (have_seed0 and s == "0")], ""),
+            ("ship-shipped", None, seeds, SHIPPED),
+        ]
+        procs = []
+        for label, prior, own, tag in [job for job in jobs if job[2]]:
+            results = self.work / f"sets-{label}.jsonl"
+            results.unlink(missing_ok=True)
+            argv = self.worker("sets", "--methods", "dsco", "--ipcs", *ipcs, "--seeds", *own, "--tag", tag)
+            argv += [*(["--prior", prior] if prior else []), "--results", str(results)]
+            procs.append((label, self.spawn(argv, self.work / f"sets-{label}.log"), results))
+        for label, proc, _ in procs:
+            code = self.finish(proc, self.left() * 0.6)  # what is left after making them goes to evaluating them
+            if code != 0:
+                self.skip(f"{label} sets", f"ended with {code}:\n{self.tail(proc.log)}")
+        names = [row["name"] for _, _, path in procs for row in _read_lines(path)]
+        quality = self.results.get("eval", []) if have_seed0 else []
+        seed0 = [r for r in quality if r["method"] == "dsco" and r["ipc"] in self.args.ship_ipcs]
+        ship = self.evaluate_sets(sorted(names, key=lambda n: -parse_set_name(n)["ipc"]), "ship", 5)
+        self.results["ship"] = [*seed0, *ship]
+        self.say(f"ship rule: {len(ship)} of {len(names)} sets evaluated")
+
+    # -----------------------------------------------------------------------------------------------------------
     # Report
     # -----------------------------------------------------------------------------------------------------------
 
@@ -623,9 +706,40 @@ class Check:
                     f"{row['images_per_second']} | {row['dry_run_seconds_h200']} |"
                 )
             lines.append("")
+        if "ship" in r:
+            lines += self.ship_report(r["ship"])
         if r["skipped"]:
             lines += ["## Skipped or failed", ""] + [f"- {s}".replace("\n", "\n  ") for s in r["skipped"]] + [""]
         (self.out / "gpu_check.md").write_text("\n".join(lines))
+
+    def ship_report(self, rows: list[dict]) -> list[str]:
+        """The ship stage's table: DsCo (rho 0) per prior, IPC and set seed, and the verdict of issue 14's rule."""
+        seeds, ipcs = self.args.ship_seeds, self.args.ship_ipcs
+        found = {(row["prior"], row["ipc"], row["seed"]): row["accuracy_mean"] for row in rows}
+        lines = [
+            "## Ship rule: DsCo (rho 0) over set seeds, both priors made and evaluated here",
+            "",
+            f"ConvNet-3, hard labels, {self.args.runs} runs x {self.args.epochs} epochs per set; each cell is a set's "
+            "mean over its runs, the last columns the mean ± std over the sets.",
+            "",
+            "| prior | IPC | " + " | ".join(f"seed {s}" for s in seeds) + " | sets |",
+            "|---|---|" + "---|" * (len(seeds) + 1),
+        ]
+        summary: dict[tuple[str, int], tuple[float, float, int]] = {}
+        for prior in ("trained", "shipped"):
+            for ipc in ipcs:
+                values = [found[(prior, ipc, s)] for s in seeds if (prior, ipc, s) in found]
+                cells = [f"{found[(prior, ipc, s)]:.1f}" if (prior, ipc, s) in found else "—" for s in seeds]
+                if values:
+                    mean = sum(values) / len(values)
+                    std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+                    summary[(prior, ipc)] = (mean, std, len(values))
+                    cells.append(f"{mean:.1f} ± {std:.1f} ({len(values)})")
+                else:
+                    cells.append("—")
+                lines.append(f"| {prior} | {ipc} | " + " | ".join(cells) + " |")
+        lines += ["", ship_verdict(summary, ipcs, len(seeds)), ""]
+        return lines
 
     def _device_of_eval(self) -> str:
         rows = self.results.get("eval", [])
@@ -652,15 +766,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--eval-workers", type=int, default=6)
     parser.add_argument("--dit-steps", type=int, default=5, help="DDIM steps of the DiT timing (the dry run's too)")
+    parser.add_argument("--ship-ipcs", type=int, nargs="+", default=[10, 50], help="IPCs of the ship rule")
+    parser.add_argument("--ship-seeds", type=int, nargs="+", default=[0, 1, 2], help="set seeds of the ship rule")
     parser.add_argument("--worker", choices=["sets", "evaluate"], help=argparse.SUPPRESS)
     parser.add_argument("--methods", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--sets", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--prior", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data = args.data or None
     if args.smoke:
         args.ipcs, args.runs, args.epochs, args.eval_workers = [1], 1, 1, 2
+        args.ship_ipcs, args.ship_seeds = [1], [0, 1]
     if args.worker == "sets":
         worker_sets(args)
         return

@@ -173,6 +173,29 @@ def test_gpu_check_compares_with_the_shipped_priors_cpu_rows(tmp_path):
     assert gpu_check.shipped_figures(tmp_path / "missing.jsonl") == {}
 
 
+def test_gpu_checks_ship_rule_needs_a_lead_beyond_the_spread_over_set_seeds():
+    gpu_check = _bench_module("gpu_check")
+    for name, parts in [
+        ("dsco-ipc10", ("dsco", 10, 0, "trained")),
+        ("dsco-datafree-ipc50-s2", ("dsco-datafree", 50, 2, "trained")),
+        ("shipped-dsco-ipc10-s1", ("dsco", 10, 1, "shipped")),
+    ]:
+        assert tuple(gpu_check.parse_set_name(name).values()) == parts
+        assert gpu_check.set_name(*parts[:3], gpu_check.SHIPPED if parts[3] == "shipped" else "") == name
+    shipped = {("shipped", 10): (79.2, 1.0, 3), ("shipped", 50): (84.9, 0.3, 3)}
+    ahead = {**shipped, ("trained", 10): (80.5, 0.5, 3), ("trained", 50): (85.5, 0.4, 3)}
+    assert gpu_check.ship_verdict(ahead, [10, 50], 3) == (
+        "Verdict: the trained prior leads at every IPC by more than the sets' spread (IPC 10: +1.3 (spread 1.0); "
+        "IPC 50: +0.6 (spread 0.4)): ship it."
+    )
+    within = {**ahead, ("trained", 10): (80.0, 0.5, 3)}  # +0.8 at IPC 10, inside the shipped sets' spread of 1.0
+    assert gpu_check.ship_verdict(within, [10, 50], 3) == (
+        "Verdict: keep the shipped prior (IPC 10: +0.8 (spread 1.0); IPC 50: +0.6 (spread 0.4))."
+    )
+    short = {**ahead, ("trained", 50): (85.5, 0.0, 1)}  # two of its three IPC 50 sets missing (time ran out)
+    assert gpu_check.ship_verdict(short, [10, 50], 3) == "Verdict: not decided, sets missing (trained IPC 50)."
+
+
 def test_the_shipped_priors_quality_table_is_complete():
     # the README's quality table is `baselines.jsonl`'s rows at the defaults: every method at IPC 1, 10 and 50,
     # synthetic ones with the prior this checkout ships (re-run them when another prior is shipped)
