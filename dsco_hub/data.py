@@ -219,6 +219,27 @@ def fingerprint(cfg: SourceConfig) -> dict | None:
     return {"kind": "hub", "value": sha, "files": None} if sha else None
 
 
+def pin_revision(cfg: SourceConfig, recorded: dict | None) -> SourceConfig:
+    """`cfg` with a Hub source's `--revision` replaced by the commit its fingerprint recorded, for loading.
+
+    A resumable command (`concentrate`, `prior train`, `teacher train`) fingerprints its source when it starts
+    (`fingerprint`); loading at that commit means a commit pushed to the branch meanwhile (or between two processes
+    of a launch loading) cannot mix in, and what the command records names the exact commit. `datasets` prepares a
+    Hub dataset in a cache folder named by the commit the revision resolves to, so a source already loaded at its
+    branch is not downloaded again.
+
+    Args:
+        cfg (`SourceConfig`): the source as given.
+        recorded (`dict`, *optional*): its `fingerprint` (None: not taken, offline or data-free).
+
+    Returns:
+        `SourceConfig`: `cfg` itself for a local source, or without a Hub fingerprint; else a copy at the commit.
+    """
+    if recorded is None or recorded["kind"] != "hub":
+        return cfg
+    return dataclasses.replace(cfg, revision=recorded["value"])
+
+
 def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = False):
     """The split as a `datasets.Dataset`, or with `streaming` an `IterableDataset` (rows read lazily, in order)."""
     path = Path(source).expanduser()

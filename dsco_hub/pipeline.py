@@ -47,6 +47,7 @@ from dsco_hub.data import (
     image_grid,
     load_source,
     peek_stream,
+    pin_revision,
 )
 from dsco_hub.errors import DscoError, HubError
 from dsco_hub.text import command_line
@@ -148,27 +149,14 @@ def _fingerprints(cfg: ConcentrateConfig, state: distributed.ProcessState) -> tu
     """The source's fingerprint (`data.fingerprint`) as the run records it, and as a saved run's is compared with.
 
     Under a launcher every process takes the main process's (`state.gather`), so all of them compare the same
-    fingerprint and load a Hub source at the same commit (`_pinned`). A streamed run reads its rows once and then
-    only its saved copy (in OUT.partial): that copy, not the source as it is now, is what its units were made from,
-    so its fingerprint is recorded but not compared (None). Data-free without SOURCE: nothing to fingerprint.
+    fingerprint and load a Hub source at the same commit (`data.pin_revision`). A streamed run reads its rows once
+    and then only its saved copy (in OUT.partial): that copy, not the source as it is now, is what its units were
+    made from, so its fingerprint is recorded but not compared (None). Data-free without SOURCE: nothing to
+    fingerprint.
     """
     recorded = fingerprint(cfg.source) if cfg.source.source is not None or not cfg.data_free else None
     recorded = state.gather([recorded])[0]
     return recorded, None if cfg.source.streaming else recorded
-
-
-def _pinned(cfg: ConcentrateConfig, source_fingerprint: dict | None) -> ConcentrateConfig:
-    """`cfg` with a Hub source's `--revision` replaced by the commit its fingerprint recorded, for loading.
-
-    The fingerprint is taken when the run starts; loading at that commit means a commit pushed to the branch while
-    the run loads (or between two processes of a launch loading) cannot mix in, and the card's `source.revision`
-    names the exact commit. `datasets` prepares a Hub dataset in a cache folder named by the resolved commit, so a
-    source already loaded at its branch is not downloaded again. Other sources, and a Hub source whose commit could
-    not be read (offline: None), are returned as they are.
-    """
-    if source_fingerprint is None or source_fingerprint["kind"] != "hub":
-        return cfg
-    return dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, revision=source_fingerprint["value"]))
 
 
 def _concentrate(
@@ -273,7 +261,7 @@ def _compute(
     # before the run's settings are saved must not let a rerun with other settings reuse them
     key = json.dumps([plain["source"], cfg.rows_per_class, cfg.seed], sort_keys=True)
     stream_to = folder / "stream" / f"{derive_seed(key):016x}"
-    pinned = _pinned(cfg, source_fingerprint)  # a Hub source at the commit the run recorded
+    pinned = dataclasses.replace(cfg, source=pin_revision(cfg.source, source_fingerprint))  # at the recorded commit
     work = synthesis.prepare(pinned, state, stream_to, say, model_commit=plain.get("model_commit"))
     bar.advance(task)
     test_cfg = assess.eval_test_config(pinned)

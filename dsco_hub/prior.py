@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -30,12 +31,22 @@ from diffusers.training_utils import EMAModel
 from dsco_hub import distributed
 from dsco_hub.card import prior_card
 from dsco_hub.config import PriorTrainConfig, SamplerConfig, derive_seed
-from dsco_hub.data import decode_images, embedded_source_path, image_grid, load_source, to_model_range, to_uint8
+from dsco_hub.data import (
+    decode_images,
+    embedded_source_path,
+    fingerprint,
+    image_grid,
+    load_source,
+    pin_revision,
+    to_model_range,
+    to_uint8,
+)
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.files import atomic_write, check_out_path
 from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
 from dsco_hub.text import command_line
 from dsco_hub.ui import progress_bar
+from dsco_hub.writer import check_fingerprint
 
 STATE_FILE = "training_state.json"
 LOG_EVERY = 50  # steps between reads of the loss on the host (each read waits for the device to finish its queue)
@@ -75,7 +86,10 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
 
     Output `cfg.out`: `model_index.json` (with `id2label`), `unet/` (EMA weights, safetensors), `scheduler/`
     (DDIM, the training noise schedule), `samples.png`, `README.md` (model card with the command and wall
-    time), `prior_config.json`, and `checkpoints/step-N/` (accelerate state + EMA) that a rerun resumes from.
+    time), `prior_config.json` (the settings and the source's fingerprint), and `checkpoints/step-N/` (accelerate
+    state + EMA) that a rerun resumes from. A resume or an extension is refused when the source's data changed since
+    the run started (`data.fingerprint`), and a Hub source is loaded at the commit recorded then
+    (`data.pin_revision`).
 
     Args:
         cfg (`PriorTrainConfig`): the training settings (see its field comments).
@@ -86,7 +100,8 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         `Path`: the output folder.
 
     Raises:
-        ConfigError: invalid settings, or a resume whose saved settings differ from `cfg` (names the option).
+        ConfigError: invalid settings, or a resume whose saved settings differ from `cfg` (names the option) or
+            whose source data changed.
         OutputError: `cfg.out` holds a finished prior or unrelated files.
         SourceError: the source cannot be used.
     """
@@ -125,13 +140,19 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     warning = distributed.mixed_precision_warning(cfg.mixed_precision, accelerator.device)
     if warning:
         accelerator.print(warning, file=sys.stderr)
-    source = load_source(cfg.source)
+    made_from = broadcast_object_list([fingerprint(cfg.source)])[0]  # the main process's: one commit for all
+    if saved is not None:
+        fix = "pass another --out to train a prior on it"
+        check_fingerprint(saved.get("source_fingerprint"), made_from, f"the prior run in {cfg.out}", fix=fix)
+        made_from = saved.get("source_fingerprint", made_from)  # a run saved by an older version recorded none
+    source = load_source(pin_revision(cfg.source, made_from))
     channels = cfg.channels or source.image_shape[0]
     resolution = _resolution(cfg, *source.image_shape[1:])
     num_classes = source.num_classes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(saved_cfg_path, json.dumps({**wanted, "extended_from": extended_from}, indent=2) + "\n")
+        recorded = {**wanted, "extended_from": extended_from, "source_fingerprint": made_from}
+        atomic_write(saved_cfg_path, json.dumps(recorded, indent=2) + "\n")
     accelerator.wait_for_everyone()
 
     # Data: the whole split as uint8 (N, C, R, R); memory = N * C * R * R bytes

@@ -9,7 +9,8 @@ augmentation (`evaluate.train_epoch`), on this process's device, then tested on 
 A teacher folder holds:
 
 - `model.safetensors`: the weights;
-- `teacher_config.json`: what was trained (source, classes, image size, student, epochs, images, seed), its test
+- `teacher_config.json`: what was trained (source and its fingerprint, classes, image size, student, epochs,
+  images, seed), its test
   accuracy and the command; its SHA-256 with the weights' (`teacher_digest`) names the teacher in evaluation
   results;
 - `README.md`: a model card (huggingface_hub `ModelCard`);
@@ -37,10 +38,11 @@ from torch import nn
 from dsco_hub import __version__, distributed
 from dsco_hub.card import teacher_card
 from dsco_hub.config import TEACHER_CONFIG, TeacherConfig, derive_seed
-from dsco_hub.data import decode_images, load_source, load_test_source
+from dsco_hub.data import decode_images, fingerprint, load_source, load_test_source, pin_revision
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.evaluate import build_student, resolve_model, test_accuracy, train_epoch
 from dsco_hub.files import atomic_write, check_out_path, make_dirs
+from dsco_hub.writer import check_fingerprint
 
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
@@ -222,7 +224,9 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     `cfg.lr`, divided by 10 from epoch `epochs // 2`) and DSA-style augmentation, as the evaluation's students are,
     on `distributed.process_state().device`. Images are decoded as the evaluation decodes them: at the side of the
     test split's first image, with its channels. A checkpoint is written atomically after each epoch; a rerun of
-    the same command resumes from it, and a finished teacher is left as it is.
+    the same command resumes from it, and a finished teacher is left as it is. Both are refused when the source's
+    data changed since the teacher was started (`data.fingerprint`, recorded in `teacher_config.json`), and a Hub
+    source is loaded at the commit recorded then (`data.pin_revision`).
 
     Args:
         cfg (`TeacherConfig`): what to train and where (`cfg.out`).
@@ -234,7 +238,8 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
 
     Raises:
         ConfigError: an option is out of range, `cfg.out` holds a teacher of other settings (the message names
-            the first differing option), or the command runs under a launcher with several processes.
+            the first differing option) or of other source data, or the command runs under a launcher with several
+            processes.
         OutputError: `cfg.out` is refused by `files.check_out_path`, or holds files that are not a teacher.
         SourceError: the source, its split or its test split cannot be used.
     """
@@ -249,13 +254,18 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     out = check_out_path(cfg.out, "--out", [cfg.source.source])
     settings = _settings(cfg)
     saved = _check_rerun(out, settings)
+    made_from = fingerprint(cfg.source)  # what the teacher learns from: a rerun on other data is refused
+    if saved is not None:
+        fix = "pass another --out to train a teacher on it"
+        check_fingerprint(saved.get("source_fingerprint"), made_from, f"the teacher in {out.name}", fix=fix)
     if saved is not None and saved.get("test_accuracy") is not None and (out / WEIGHTS).is_file():
         say(f"teacher in {out.name} is complete ({saved['test_accuracy'] * 100:.2f} % test accuracy); nothing to do")
         return out
 
     # Data: the training split (a seeded subset with --max-images) and the test split, decoded at the test size
-    train = load_source(cfg.source)
-    test = load_test_source(cfg.source, train.class_names)
+    source = pin_revision(cfg.source, made_from)  # a Hub source at the commit fingerprinted above
+    train = load_source(source)
+    test = load_test_source(source, train.class_names)
     channels, height, width = test.image_shape
     size = min(height, width)
     rows = np.arange(len(train.labels))
@@ -280,6 +290,7 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     config = {
         **settings,  # "source" as given (None = the embedded subset), compared on a rerun
         "source_name": _shown(train.source_id),  # a local folder by its name: the config travels with the weights
+        "source_fingerprint": made_from,  # compared on a rerun (`writer.check_fingerprint`)
         "model": model_name,
         "class_names": list(train.class_names),
         "channels": channels,

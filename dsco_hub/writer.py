@@ -269,10 +269,18 @@ def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dic
     )
 
 
-def check_fingerprint(saved: dict | None, now: dict | None, what: str, redo: str = "start over") -> None:
+def check_fingerprint(
+    saved: dict | None, now: dict | None, what: str, redo: str = "start over", fix: str | None = None
+) -> None:
     """Refuse to reuse work made from other source data: `saved` and `now` are `data.fingerprint`s.
 
     Either being None (a run saved by an older version, a data-free run) skips the check.
+
+    Args:
+        saved, now (`dict`, *optional*): the fingerprints recorded with the work and taken now.
+        what (`str`): the work, as the message names it (e.g. "the saved run in OUT.partial").
+        redo (`str`, *optional*): what `--overwrite` does to it, in "pass --overwrite to {redo}".
+        fix (`str`, *optional*): the whole fix instead, for a command without `--overwrite`.
 
     Raises:
         ConfigError: the fingerprints differ; the message names both and the fix (restore the data or --overwrite).
@@ -283,7 +291,7 @@ def check_fingerprint(saved: dict | None, now: dict | None, what: str, redo: str
     here = f"{now.get('kind')} {str(now.get('value'))[:12]}"
     raise ConfigError(
         f"SOURCE changed since {what} was made ({there} there, {here} now): its rows no longer match; restore the "
-        f"source, or pass --overwrite to {redo}."
+        f"source, or {fix or f'pass --overwrite to {redo}'}."
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -79,6 +83,21 @@ def write_repo(folder: Path, train: datasets.Dataset, test: datasets.Dataset | N
         test.to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
     (folder / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# tiny\n\nCitation: Tiny et al. 2026.\n")
     return folder
+
+
+@contextlib.contextmanager
+def changed_train_split(repo: Path) -> Iterator[None]:
+    """Inside the block, `repo`'s training split holds one image fewer; after it, the original file is back byte for
+    byte with its modification time, so that `data.fingerprint` sees the original data again."""
+    parquet = repo / "data" / "train-00000-of-00001.parquet"
+    original, stat = parquet.read_bytes(), parquet.stat()
+    table = pq.read_table(parquet)
+    pq.write_table(table.slice(0, table.num_rows - 1), parquet)  # the schema's metadata (class names) kept
+    try:
+        yield
+    finally:
+        parquet.write_bytes(original)
+        os.utime(parquet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 @pytest.fixture

@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import changed_train_split
 from safetensors.torch import load_file
 
 from dsco_hub import prior as prior_module
 from dsco_hub.config import PriorTrainConfig, SamplerConfig, SourceConfig
+from dsco_hub.data import fingerprint
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.models import load_prior, sample
 
@@ -244,3 +246,33 @@ def test_unknown_mixed_precision_is_refused_before_work(tiny_repo, tmp_path):
     with pytest.raises(ConfigError, match=r"--mixed-precision='fp8' must be 'auto', 'no', 'bf16' or 'fp16'"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", mixed_precision="fp8"))
     assert not (tmp_path / "p").exists()
+
+
+def test_a_resume_or_an_extension_on_changed_source_data_is_refused(tiny_repo, tmp_path, monkeypatch):
+    # the run records its source's fingerprint when it starts: resuming (or extending) it on other data would train
+    # one prior on a mix of two datasets
+    out = tmp_path / "p"
+    original = prior_module._save_checkpoint
+
+    def crash_after_first(accelerator, ckpt_dir, step, *args):
+        original(accelerator, ckpt_dir, step, *args)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        prior_module.train_prior(_cfg(tiny_repo, out))
+    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+    recorded = json.loads((out / "prior_config.json").read_text())["source_fingerprint"]
+    assert recorded == fingerprint(SourceConfig(source=str(tiny_repo))) and recorded["kind"] == "local"
+    refused = (
+        rf"SOURCE changed since the prior run in {out} was made \(local {recorded['value'][:12]} there, local "
+        r"[0-9a-f]{12} now\): its rows no longer match; restore the source, or pass another --out to train a prior "
+        r"on it\.$"
+    )
+    with changed_train_split(tiny_repo), pytest.raises(ConfigError, match=refused):
+        prior_module.train_prior(_cfg(tiny_repo, out))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # nothing trained
+    prior_module.train_prior(_cfg(tiny_repo, out))  # the data restored: it resumes and finishes
+    with changed_train_split(tiny_repo), pytest.raises(ConfigError, match=refused):
+        prior_module.train_prior(_cfg(tiny_repo, out, max_steps=6))  # nor is a finished prior extended on it
+    assert json.loads((out / "prior_config.json").read_text())["source_fingerprint"] == recorded

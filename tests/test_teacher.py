@@ -12,14 +12,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-from conftest import CLASS_NAMES
+from conftest import CLASS_NAMES, changed_train_split
 from safetensors.torch import load_file, save_file
 
 from dsco_hub import evaluate as evaluate_module
 from dsco_hub import pipeline, results
 from dsco_hub import teacher as teacher_module
 from dsco_hub.config import TEACHER_CONFIG, ConcentrateConfig, EvalConfig, SourceConfig, TeacherConfig
-from dsco_hub.data import to_model_range
+from dsco_hub.data import fingerprint, to_model_range
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.evaluate import soft_label_loss, train_and_test
 from dsco_hub.teacher import CHECKPOINT, WEIGHTS, load_teacher, train_teacher
@@ -138,6 +138,39 @@ def test_the_teacher_digest_covers_its_config_and_its_weights(tiny_teacher, tmp_
     (copy / WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError):
         teacher_module.teacher_digest(copy)
+
+
+def test_a_teacher_is_tied_to_the_source_data_it_was_started_on(tiny_repo, tiny_teacher, tmp_path, monkeypatch):
+    # the teacher records its source's fingerprint: a rerun of its command on other data is refused, finished or not
+    recorded = json.loads((tiny_teacher / TEACHER_CONFIG).read_text())["source_fingerprint"]
+    assert recorded == fingerprint(SourceConfig(source=str(tiny_repo))) and recorded["kind"] == "local"
+    refused = (
+        rf"SOURCE changed since the teacher in teacher was made \(local {recorded['value'][:12]} there, local "
+        r"[0-9a-f]{12} now\): its rows no longer match; restore the source, or pass another --out to train a teacher "
+        r"on it\.$"
+    )
+    with changed_train_split(tiny_repo), pytest.raises(ConfigError, match=refused):
+        train_teacher(teacher_cfg(tiny_repo, tiny_teacher))
+    messages = []
+    train_teacher(teacher_cfg(tiny_repo, tiny_teacher), report=messages.append)  # the data restored: done already
+    assert len(messages) == 1 and messages[0].startswith("teacher in teacher is complete (")
+    assert messages[0].endswith("% test accuracy); nothing to do")
+
+    calls = []
+    original = teacher_module.train_epoch
+
+    def stop_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "train_epoch", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(teacher_cfg(tiny_repo, tmp_path / "cut"))
+    with changed_train_split(tiny_repo), pytest.raises(ConfigError, match="SOURCE changed since the teacher in cut"):
+        train_teacher(teacher_cfg(tiny_repo, tmp_path / "cut"))  # an unfinished one is not resumed on it either
+    assert len(calls) == 2
 
 
 def test_an_interrupted_teacher_resumes_to_the_same_weights(tiny_repo, tmp_path, monkeypatch):
