@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +99,15 @@ def changed_train_split(repo: Path) -> Iterator[None]:
     finally:
         parquet.write_bytes(original)
         os.utime(parquet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def source_changed(what: str, recorded: dict, fix: str) -> str:
+    """The pattern of `writer.check_fingerprint`'s refusal of `what`, made from the local data `recorded`: the
+    fingerprint there, any other now, and `fix`."""
+    return (
+        rf"SOURCE changed since {re.escape(what)} was made \(local {recorded['value'][:12]} there, local "
+        rf"[0-9a-f]{{12}} now\): its rows no longer match; restore the source, or {re.escape(fix)}\.$"
+    )
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import changed_train_split
+from conftest import changed_train_split, source_changed
 from safetensors.torch import load_file
 
 from dsco_hub import prior as prior_module
@@ -32,6 +32,20 @@ def _cfg(source, out, **kwargs) -> PriorTrainConfig:
     return PriorTrainConfig(source=SourceConfig(source=str(source)), out=str(out), **defaults)
 
 
+def _interrupted(tiny_repo, out, monkeypatch, **kwargs):
+    """Train `_cfg(tiny_repo, out, **kwargs)` and kill it right after its first checkpoint (a KeyboardInterrupt)."""
+    original = prior_module._save_checkpoint
+
+    def crash_after_first(accelerator, ckpt_dir, step, *args):
+        original(accelerator, ckpt_dir, step, *args)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        prior_module.train_prior(_cfg(tiny_repo, out, **kwargs))
+    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+
+
 def _weights(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -54,17 +68,8 @@ def test_train_saves_a_loadable_prior_with_card(tiny_repo, tmp_path):
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_repo, tmp_path, monkeypatch):
     straight = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "straight"))
-    original = prior_module._save_checkpoint
-
-    def crash_after_first(accelerator, ckpt_dir, step, *args):
-        original(accelerator, ckpt_dir, step, *args)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "resumed"))
+    _interrupted(tiny_repo, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / "model_index.json").exists()
-    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
     resumed = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "resumed"))
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -141,17 +146,8 @@ def test_the_ema_stays_beside_the_model_through_a_resume(tiny_repo, tmp_path, mo
         seen.append({p.device for p in ema.shadow_params} | {p.device for p in unet.parameters()})
         return step(accelerator, unet, optimizer, lr_scheduler, ema, *args, **kwargs)
 
-    original = prior_module._save_checkpoint
-
-    def crash_after_first(accelerator, ckpt_dir, step, *args):
-        original(accelerator, ckpt_dir, step, *args)
-        raise KeyboardInterrupt("killed")
-
     monkeypatch.setattr(prior_module, "train_step", checked_step)
-    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p"))
-    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+    _interrupted(tiny_repo, tmp_path / "p", monkeypatch)
     prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p"))
     assert len(seen) == 4 and all(len(devices) == 1 for devices in seen)  # 2 steps, then 2 resumed steps
 
@@ -207,19 +203,6 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(tiny_repo,
     assert json.loads((out / "prior_config.json").read_text())["mixed_precision"] == "bf16"
 
 
-def _interrupted(tiny_repo, out, monkeypatch, **kwargs):
-    original = prior_module._save_checkpoint
-
-    def crash_after_first(accelerator, ckpt_dir, step, *args):
-        original(accelerator, ckpt_dir, step, *args)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        prior_module.train_prior(_cfg(tiny_repo, out, **kwargs))
-    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
-
-
 def test_a_resumed_run_keeps_the_precision_it_started_with(tiny_repo, tmp_path, monkeypatch):
     monkeypatch.setattr(prior_module.distributed, "cpu_has_native_bf16", lambda: False)
     _interrupted(tiny_repo, tmp_path / "p", monkeypatch, mixed_precision="auto")  # started in float32
@@ -252,23 +235,10 @@ def test_a_resume_or_an_extension_on_changed_source_data_is_refused(tiny_repo, t
     # the run records its source's fingerprint when it starts: resuming (or extending) it on other data would train
     # one prior on a mix of two datasets
     out = tmp_path / "p"
-    original = prior_module._save_checkpoint
-
-    def crash_after_first(accelerator, ckpt_dir, step, *args):
-        original(accelerator, ckpt_dir, step, *args)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        prior_module.train_prior(_cfg(tiny_repo, out))
-    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+    _interrupted(tiny_repo, out, monkeypatch)
     recorded = json.loads((out / "prior_config.json").read_text())["source_fingerprint"]
     assert recorded == fingerprint(SourceConfig(source=str(tiny_repo))) and recorded["kind"] == "local"
-    refused = (
-        rf"SOURCE changed since the prior run in {out} was made \(local {recorded['value'][:12]} there, local "
-        r"[0-9a-f]{12} now\): its rows no longer match; restore the source, or pass another --out to train a prior "
-        r"on it\.$"
-    )
+    refused = source_changed(f"the prior run in {out}", recorded, "pass another --out to train a prior on it")
     with changed_train_split(tiny_repo), pytest.raises(ConfigError, match=refused):
         prior_module.train_prior(_cfg(tiny_repo, out))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # nothing trained
