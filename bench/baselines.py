@@ -11,6 +11,10 @@ never mixed. Each (method, IPC) set is made with `dsco_hub.pipeline.concentrate`
 `dsco_hub.assess.evaluate_set` (ConvNet-3, hard labels, DSA-style augmentation). Results are
 appended to a JSON-lines file as they finish (a rerun skips what is done) and the markdown table,
 beside the published figures of `docs/method.md` §6, is rewritten after each result.
+
+`--seed S` makes the sets with set seed S (default 0: the table of the README). Rows of another seed record it
+(`seed`), live in their own work folders, and are neither reused nor tabled by a run of another seed; a seed other
+than 0 needs its own `--table` (`bench/results/set_seeds.md` gathers them by hand).
 """
 
 from __future__ import annotations
@@ -130,7 +134,8 @@ def run(args) -> None:
     work, results = Path(args.work), Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     digest = prior_digest(args.model)
-    done = read_rows(results, ("method", "ipc", "prior", "variant"))
+    every = read_rows(results, ("method", "ipc", "prior", "variant", "seed"))
+    done = {key[:4]: row for key, row in every.items() if row.get("seed", 0) == args.seed}  # this set seed's
     if args.table_only:
         write_table(done, args)
         return
@@ -140,7 +145,8 @@ def run(args) -> None:
             variant = variant_name(method, ipc, args)
             if (method, ipc, prior, variant) in done:
                 continue
-            out = work / "-".join(filter(None, (f"{method}-ipc{ipc}", variant.replace(" ", ""), prior)))
+            seed = f"seed{args.seed}" if args.seed else ""
+            out = work / "-".join(filter(None, (f"{method}-ipc{ipc}", variant.replace(" ", ""), prior, seed)))
             started = time.time()
             cfg = method_config(method, ipc, out, args)
             pipeline.concentrate(cfg, command="bench/baselines.py")
@@ -152,6 +158,7 @@ def run(args) -> None:
                 "ipc": ipc,
                 "prior": prior,
                 **({"variant": variant} if variant else {}),
+                **({"seed": args.seed} if args.seed else {}),
                 **({"doping_ratio": args.doping_ratio} if method == "dsco-doped" else {}),
                 **block["result"],
             }
@@ -264,7 +271,10 @@ def main() -> None:
     parser.add_argument("--results", default=RESULTS)
     parser.add_argument("--table", default=TABLE)
     parser.add_argument("--table-only", action="store_true", help="Only rewrite the table from the results file.")
-    run(parser.parse_args())
+    args = parser.parse_args()
+    if args.seed and args.table == TABLE:
+        parser.error(f"--seed {args.seed} needs its own --table: {TABLE} is the seed-0 table of the README")
+    run(args)
 
 
 if __name__ == "__main__":
