@@ -183,8 +183,8 @@ def fingerprint(cfg: SourceConfig) -> dict | None:
 
     A local folder (and the embedded subset) is fingerprinted by the relative path, size and modification time of
     each of its files (no file is read); a Hub dataset by the commit `cfg.revision` resolves to now (None when the
-    Hub cannot be reached: nothing to compare), which `concentrate` then loads it at. No absolute path enters the
-    fingerprint: it is saved in the set.
+    Hub cannot be reached: nothing to compare), which the resumable commands then load it at (`pin_revision`). No
+    absolute path enters the fingerprint: it is saved in the set.
 
     Args:
         cfg (`SourceConfig`): the source (`source=None` is the embedded subset).

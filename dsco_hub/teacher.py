@@ -10,9 +10,8 @@ A teacher folder holds:
 
 - `model.safetensors`: the weights;
 - `teacher_config.json`: what was trained (source and its fingerprint, classes, image size, student, epochs,
-  images, seed), its test
-  accuracy and the command; its SHA-256 with the weights' (`teacher_digest`) names the teacher in evaluation
-  results;
+  images, seed), its test accuracy and the command; its SHA-256 with the weights' (`teacher_digest`) names the
+  teacher in evaluation results;
 - `README.md`: a model card (huggingface_hub `ModelCard`);
 - while training, `checkpoint.safetensors` (weights, SGD momentum, epochs done), written atomically after each
   epoch: a rerun of the same command resumes from it; other settings are refused.
