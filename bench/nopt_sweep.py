@@ -31,6 +31,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from huggingface_hub import DatasetCard
 from safetensors.torch import load_file
 
 from dsco_hub import assess, pipeline
@@ -81,10 +82,11 @@ REFERENCES = (
 def row_command(row: dict) -> str:
     """The call that makes `row` again: NOpt's step length and target batch pinned to the values the row used.
 
-    Rows record the settings they were given; the rest were the defaults of the day: NOpt's `lr` (`default_lr`) and,
-    before 2026-12-03, all targets per iteration (today max(128, 10 n)), so both are pinned in the command.
+    Rows record the settings they were given; the rest were the defaults of the day: NOpt's `lr` (`default_lr`) and
+    its target batch, which rows made since 2026-12-06 record as NOpt resolved it (`target_batch_used`, the card's
+    `nopt_target_batch`); older rows were made before 2026-12-03, when the default was all targets (0).
     """
-    nopt = {"lr": row["default_lr"], "target_batch": 0, **row["nopt"]}
+    nopt = {"lr": row["default_lr"], "target_batch": row.get("target_batch_used", 0), **row["nopt"]}
     config = f" --config '{json.dumps(row['config'])}'" if row["config"] else ""
     return (
         f"python bench/nopt_sweep.py {row['name']} --ipc {row['ipc']} --runs {row['runs']} "
@@ -180,6 +182,7 @@ def main() -> None:
         parser.error(f"--nopt / --config: {err}; use NOptConfig / ConcentrateConfig field names, e.g. lr, pool_size")
     pipeline.concentrate(cfg, command="bench/nopt_sweep.py")
     made = time.time() - started
+    settings = DatasetCard.load(out / "README.md").data["dsco"]["settings"]
     block = {"result": {"accuracy_mean": None, "accuracy_std": None, "accuracies": []}}  # --runs 0: proxies only
     if args.runs:
         block = assess.evaluate_set(str(out), source, EvalConfig(runs=args.runs, baseline=False))
@@ -189,6 +192,7 @@ def main() -> None:
         "nopt": nopt,
         "config": {k: v for k, v in overrides.items() if k != "labels"},
         "default_lr": NOptConfig().lr,
+        **({"target_batch_used": settings["nopt_target_batch"]} if "nopt_target_batch" in settings else {}),
         **proxies(out, source, args.classifier),
         "accuracy_mean": block["result"]["accuracy_mean"],
         "accuracy_std": block["result"]["accuracy_std"],
