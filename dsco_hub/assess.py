@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from huggingface_hub import DatasetCard
 
 from dsco_hub import card, distributed, doping, hub, results, teacher, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
-from dsco_hub.data import SourceData, decode_images, load_source, load_test_source
+from dsco_hub.data import SourceData, decode_images, fingerprint, load_source, load_test_source, pin_revision
 from dsco_hub.errors import ConfigError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images, runs_of_process
 from dsco_hub.files import shown_name
@@ -169,6 +170,7 @@ def _evaluate_command(
     test_cfg = _default_test(opened, test)
     state = distributed.process_state()
     with hub.hub_session(hub_cfg), progress_bar(disable=not state.is_main) as bar:
+        test_cfg = pin_test(test_cfg, state)  # one commit for every load of a Hub test source
         block, train = _evaluate_opened(opened, test_cfg, cfg, bar)
         compared = None
         if other is not None:  # same protocol, seeds and test split; the baseline is the first set's
@@ -332,6 +334,34 @@ def eval_test_config(cfg: ConcentrateConfig) -> SourceConfig | None:
     return cfg.source
 
 
+def pin_test(test_cfg: SourceConfig | None, state: distributed.ProcessState) -> SourceConfig | None:
+    """`test_cfg` with a Hub test source pinned to the commit its revision resolves to now (`data.pin_revision`).
+
+    An evaluation loads its test source more than once (the test split, then the training split the random-real
+    baseline draws from; `--against` loads it again, each process of a launch loads it): pinned, a commit pushed to
+    the branch meanwhile cannot mix in, and the results name the commit tested on (`eval.test.revision`). Under a
+    launcher every process takes the main process's commit. A collective: every process must call it.
+
+    Args:
+        test_cfg (`SourceConfig`, *optional*): the test source (`eval_test_config`, or the one a set's card records).
+        state (`distributed.ProcessState`): this process's place in the launch.
+
+    Returns:
+        `SourceConfig` or None: `test_cfg` itself for None, the embedded subset, a local folder, a revision that is
+        already a commit sha, or when the Hub cannot be reached (offline: loaded from the cache as asked); else a
+        copy at the commit.
+    """
+    if (
+        test_cfg is None
+        or test_cfg.source is None
+        or not hub.is_hub_ref(test_cfg.source)
+        or re.fullmatch(r"[0-9a-f]{40}", test_cfg.revision or "")
+    ):
+        return test_cfg
+    recorded = state.gather([fingerprint(test_cfg) if state.is_main else None])[0]
+    return pin_revision(test_cfg, recorded)
+
+
 def load_test(
     test_cfg: SourceConfig, class_names: list[str], target: str, stream_to: Path | None = None
 ) -> SourceData:
@@ -461,7 +491,12 @@ def eval_block(
         sets.append(("baseline_random", baseline_source, rows))
     block: dict = {
         "protocol": {**card.protocol_block(cfg, channels, state.device, soft)},
-        "test": {"dataset": shown_name(test.source_id), "split": test.split, "num_images": len(test_rows)},
+        "test": {
+            "dataset": shown_name(test.source_id),
+            "split": test.split,
+            "num_images": len(test_rows),
+            **({"revision": test.revision} if test.revision and hub.is_hub_ref(test.source_id) else {}),  # `pin_test`
+        },
         "evaluated_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, source, rows in sets:

@@ -264,7 +264,7 @@ def _compute(
     pinned = dataclasses.replace(cfg, source=pin_revision(cfg.source, source_fingerprint))  # at the recorded commit
     work = synthesis.prepare(pinned, state, stream_to, say, model_commit=plain.get("model_commit"))
     bar.advance(task)
-    test_cfg = assess.eval_test_config(pinned)
+    test_cfg = assess.pin_test(assess.eval_test_config(pinned), state)  # a --test-dataset on the Hub: one commit
     test = None
     if cfg.evaluate and test_cfg is not None:
         with state.main_first():  # a streamed test split is read once, and saved in the run folder for the others

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
+import jsonschema
 import numpy as np
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from conftest import CLASS_NAMES, tiny_dataset, write_repo
 from hub_server import DROPPED, FakeHub
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from dsco_hub import assess, hub, hub_errors, pipeline, synthesis, writer
+from dsco_hub import assess, hub, hub_errors, pipeline, results, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
 from dsco_hub.errors import HubError, SourceError
 
@@ -1463,3 +1464,37 @@ def test_a_hub_source_is_loaded_at_the_commit_the_run_recorded(fake_hub, tmp_pat
     theirs = tiny_dataset()  # the first commit's training split, in its row order
     for row in ours:
         assert np.array_equal(np.asarray(row["image"]), np.asarray(theirs[row["source_index"]]["image"]))
+
+
+def test_an_evaluation_reads_a_hub_test_source_at_one_commit(fake_hub, tmp_path, monkeypatch):
+    # `evaluate --test-dataset USER/NAME` loads the test source twice (its test split, then the training split the
+    # random-real baseline draws from): a push to main between the two loads must not mix in, and the results must
+    # name the commit they were tested on
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    name = "alice/moving-test-source"
+    repo = {"repo_id": name, "repo_type": "dataset"}
+    api.create_repo(**repo)
+    api.upload_folder(folder_path=str(write_repo(tmp_path / "v1", tiny_dataset(), tiny_dataset((2, 2, 2)))), **repo)
+    first = api.dataset_info(name).sha
+    newer = write_repo(tmp_path / "v2", tiny_dataset((5, 5, 5), seed_offset=50), tiny_dataset((3, 3, 3)))
+    load_test, load_source, loaded = assess.load_test, assess.load_source, []
+
+    def then_push(*args, **kwargs):
+        found = load_test(*args, **kwargs)
+        api.upload_folder(folder_path=str(newer), commit_message="v2", **repo)
+        return found
+
+    def recorded(cfg, *args, **kwargs):
+        loaded.append((cfg.source, cfg.revision))
+        return load_source(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(assess, "load_test", then_push)
+    monkeypatch.setattr(assess, "load_source", recorded)
+    the_set = write_repo(tmp_path / "set", tiny_dataset((2, 2, 2), seed_offset=20))
+    doc = assess.evaluate_report(
+        str(the_set), SourceConfig(source=name), EvalConfig(runs=1, epochs=1, baseline=True), hub_cfg=_cfg(fake_hub)
+    )
+    assert api.dataset_info(name).sha != first  # main moved between the test split and the baseline's source
+    assert doc["test"] == {"dataset": name, "split": "test", "num_images": 6, "revision": first}  # v2's test has 9
+    assert loaded[-1] == (name, first)  # the baseline's images: the first commit's training split, not v2's
+    jsonschema.validate(doc, results.schema())
