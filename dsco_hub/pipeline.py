@@ -264,9 +264,10 @@ def _compute(
     pinned = dataclasses.replace(cfg, source=pin_revision(cfg.source, source_fingerprint))  # at the recorded commit
     work = synthesis.prepare(pinned, state, stream_to, say, model_commit=plain.get("model_commit"))
     bar.advance(task)
-    test_cfg = assess.pin_test(assess.eval_test_config(pinned), state)  # a --test-dataset on the Hub: one commit
+    test_cfg = assess.eval_test_config(pinned)
     test = None
     if cfg.evaluate and test_cfg is not None:
+        test_cfg = assess.pin_test(test_cfg, state)  # a --test-dataset on the Hub: one commit for every process
         with state.main_first():  # a streamed test split is read once, and saved in the run folder for the others
             test = assess.load_test(test_cfg, work.class_names, work.name, stream_to)
     bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(work.class_names)} classes")

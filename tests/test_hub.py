@@ -1498,3 +1498,24 @@ def test_an_evaluation_reads_a_hub_test_source_at_one_commit(fake_hub, tmp_path,
     assert doc["test"] == {"dataset": name, "split": "test", "num_images": 6, "revision": first}  # v2's test has 9
     assert loaded[-1] == (name, first)  # the baseline's images: the first commit's training split, not v2's
     jsonschema.validate(doc, results.schema())
+
+
+def test_a_hub_test_dataset_of_a_concentration_is_read_at_a_commit_the_card_records(fake_hub, tmp_path):
+    # `concentrate --test-dataset USER/NAME`: the card names the commit the test split was read at
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    name = "alice/test-split-source"
+    api.create_repo(repo_id=name, repo_type="dataset")
+    hub_repo = write_repo(tmp_path / "hub", tiny_dataset(), tiny_dataset((3, 3, 3)))
+    api.upload_folder(folder_path=str(hub_repo), repo_id=name, repo_type="dataset")
+    cfg = ConcentrateConfig(
+        source=SourceConfig(source=str(write_repo(tmp_path / "local", tiny_dataset(), tiny_dataset((2, 2, 2))))),
+        test_dataset=name,
+        out=str(tmp_path / "set"),
+        method="random",
+        ipc=2,
+        eval=FAST_EVAL,
+    )
+    with hub.hub_session(HubConfig(endpoint=fake_hub.url, token=TOKEN)):
+        result = pipeline.concentrate(cfg)
+    test = result.dsco["eval"]["test"]
+    assert (test["dataset"], test["num_images"], test["revision"]) == (name, 9, api.dataset_info(name).sha)
