@@ -83,7 +83,7 @@ def row_command(row: dict) -> str:
     """The call that makes `row` again: NOpt's step length and target batch pinned to the values the row used.
 
     Rows record the settings they were given; the rest were the defaults of the day: NOpt's `lr` (`default_lr`) and
-    its target batch, which rows made since 2026-12-06 record as NOpt resolved it (`target_batch_used`, the card's
+    its target batch, which rows made since 2026-12-05 record as NOpt resolved it (`target_batch_used`, the card's
     `nopt_target_batch`); older rows were made before 2026-12-03, when the default was all targets (0).
     """
     nopt = {"lr": row["default_lr"], "target_batch": row.get("target_batch_used", 0), **row["nopt"]}

@@ -267,7 +267,8 @@ def _compute(
     test_cfg = assess.eval_test_config(pinned)
     test = None
     if cfg.evaluate and test_cfg is not None:
-        test_cfg = assess.pin_test(test_cfg, state)  # a --test-dataset on the Hub: one commit for every process
+        if cfg.test_dataset is not None:  # SOURCE itself is already at its fingerprinted commit (`pinned`)
+            test_cfg = assess.pin_test(test_cfg, state)  # a --test-dataset on the Hub: one commit for every process
         with state.main_first():  # a streamed test split is read once, and saved in the run folder for the others
             test = assess.load_test(test_cfg, work.class_names, work.name, stream_to)
     bar.update(task, completed=2 if cfg.evaluate else 1, info=f"{len(work.class_names)} classes")
