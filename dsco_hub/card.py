@@ -963,6 +963,7 @@ def prior_card(
         ema_power=cfg.ema_power,
         ema_max_decay=cfg.ema_max_decay,
         label_dropout=cfg.label_dropout,
+        snr_gamma=cfg.snr_gamma,
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         mixed_precision=cfg.mixed_precision,

@@ -601,6 +601,10 @@ def prior_train(
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
     label_dropout: Annotated[float, typer.Option(help="Null-label probability (guidance).")] = 0.1,
+    snr_gamma: Annotated[
+        Optional[float],
+        typer.Option(help="Min-SNR-gamma loss weighting: min(SNR, gamma) / SNR per sample, e.g. 5 (default: none)."),
+    ] = None,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = False,
     mixed_precision: Annotated[
         str,
@@ -633,6 +637,7 @@ def prior_train(
         batch_size=batch_size,
         lr=lr,
         label_dropout=label_dropout,
+        snr_gamma=snr_gamma,
         flip=flip,
         mixed_precision=mixed_precision,
         checkpoint_every=checkpoint_every,

@@ -581,6 +581,9 @@ class PriorTrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay)
     warmup_steps: int = 200
     label_dropout: float = 0.1  # probability of replacing the label by the null class (classifier-free guidance)
+    # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023): each sample's squared error is weighted by
+    # min(SNR(t), gamma) / SNR(t), which caps the weight of the low-noise steps; None = the plain DDPM loss
+    snr_gamma: float | None = None
     ema_power: float = 0.75  # EMA warm-up exponent: decay = 1 - (1 + step) ** -power, capped at ema_max_decay
     ema_max_decay: float = 0.999
     num_train_timesteps: int = 1000
@@ -601,6 +604,10 @@ class PriorTrainConfig:
         _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
         _check(0 <= self.label_dropout < 1, f"--label-dropout={self.label_dropout} must be in [0, 1); use 0.1.")
         _check(self.lr > 0, f"--lr={self.lr} must be positive.")
+        _check(
+            self.snr_gamma is None or self.snr_gamma > 0,
+            f"--snr-gamma={self.snr_gamma} must be positive; use 5 (Min-SNR-gamma's value) or leave it out.",
+        )
         _check(self.channels in (None, 1, 3), f"--channels={self.channels} must be 1 or 3.")
         bad = [w for w in self.block_out_channels if w % self.norm_num_groups]
         _check(

@@ -4,7 +4,7 @@ Users of domains without a pretrained class-conditional model (medical, satellit
 train one here. The model is a diffusers `UNet2DModel` with `num_class_embeds = K + 1`; labels
 are dropped to the null class `K` with probability `label_dropout` so the prior supports
 classifier-free guidance (Ho and Salimans, 2022). Training is the DDPM epsilon objective
-(Ho et al., 2020) with an EMA of the weights, run through `accelerate` (one CPU or many GPUs),
+(Ho et al., 2020), optionally Min-SNR-gamma weighted (Hang et al., 2023), with an EMA of the weights, run through `accelerate` (one CPU or many GPUs),
 with checkpoints every `checkpoint_every` steps that a rerun of the same command resumes from.
 
 Batches are a pure function of `(seed, step, rank)`, so a resumed run sees the batches an
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 
 from dsco_hub import distributed
 from dsco_hub.card import prior_card
@@ -190,7 +190,10 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         task = bar.add_task("train prior", total=cfg.max_steps, completed=step, info="")
         while step < cfg.max_steps:
             x_t, t, y, noise = training_batch(cfg, images, labels, num_classes, noise_scheduler, step, rank)
-            losses.append(train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, clip_norm=1.0))
+            weights = None if cfg.snr_gamma is None else min_snr_weights(noise_scheduler, t, cfg.snr_gamma)
+            losses.append(
+                train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, 1.0, weights)
+            )
             step += 1
             checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
             if checkpoint or step % LOG_EVERY == 0:
@@ -359,11 +362,35 @@ def training_batch(
     return a * x0 + s * noise, t, y, noise
 
 
-def train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, clip_norm: float = 1.0):
+def min_snr_weights(noise_scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights of an epsilon-prediction objective (Hang et al., "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", ICCV 2023, arXiv 2303.09556): `min(SNR(t), gamma) / SNR(t)`.
+
+    `SNR(t) = alpha_bar_t / (1 - alpha_bar_t)` (diffusers' `training_utils.compute_snr`, as its training scripts'
+    `--snr_gamma` use it). Noisy steps (SNR <= gamma) keep weight 1; the weight of cleaner steps falls as
+    `gamma / SNR`, so they no longer dominate the gradient.
+
+    Args:
+        noise_scheduler (`DDPMScheduler`): the training noise schedule (`alphas_cumprod`).
+        t (`torch.Tensor`): `(B,)` int64 timesteps in `[0, num_train_timesteps)`.
+        gamma (`float`): the SNR cap, positive (the paper uses 5).
+
+    Returns:
+        `torch.Tensor`: `(B,)` float32 weights in `(0, 1]`, on `t`'s device.
+    """
+    snr = compute_snr(noise_scheduler, t).float()
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_step(
+    accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, clip_norm: float = 1.0, weights=None
+):
     """One optimizer step of the DDPM epsilon objective (Ho et al., 2020), then one EMA update.
 
     The batch moves to `accelerator.device`; the forward runs under the accelerator's autocast (bf16 or fp16, with
-    the gradient scaler for fp16), the loss is computed in float32, gradients are clipped to `clip_norm`.
+    the gradient scaler for fp16), the loss is computed in float32, gradients are clipped to `clip_norm`. With
+    `weights`, the loss is the batch mean of each sample's mean squared error times its weight (Min-SNR-gamma,
+    `min_snr_weights`); without, the plain mean squared error.
 
     Args:
         accelerator (`accelerate.Accelerator`): owns the device, autocast and gradient scaler.
@@ -374,6 +401,7 @@ def train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise
         y (`torch.Tensor`): `(B,)` int64 labels in `[0, K]`.
         noise (`torch.Tensor`): `(B, C, R, R)` float32, the regression target.
         clip_norm (`float`, *optional*, defaults to 1.0): gradient norm clip.
+        weights (`torch.Tensor`, *optional*): `(B,)` float32 per-sample loss weights; None = unweighted.
 
     Returns:
         `torch.Tensor`: the loss, 0-d float32 on the device, detached (reading it waits for the step).
@@ -382,7 +410,11 @@ def train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise
     x_t, noise = x_t.to(device, non_blocking=True), noise.to(device, non_blocking=True)
     with accelerator.autocast():
         pred = unet(x_t, t.to(device, non_blocking=True), class_labels=y.to(device, non_blocking=True)).sample
-    loss = F.mse_loss(pred.float(), noise)
+    if weights is None:
+        loss = F.mse_loss(pred.float(), noise)
+    else:
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+        loss = (per_sample * weights.to(device, non_blocking=True)).mean()
     accelerator.backward(loss)
     accelerator.clip_grad_norm_(unet.parameters(), clip_norm)
     optimizer.step()
