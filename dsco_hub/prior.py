@@ -4,8 +4,9 @@ Users of domains without a pretrained class-conditional model (medical, satellit
 train one here. The model is a diffusers `UNet2DModel` with `num_class_embeds = K + 1`; labels
 are dropped to the null class `K` with probability `label_dropout` so the prior supports
 classifier-free guidance (Ho and Salimans, 2022). Training is the DDPM epsilon objective
-(Ho et al., 2020), optionally Min-SNR-gamma weighted (Hang et al., 2023), with an EMA of the weights, run through `accelerate` (one CPU or many GPUs),
-with checkpoints every `checkpoint_every` steps that a rerun of the same command resumes from.
+(Ho et al., 2020), optionally Min-SNR-gamma weighted (Hang et al., 2023), with an EMA of the weights,
+run through `accelerate` (one CPU or many GPUs), with checkpoints every `checkpoint_every` steps that
+a rerun of the same command resumes from.
 
 Batches are a pure function of `(seed, step, rank)`, so a resumed run sees the batches an
 uninterrupted run would have seen.
@@ -191,9 +192,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         while step < cfg.max_steps:
             x_t, t, y, noise = training_batch(cfg, images, labels, num_classes, noise_scheduler, step, rank)
             weights = None if cfg.snr_gamma is None else min_snr_weights(noise_scheduler, t, cfg.snr_gamma)
-            losses.append(
-                train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, 1.0, weights)
-            )
+            losses.append(train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, 1.0, weights))
             step += 1
             checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
             if checkpoint or step % LOG_EVERY == 0:
