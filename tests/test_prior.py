@@ -107,6 +107,92 @@ def test_bad_widths_are_refused_before_work(tiny_repo, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# --snr-gamma: Min-SNR-gamma loss weighting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_min_snr_weights_cap_the_clean_steps_and_keep_the_noisy_ones():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    t = torch.tensor([0, 100, 400, 600, 999])
+    a = scheduler.alphas_cumprod[t].double()
+    snr = a / (1 - a)  # alpha_bar / (1 - alpha_bar), in float64
+    assert snr[0] > 5 > snr[-1]  # the timesteps span both sides of gamma
+    expected = torch.where(snr > 5, 5 / snr, torch.ones_like(snr)).float()
+    weights = prior_module.min_snr_weights(scheduler, t, 5.0)
+    assert weights.dtype == torch.float32 and weights.shape == (5,)
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=0)
+    assert weights[-1] == 1 and weights[0] < 1e-3  # the noisiest step keeps its weight, the cleanest loses it
+
+
+def test_a_weighted_step_follows_the_weighted_loss(tiny_repo, tmp_path):
+    """Weight 1 is the plain loss, and zero weight removes a sample: its gradient is that of the batch without it."""
+    from dsco_hub import distributed
+
+    cfg = _cfg(tiny_repo, tmp_path / "p")
+    g = torch.Generator().manual_seed(0)
+    x_t, noise = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
+    t, y = torch.tensor([3, 10, 20, 40]), torch.tensor([0, 1, 2, 3])
+
+    def step(rows, weights):
+        """The loss and the gradient (all parameters, flattened) of one step from the same initial weights."""
+        distributed.seed_everything(0)
+        accelerator = distributed.make_accelerator("no")
+        unet, _, optimizer, lr_scheduler, ema = prior_module.make_training_state(cfg, 3, 3, 16, accelerator)
+        grads = []
+        accelerator.clip_grad_norm_ = lambda params, norm: grads.extend(p.grad.flatten().clone() for p in params)
+        loss = prior_module.train_step(
+            accelerator, unet, optimizer, lr_scheduler, ema, x_t[rows], t[rows], y[rows], noise[rows], 1.0, weights
+        )
+        return loss, torch.cat(grads)
+
+    plain_loss, plain = step([0, 1, 2], None)
+    ones_loss, ones = step([0, 1, 2], torch.ones(3))
+    masked_loss, masked = step([0, 1, 2, 3], torch.tensor([4 / 3, 4 / 3, 4 / 3, 0.0]))
+    full_loss, full = step([0, 1, 2, 3], None)
+    scale = plain.abs().max()
+    torch.testing.assert_close(ones_loss, plain_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ones, plain, rtol=0, atol=1e-6 * scale)
+    torch.testing.assert_close(masked_loss, plain_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(masked, plain, rtol=0, atol=1e-5 * scale)
+    assert (full - plain).abs().max() > 1e-2 * scale  # the fourth sample does move the gradient when it counts
+
+
+def test_snr_gamma_is_recorded_and_changes_training_and_a_resume_keeps_it(tiny_repo, tmp_path):
+    plain = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "plain", max_steps=2))
+    weighted = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "snr", max_steps=2, snr_gamma=5.0))
+    assert json.loads((weighted / "prior_config.json").read_text())["snr_gamma"] == 5.0
+    assert json.loads((plain / "prior_config.json").read_text())["snr_gamma"] is None
+    card = (weighted / "README.md").read_text()
+    assert "Min-SNR-gamma loss weighting (gamma 5.0, Hang et al. 2023)" in card
+    assert "Min-SNR" not in (plain / "README.md").read_text()
+    a, b = _weights(plain), _weights(weighted)
+    assert any(not torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(ConfigError, match=r"different settings \(snr_gamma: 5.0 there, None now\)"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "snr", max_steps=2))
+    prior_module.train_prior(_cfg(tiny_repo, tmp_path / "snr", max_steps=4, snr_gamma=5.0))  # an extension
+
+
+def test_a_run_saved_before_snr_gamma_existed_resumes_unweighted(tiny_repo, tmp_path, monkeypatch):
+    _interrupted(tiny_repo, tmp_path / "old", monkeypatch)
+    saved = tmp_path / "old" / "prior_config.json"
+    recorded = json.loads(saved.read_text())
+    del recorded["snr_gamma"]  # prior_config.json as versions before --snr-gamma wrote it
+    saved.write_text(json.dumps(recorded))
+    resumed = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "old"))
+    straight = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "straight"))
+    a, b = _weights(resumed), _weights(straight)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_non_positive_snr_gamma_is_refused_before_work(tiny_repo, tmp_path):
+    with pytest.raises(ConfigError, match=r"--snr-gamma=0.0 must be positive; use 5"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", snr_gamma=0.0))
+    assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Devices: the EMA beside the model, losses read on the host only when logged
 # ---------------------------------------------------------------------------------------------------------------
 
