@@ -187,12 +187,17 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     started = time.time() - elapsed
     unet.train()
     losses: list[torch.Tensor] = []  # this step's and the unread steps' losses, 0-d float32 on the device
+    # Min-SNR-gamma weight of every timestep, looked up per batch: (T,) float32, or None for the plain loss
+    snr_weights = None
+    if cfg.snr_gamma is not None:
+        snr_weights = min_snr_weights(noise_scheduler, torch.arange(cfg.num_train_timesteps), cfg.snr_gamma)
     with progress_bar() as bar:
         task = bar.add_task("train prior", total=cfg.max_steps, completed=step, info="")
         while step < cfg.max_steps:
             x_t, t, y, noise = training_batch(cfg, images, labels, num_classes, noise_scheduler, step, rank)
-            weights = None if cfg.snr_gamma is None else min_snr_weights(noise_scheduler, t, cfg.snr_gamma)
-            losses.append(train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, 1.0, weights))
+            weights = None if snr_weights is None else snr_weights[t]
+            loss = train_step(accelerator, unet, optimizer, lr_scheduler, ema, x_t, t, y, noise, weights=weights)
+            losses.append(loss)
             step += 1
             checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
             if checkpoint or step % LOG_EVERY == 0:
