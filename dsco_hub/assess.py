@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from huggingface_hub import DatasetCard
 
 from dsco_hub import card, distributed, doping, hub, results, teacher, writer
-from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
+from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig, is_commit_sha
 from dsco_hub.data import SourceData, decode_images, fingerprint, load_source, load_test_source, pin_revision
 from dsco_hub.errors import ConfigError, SourceError
 from dsco_hub.evaluate import EvalResult, evaluate_images, runs_of_process
@@ -355,7 +354,7 @@ def pin_test(test_cfg: SourceConfig | None, state: distributed.ProcessState) -> 
         test_cfg is None
         or test_cfg.source is None
         or not hub.is_hub_ref(test_cfg.source)
-        or re.fullmatch(r"[0-9a-f]{40}", test_cfg.revision or "")
+        or is_commit_sha(test_cfg.revision)
     ):
         return test_cfg
     recorded = state.gather([fingerprint(test_cfg) if state.is_main else None])[0]

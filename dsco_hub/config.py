@@ -284,6 +284,18 @@ REPO_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")  # a 
 MAX_NAME_LENGTH = 96  # the Hub's limit on a repo name
 
 
+def is_commit_sha(revision: str | None) -> bool:
+    """Whether `revision` is a full commit sha (40 lowercase hex digits), as the Hub and its cache name commits.
+
+    Args:
+        revision (`str`, *optional*): a branch, tag or commit (None: no revision given).
+
+    Returns:
+        `bool`: True only for a full sha; a branch, a tag, an abbreviated sha or None give False.
+    """
+    return re.fullmatch(r"[0-9a-f]{40}", revision or "") is not None
+
+
 def check_repo_id(repo_id: str, option: str = "--repo-id") -> None:
     """Raise `HubError` unless `repo_id` is `NAME` or `USER/NAME` as the Hub accepts them.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from dsco_hub.config import SamplerConfig, derive_seed
+from dsco_hub.config import SamplerConfig, derive_seed, is_commit_sha
 from dsco_hub.errors import ConfigError, ModelError
 from dsco_hub.text import closest
 
@@ -251,7 +250,7 @@ def model_identity(model: str | None, revision: str | None = None) -> dict[str, 
         return {"model_digest": prior_digest(path)}
     index = _model_index_path(model, revision)
     commit = index.parent.name  # <cache>/models--org--name/snapshots/<commit>/model_index.json
-    return {"model_commit": commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None}
+    return {"model_commit": commit if is_commit_sha(commit) else None}
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:

@@ -19,6 +19,7 @@ from dsco_hub.config import (
     auto_doping_ratio,
     derive_seed,
     first_difference,
+    is_commit_sha,
     option_name,
     run_settings,
 )
@@ -397,3 +398,11 @@ def test_first_difference_counts_a_missing_setting_as_its_default():
     saved = {**now, "ipc": 2, "steps": 30}
     assert first_difference(saved, now) == ("--ipc", 2, 3)  # the first in sorted order
     assert first_difference({**now, "source.classes": ["a"]}, now) == ("--classes", ["a"], None)
+
+
+def test_is_commit_sha_takes_only_a_full_lowercase_sha():
+    assert is_commit_sha("0123456789abcdef" * 2 + "01234567")  # 40 hex digits
+    assert not is_commit_sha("0123456789abcdef" * 2 + "0123456")  # 39: an abbreviated sha names no commit exactly
+    assert not is_commit_sha("0123456789ABCDEF" * 2 + "01234567")  # the Hub and its cache write lowercase
+    assert not any(is_commit_sha(revision) for revision in ("main", "v1.0", "", None))
+    assert not is_commit_sha("a" * 40 + "\n")  # the whole string, not a prefix
