@@ -34,8 +34,6 @@ from dsco_hub.data import SourceData, decode_images, encode_png, load_source, to
 from dsco_hub.errors import ModelError, OutputError, SourceError
 from dsco_hub.nopt import NOptClass, nopt_sample_classes, select_synthetic
 
-FEATURES_FILE = "nopt_features.safetensors"  # in OUT.partial: the trained feature snapshots of a run
-
 
 @dataclass(frozen=True)
 class Synthesis:
@@ -282,7 +280,7 @@ def feature_snapshots(
         return None
     from safetensors.torch import load_file, save
 
-    path = folder / FEATURES_FILE
+    path = folder / writer.FEATURES_FILE
     if state.is_main and not path.exists():
         seed = derive_seed(cfg.seed, "nopt-features")
         channels, size = prior.image_shape[0], prior.image_shape[1]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -165,10 +166,16 @@ def check_output(
         `bool`: True when `out` is already complete with the same settings and data (and not `overwrite`).
 
     Raises:
-        OutputError: `out` is a file, or a non-empty folder that dsco-hub did not write.
+        OutputError: `out` is a file, a non-empty folder that dsco-hub did not write, or is named `*.partial` (the name
+            of the run folder beside a set: `run_folder`).
         ConfigError: `out` is a finished set made with other settings or from changed data, and `overwrite` is False.
     """
     out = Path(out)
+    if out.name.endswith(".partial"):
+        raise OutputError(
+            f"--out={str(out)!r} ends in .partial, the name of the run folder dsco-hub keeps beside a set while it is "
+            f"made (and deletes when the set is complete); choose another name, e.g. --out {out.name[:-8] or 'set'}."
+        )
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out={str(out)!r} is a file; pass a folder path.")
     if not out.is_dir() or not any(out.iterdir()):
@@ -208,6 +215,9 @@ def check_output(
 # ---------------------------------------------------------------------------------------------------------------
 
 RUN_CONFIG = "run_config.json"
+FEATURES_FILE = "nopt_features.safetensors"  # the trained feature snapshots of a run (`synthesis`)
+RUN_ENTRIES = {RUN_CONFIG: "file", FEATURES_FILE: "file", "units": "dir", "stream": "dir"}  # what a run writes
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")  # `files.atomic_path`'s temporary name for `name`
 _SHARD_SCHEMA = pa.schema(
     [
         ("image_bytes", pa.binary()),
@@ -226,8 +236,32 @@ def run_folder(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _foreign_run_entries(folder: Path) -> list[str]:
+    """The entries of a run folder that no run writes: anything but `RUN_ENTRIES` (or their temporary names) at the
+    top, and anything but shards (or their temporary names) in `units/`. The rows a streamed run keeps in
+    `stream/` are the `datasets` folders it saved there, and are not looked into."""
+
+    def written(entry: Path, names: dict[str, str]) -> bool:
+        temp = _TEMP_NAME.fullmatch(entry.name)
+        kind = names.get(temp["name"] if temp else entry.name)
+        return not entry.is_symlink() and (entry.is_dir() if kind == "dir" else kind == "file" and entry.is_file())
+
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if not written(entry, RUN_ENTRIES):
+            foreign.append(entry.name)
+        elif entry.name == "units":
+            shards = {f.name: "file" for f in entry.iterdir() if re.fullmatch(r"unit-\d{6}\.parquet", f.name)}
+            foreign += [f"units/{f.name}" for f in sorted(entry.iterdir()) if not written(f, shards)]
+    return foreign
+
+
 def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dict | None = None) -> tuple[Path, bool]:
     """Compare a saved run (if any) with this run's settings and source data; read-only, so every process can call it.
+
+    The run folder `OUT.partial` is deleted once the set is complete (or with `overwrite`, when its settings differ),
+    so a path of that name that a run did not write (a file, or a folder holding anything but what a run writes:
+    `_foreign_run_entries`) is refused, with or without `overwrite`: nothing the user put there is ever deleted.
 
     Args:
         out (`str` or `Path`): the output folder.
@@ -240,10 +274,23 @@ def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dic
         `overwrite`).
 
     Raises:
+        OutputError: `OUT.partial` is a file, a link, or a folder holding entries that no run writes.
         ConfigError: a saved run has other settings (names the first differing option) or was made from data that
             has changed since (`check_fingerprint`), and `overwrite` is False.
     """
     folder = run_folder(out)
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"{folder} is not a run folder dsco-hub wrote (it is a file or a link), yet a run keeps its work there "
+            f"and deletes it when the set is complete: move it, or choose another --out than {out}."
+        )
+    foreign = _foreign_run_entries(folder) if folder.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise OutputError(
+            f"{folder} holds files dsco-hub did not write ({shown}), yet a run keeps its work there and deletes it "
+            f"when the set is complete: move them, or choose another --out than {out}."
+        )
     saved = folder / RUN_CONFIG
     if not saved.exists():
         return folder, False

@@ -128,6 +128,43 @@ def test_any_accepted_out_is_a_folder_apart_from_cwd_home_and_source(tmp_path_fa
     assert path != held and path not in held.parents and held not in path.parents
 
 
+def test_a_folder_named_like_the_run_folder_that_no_run_wrote_is_never_deleted(tiny_repo, tmp_path):
+    mine = tmp_path / "set.partial"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep")
+    (mine / "units").mkdir()
+    (mine / "units" / "notes.md").write_text("keep")
+    before = listing(tmp_path)
+    for overwrite in ([], ["--overwrite"]):
+        result = dsco("concentrate", str(tiny_repo), "--method", "random", "--ipc", "1", "--no-eval",
+                      "--out", str(tmp_path / "set"), *overwrite)  # fmt: skip
+        one_line_error(result, 1, f"{mine} holds files dsco-hub did not write (thesis.txt, units/notes.md)",
+                       "move them, or choose another --out")  # fmt: skip
+        assert listing(tmp_path) == before and not (tmp_path / "set").exists()
+    mine.rename(tmp_path / "moved")
+    (tmp_path / "set.partial").write_text("a file")  # a file (or a link) of that name is refused too
+    result = dsco("concentrate", str(tiny_repo), "--method", "random", "--ipc", "1", "--no-eval",
+                  "--out", str(tmp_path / "set"))  # fmt: skip
+    one_line_error(result, 1, "is not a run folder dsco-hub wrote (it is a file or a link)")
+    assert (tmp_path / "set.partial").read_text() == "a file"
+
+
+def test_a_set_is_never_named_like_a_run_folder_so_no_run_deletes_one(tiny_repo, tmp_path):
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    result = dsco("concentrate", str(tiny_repo), "--method", "random", "--ipc", "1", "--no-eval",
+                  "--out", str(sets / "a.partial"))  # fmt: skip
+    one_line_error(result, 1, "--out=", "a.partial' ends in .partial", "e.g. --out a.")
+    assert not any(sets.iterdir())
+    pipeline.concentrate(_cfg(tiny_repo, sets / "a"))
+    before = listing(sets)
+    os.replace(sets / "a", sets / "a.partial")  # a set an older version let the user name so
+    pipeline.concentrate(_cfg(tiny_repo, sets / "b"))
+    with pytest.raises(OutputError, match=r"a\.partial holds files dsco-hub did not write \(README\.md, data"):
+        pipeline.concentrate(_cfg(tiny_repo, sets / "a", seed=5, overwrite=True))
+    assert {k.replace("a.partial/", "a/"): v for k, v in listing(sets, skip=("b",)).items()} == before
+
+
 # 2. Signals: 130 on SIGINT, 143 on SIGTERM, one line, and the run resumes ------------------------------------------
 
 

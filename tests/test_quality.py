@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_dataset
 
-from dsco_hub import kernels, pipeline, plan, synthesis
+from dsco_hub import kernels, pipeline, plan, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, NOptConfig, SourceConfig, derive_seed
 from dsco_hub.errors import ConfigError
 from dsco_hub.nopt import feature_map, select_synthetic
@@ -112,7 +112,7 @@ def test_trained_features_are_trained_once_and_reused_by_a_resume(tiny_repo, tin
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.concentrate(_cfg(tiny_repo, out, tiny_prior, nopt=nopt))
-    assert (tmp_path / "out.partial" / synthesis.FEATURES_FILE).exists()
+    assert (tmp_path / "out.partial" / writer.FEATURES_FILE).exists()
     monkeypatch.setattr(synthesis, "compute_unit", compute)
 
     def never(*args, **kwargs):
