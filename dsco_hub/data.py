@@ -307,6 +307,13 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
             raise SourceError(
                 f"--image-column={cfg.image_column!r} is not a column of {source}; columns: {described}."
             )
+        feature = ds.features[cfg.image_column]
+        if not _is_image_feature(feature):
+            kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+            raise SourceError(
+                f"--image-column={cfg.image_column!r} of {source} holds {kind} values; images are an `Image` column, "
+                f"file paths, encoded image bytes or pixel arrays. Pass the column of images; columns: {described}."
+            )
         image_column = cfg.image_column
     else:
         found = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
@@ -338,6 +345,21 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
         f"{source} has no label column (feature `ClassLabel`, or an int/string column named 'label'); "
         f"columns: {described}. Pass --label-column NAME."
     )
+
+
+def _is_image_feature(feature) -> bool:
+    """Whether a column can hold images, i.e. `datasets.Image.cast_storage` takes it: an `Image`, strings (file paths),
+    binary values (encoded bytes), a struct with `bytes` or `path`, or a list or array (pixel values)."""
+    if isinstance(feature, (datasets.Image, list, *_ARRAY_FEATURES)):
+        return True
+    if isinstance(feature, dict):
+        return "bytes" in feature or "path" in feature
+    return isinstance(feature, datasets.Value) and feature.dtype in _IMAGE_DTYPES
+
+
+_ARRAY_NAMES = ("Sequence", "List", "LargeList", "Array2D", "Array3D")  # pixel arrays; `List`: datasets >= 4
+_ARRAY_FEATURES = tuple(getattr(datasets, name) for name in _ARRAY_NAMES if hasattr(datasets, name))
+_IMAGE_DTYPES = ("string", "large_string", "binary", "large_binary")  # file paths, encoded bytes
 
 
 def _is_label_feature(feature) -> bool:

@@ -399,6 +399,15 @@ def test_a_float_label_column_is_refused(tmp_path):
     assert not (tmp_path / "set").exists()
 
 
+@pytest.mark.parametrize("streaming", [[], ["--streaming"]])
+def test_an_image_column_that_holds_no_images_is_refused_and_leaves_nothing(tmp_path, streaming):
+    source = write_repo(tmp_path / "src", tiny_dataset(), tiny_dataset(per_class=(2, 2, 2), seed_offset=50))
+    result = dsco("concentrate", str(source), "--image-column", "label", "--method", "random", "--ipc", "1",
+                  "--no-eval", "--out", str(tmp_path / "set"), *streaming)  # fmt: skip
+    one_line_error(result, 1, "--image-column='label'", "holds ClassLabel values", "Pass the column of images")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither OUT nor OUT.partial
+
+
 def test_a_one_class_source_is_refused(tmp_path):
     one = tiny_dataset(per_class=(6, 0, 0), label_kind="str")
     source = write_repo(tmp_path / "one", one, tiny_dataset(per_class=(2, 0, 0), label_kind="str", seed_offset=9))
