@@ -76,6 +76,20 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_finite(config: Any, prefix: str = "", options: tuple[str, ...] | None = None) -> None:
+    """Refuse an infinite or NaN value in any float field of the dataclass `config` (range checks let `inf` through,
+    and JSON cannot record it). The message names the option (`option_name(prefix + field)`), or the field itself
+    (`TeacherConfig.lr`) when `options` lists the fields a command line sets and this is not one; and the default."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            named = option_name(prefix + f.name) if options is None or f.name in options else None
+            default = f" (the default is {f.default})" if isinstance(f.default, (int, float)) else ""
+            raise ConfigError(
+                f"{named or f'{type(config).__name__}.{f.name}'}={value} must be a finite number{default}."
+            )
+
+
 @dataclass
 class SourceConfig:
     """Where the source dataset comes from and which columns hold images and labels."""
@@ -152,6 +166,7 @@ class EvalConfig:
             self.batch_size >= 1, f"EvalConfig.batch_size={self.batch_size} must be at least 1; the protocol uses 256."
         )
         _check(self.lr > 0, f"EvalConfig.lr={self.lr} must be positive; the protocol uses 0.01.")
+        _check_finite(self, "eval.")
 
 
 @dataclass
@@ -177,6 +192,7 @@ class NOptConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
+        _check_finite(self, "nopt.")
         _check(0 <= self.window <= 1, f"--nopt-window={self.window} must be in [0, 1] (fraction of the steps).")
         _check(
             self.features in NOPT_FEATURES,
@@ -231,6 +247,7 @@ class SamplerConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option (the model-dependent checks: `models.check_sampler_args`)."""
+        _check_finite(self)
         _check(self.steps >= 1, f"--steps={self.steps} must be at least 1; e.g. --steps 25.")
         _check(self.guidance_scale >= 0, f"--guidance-scale={self.guidance_scale} must be >= 0; 1 disables guidance.")
         _check(0 <= self.eta <= 1, f"--eta={self.eta} must be in [0, 1] (0 = deterministic DDIM).")
@@ -454,6 +471,7 @@ class ConcentrateConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option (class-size checks happen once the source is loaded)."""
+        _check_finite(self)
         _check(self.method in METHODS, f"--method={self.method!r} is unknown; use one of {', '.join(METHODS)}.")
         _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
@@ -556,6 +574,7 @@ class TeacherConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` on an out-of-range option."""
+        _check_finite(self, options=())  # none of its floats is an option of `teacher train`
         _check(
             self.model in EVAL_MODELS, f"--eval-model={self.model!r} is unknown; use one of {', '.join(EVAL_MODELS)}."
         )
@@ -571,6 +590,9 @@ class TeacherConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-serialisable data."""
         return dataclasses.asdict(self)
+
+
+MAX_PRIOR_RESOLUTION = 512  # pixels: `prior train` makes pixel-space UNets; larger images call for a latent model
 
 
 @dataclass
@@ -611,9 +633,18 @@ class PriorTrainConfig:
     sample_guidance: float = 2.0  # guidance scale of the samples grid
 
     def validate(self) -> None:
-        """Raise `ConfigError` on an out-of-range option."""
+        """Raise `ConfigError` on an out-of-range option (the batch against the data: `check_batch_size`)."""
+        _check_finite(self, options=("lr", "label_dropout", "snr_gamma"))
         _check(self.max_steps >= 1, f"--max-steps={self.max_steps} must be at least 1.")
         _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
+        _check(0 <= self.seed < 2**32, f"--seed={self.seed} must be in [0, 2^32) (numpy's and torch's seed range).")
+        _check(self.layers_per_block >= 1, f"--layers-per-block={self.layers_per_block} must be at least 1; use 1.")
+        _check(self.norm_num_groups >= 1, f"--norm-num-groups={self.norm_num_groups} must be at least 1; use 16.")
+        widths = ",".join(map(str, self.block_out_channels))
+        _check(
+            len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
+            f"--block-out-channels={widths!r} must list positive widths, one per level; e.g. 32,64,64.",
+        )
         _check(0 <= self.label_dropout < 1, f"--label-dropout={self.label_dropout} must be in [0, 1); use 0.1.")
         _check(self.lr > 0, f"--lr={self.lr} must be positive.")
         _check(
@@ -630,6 +661,11 @@ class PriorTrainConfig:
         levels = len(self.block_out_channels)
         if self.resolution is not None:
             _check(
+                1 <= self.resolution <= MAX_PRIOR_RESOLUTION,
+                f"--resolution={self.resolution} must be in [1, {MAX_PRIOR_RESOLUTION}] pixels (a pixel-space prior); "
+                "for larger images use a latent model such as facebook/DiT-XL-2-256 with --model.",
+            )
+            _check(
                 self.resolution % 2 ** (levels - 1) == 0,
                 f"--resolution={self.resolution} must be a multiple of {2 ** (levels - 1)} for a {levels}-level UNet; "
                 f"e.g. --resolution {max(1, self.resolution // 2 ** (levels - 1)) * 2 ** (levels - 1)}.",
@@ -639,6 +675,15 @@ class PriorTrainConfig:
             f"--mixed-precision={self.mixed_precision!r} must be 'auto', 'no', 'bf16' or 'fp16'; use auto.",
         )
         _check(self.checkpoint_every >= 1, f"--checkpoint-every={self.checkpoint_every} must be at least 1.")
+
+    def check_batch_size(self, num_images: int) -> None:
+        """Raise `ConfigError` when a batch would hold more images than the training split has (`num_images`): batches
+        are drawn with replacement, so it would only repeat images at the cost of memory."""
+        _check(
+            self.batch_size <= num_images,
+            f"--batch-size={self.batch_size} is larger than the {num_images:,} training images of the source; "
+            f"pass --batch-size {min(128, num_images)} or less.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-serialisable data."""

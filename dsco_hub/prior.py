@@ -31,7 +31,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 
 from dsco_hub import distributed
 from dsco_hub.card import prior_card
-from dsco_hub.config import PriorTrainConfig, SamplerConfig, derive_seed
+from dsco_hub.config import PriorTrainConfig, SamplerConfig, derive_seed, option_name
 from dsco_hub.data import (
     decode_images,
     embedded_source_path,
@@ -124,9 +124,10 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
             # the saved step under the new length (a warm restart), so the result differs from a fresh run.
             extended_from = [*extended_from, saved["max_steps"]]
         elif diff:
+            also = f"; also {', '.join(option_name(k) for k in diff[1:])}" if len(diff) > 1 else ""
             raise ConfigError(
-                f"--out={cfg.out!r} holds a prior run with different settings ({', '.join(diff)}: "
-                f"{saved.get(diff[0])!r} there, {wanted[diff[0]]!r} now); "
+                f"--out={cfg.out!r} holds a prior run with different settings ({option_name(diff[0])}: "
+                f"{saved.get(diff[0])!r} there, {wanted[diff[0]]!r} now{also}); "
                 "rerun with the same options, raise only --max-steps to train further, or use another --out."
             )
         elif (out / "model_index.json").exists():
@@ -147,6 +148,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         check_fingerprint(saved.get("source_fingerprint"), made_from, f"the prior run in {cfg.out}", fix=fix)
         made_from = saved.get("source_fingerprint", made_from)  # a run saved by an older version recorded none
     source = load_source(pin_revision(cfg.source, made_from))
+    cfg.check_batch_size(len(source.labels))
     channels = cfg.channels or source.image_shape[0]
     resolution = _resolution(cfg, *source.image_shape[1:])
     num_classes = source.num_classes

@@ -406,3 +406,24 @@ def test_is_commit_sha_takes_only_a_full_lowercase_sha():
     assert not is_commit_sha("0123456789ABCDEF" * 2 + "01234567")  # the Hub and its cache write lowercase
     assert not any(is_commit_sha(revision) for revision in ("main", "v1.0", "", None))
     assert not is_commit_sha("a" * 40 + "\n")  # the whole string, not a prefix
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    "config, named, value, default",
+    [
+        (ConcentrateConfig(guidance_scale=INF), "--guidance-scale", "inf", " (the default is 2.0)"),
+        (ConcentrateConfig(eta=NAN), "--eta", "nan", " (the default is 0.0)"),
+        (ConcentrateConfig(pool_guidance_scale=INF), "--pool-guidance-scale", "inf", ""),  # default None
+        (ConcentrateConfig(nopt=NOptConfig(lr=INF)), "--nopt-lr", "inf", " (the default is 0.05)"),
+        (ConcentrateConfig(nopt=NOptConfig(window=-INF)), "--nopt-window", "-inf", " (the default is 0.5)"),
+        (ConcentrateConfig(eval=EvalConfig(lr=INF)), "EvalConfig.lr", "inf", " (the default is 0.01)"),
+        (TeacherConfig(weight_decay=INF), "TeacherConfig.weight_decay", "inf", " (the default is 0.0005)"),
+        (PriorTrainConfig(label_dropout=NAN), "--label-dropout", "nan", " (the default is 0.1)"),
+        (PriorTrainConfig(ema_power=INF), "PriorTrainConfig.ema_power", "inf", " (the default is 0.75)"),
+    ],
+)
+def test_an_infinite_or_nan_float_is_refused_by_name(config, named, value, default):
+    _refused(config, f"{named}={value} must be a finite number{default}.")

@@ -81,9 +81,9 @@ def test_resume_with_other_settings_is_refused(tiny_repo, tmp_path):
     prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2))
     with pytest.raises(OutputError, match="already holds a finished prior; raise --max-steps"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2))
-    with pytest.raises(ConfigError, match=r"different settings \(batch_size: 8 there, 4 now\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(--batch-size: 8 there, 4 now\)"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=2, batch_size=4))
-    with pytest.raises(ConfigError, match=r"different settings \(max_steps: 2 there, 1 now\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(--max-steps: 2 there, 1 now\)"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=1))
 
 
@@ -169,7 +169,7 @@ def test_snr_gamma_is_recorded_and_changes_training_and_a_resume_keeps_it(tiny_r
     assert "Min-SNR" not in (plain / "README.md").read_text()
     a, b = _weights(plain), _weights(weighted)
     assert any(not torch.equal(a[key], b[key]) for key in a)
-    with pytest.raises(ConfigError, match=r"different settings \(snr_gamma: 5.0 there, None now\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(--snr-gamma: 5.0 there, None now\)"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "snr", max_steps=2))
     prior_module.train_prior(_cfg(tiny_repo, tmp_path / "snr", max_steps=4, snr_gamma=5.0))  # an extension
 
@@ -190,6 +190,37 @@ def test_a_non_positive_snr_gamma_is_refused_before_work(tiny_repo, tmp_path):
     with pytest.raises(ConfigError, match=r"--snr-gamma=0.0 must be positive; use 5"):
         prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", snr_gamma=0.0))
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"resolution": 0}, "--resolution=0 must be in [1, 512] pixels"),
+        ({"resolution": 100_000}, "--resolution=100000 must be in [1, 512] pixels"),
+        ({"block_out_channels": (0, 8, 8)}, "--block-out-channels='0,8,8' must list positive widths"),
+        ({"block_out_channels": (-8, 8, 8)}, "--block-out-channels='-8,8,8' must list positive widths"),
+        ({"block_out_channels": ()}, "--block-out-channels='' must list positive widths"),
+        ({"norm_num_groups": 0}, "--norm-num-groups=0 must be at least 1"),
+        ({"layers_per_block": 0}, "--layers-per-block=0 must be at least 1"),
+        ({"seed": -1}, "--seed=-1 must be in [0, 2^32)"),
+        ({"seed": 2**32}, "--seed=4294967296 must be in [0, 2^32)"),
+        ({"lr": float("inf")}, "--lr=inf must be a finite number (the default is 0.001)"),
+        ({"lr": float("nan")}, "--lr=nan must be a finite number"),
+        ({"snr_gamma": float("inf")}, "--snr-gamma=inf must be a finite number"),
+        ({"batch_size": 20}, "--batch-size=20 is larger than the 19 training images of the source; pass --batch"),
+    ],
+)
+def test_prior_settings_it_cannot_train_are_refused_before_anything_is_written(tiny_repo, tmp_path, options, message):
+    with pytest.raises(ConfigError) as err:
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", **options))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_resume_refused_for_several_settings_names_the_first_and_the_others(tiny_repo, tmp_path):
+    prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=1))
+    with pytest.raises(ConfigError, match=r"\(--batch-size: 8 there, 4 now; also --lr, --seed\)"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", max_steps=1, batch_size=4, lr=0.5, seed=3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
