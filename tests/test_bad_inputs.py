@@ -98,6 +98,17 @@ def test_prior_train_out_follows_the_same_rules(tmp_path):
     assert listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", [["teacher", "train", "--epochs", "1"], ["prior", "train", "--max-steps", "1"]])
+def test_training_without_source_never_writes_into_the_embedded_subset(command):
+    from dsco_hub.data import embedded_source_path
+
+    embedded = embedded_source_path()
+    before = listing(embedded)
+    result = dsco(*command, "--out", str(embedded / "data" / "teacher"))
+    one_line_error(result, 1, "lies inside the source", "fashion_mnist_subset")
+    assert listing(embedded) == before
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     parts=st.lists(
