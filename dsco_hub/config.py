@@ -109,6 +109,16 @@ class SourceConfig:
     # `IterableDataset.shuffle`, about 110 MB of ImageNet JPEGs
     shuffle_buffer: int = 1000
 
+    def same_split_message(self) -> str | None:
+        """The one-line refusal of a `test_split` that is `split`, the split the training rows come from (of the set,
+        the random-real baseline or a teacher): None when they differ (or no test split is named)."""
+        if self.test_split is None or self.test_split != self.split:
+            return None
+        return (
+            f"--test-split={self.test_split!r} is the split the training rows come from (--split {self.split}), and "
+            "the students are never tested on rows they could have trained on: pass another split."
+        )
+
 
 @dataclass
 class EvalConfig:
@@ -476,6 +486,8 @@ class ConcentrateConfig:
         _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
+        same_split = self.source.same_split_message()
+        _check(not (self.evaluate and same_split), same_split or "")  # the evaluation's test split
         _check(
             self.source.shuffle_buffer >= 0,
             f"--shuffle-buffer={self.source.shuffle_buffer} must be >= 0 (rows; 0 keeps the stream's order).",
@@ -584,6 +596,8 @@ class TeacherConfig:
             f"--max-images={self.max_images} must be at least 1; omit it to train on the whole split.",
         )
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
+        same_split = self.source.same_split_message()
+        _check(not same_split, same_split or "")  # the teacher's test split
         _check(self.lr > 0, f"--lr={self.lr} must be positive; the students use 0.01.")
         _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
 

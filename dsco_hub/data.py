@@ -665,9 +665,13 @@ def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path 
     `stream_to` first (see `load_source`).
 
     Raises:
-        SourceError: no such split (the message lists the splits and points to `--test-split`), or the test
-            labels include classes outside `class_names`.
+        SourceError: no such split (the message lists the splits and points to `--test-split`), `cfg.test_split` is
+            `cfg.split` (the rows a set, a baseline or a teacher trains on), or the test labels include classes
+            outside `class_names`.
     """
+    same_split = cfg.same_split_message()
+    if same_split:
+        raise SourceError(same_split)
     candidates = [cfg.test_split] if cfg.test_split else ["test", "validation"]
     for split in candidates:
         try:

@@ -427,3 +427,16 @@ INF, NAN = float("inf"), float("nan")
 )
 def test_an_infinite_or_nan_float_is_refused_by_name(config, named, value, default):
     _refused(config, f"{named}={value} must be a finite number{default}.")
+
+
+def test_a_test_split_that_is_the_training_split_is_refused_where_it_would_be_tested_on():
+    same = SourceConfig(test_split="train")
+    message = (
+        "--test-split='train' is the split the training rows come from (--split train), and the students are never "
+        "tested on rows they could have trained on: pass another split."
+    )
+    _refused(ConcentrateConfig(source=same), message)
+    _refused(TeacherConfig(source=same), message)
+    ConcentrateConfig(source=same, evaluate=False).validate()  # no evaluation: no test split is read
+    ConcentrateConfig(source=SourceConfig(split="validation", test_split="train")).validate()
+    assert SourceConfig(split="validation", test_split="train").same_split_message() is None

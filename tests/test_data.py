@@ -228,3 +228,10 @@ def test_licence_and_citation_are_read_at_the_requested_revision(tmp_path, monke
         ["cc-by-4.0", "Old et al. 2025."],
         ["mit", "New et al. 2026."],
     ]
+
+
+def test_a_test_split_that_is_the_training_split_is_never_loaded_for_testing(tiny_repo):
+    with pytest.raises(SourceError, match=r"^--test-split='train' is the split the training rows come from"):
+        load_test_source(SourceConfig(source=str(tiny_repo), test_split="train"), ["a", "b", "c"])
+    test = load_test_source(SourceConfig(source=str(tiny_repo), split="test", test_split="train"), None)
+    assert len(test.labels) == 19  # the train split, named as the test split of a set drawn from "test"
