@@ -792,10 +792,11 @@ def first_difference(saved: dict[str, Any], now: dict[str, Any]) -> tuple[str, A
     """The first option whose value differs between two `run_settings`: `(option, saved value, value now)`.
 
     An option missing on one side counts as its default: a run saved by an older version lacks the options added
-    since, and ran as their defaults do.
+    since, and ran as their defaults do. Whether the run evaluates (`evaluate`, `--no-eval`) comes first: when it
+    differs, the evaluation settings that differ with it are not what the user changed.
     """
     defaults = _flatten(ConcentrateConfig().to_dict())
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted(set(saved) | set(now), key=lambda k: (k != "evaluate", k)):
         there, here = saved.get(key, defaults.get(key)), now.get(key, defaults.get(key))
         if there != here:
             return option_name(key), there, here

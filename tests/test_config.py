@@ -398,6 +398,10 @@ def test_first_difference_counts_a_missing_setting_as_its_default():
     saved = {**now, "ipc": 2, "steps": 30}
     assert first_difference(saved, now) == ("--ipc", 2, 3)  # the first in sorted order
     assert first_difference({**now, "source.classes": ["a"]}, now) == ("--classes", ["a"], None)
+    skipped = run_settings(ConcentrateConfig(ipc=3, evaluate=False).to_dict(), "set")
+    quick = run_settings(ConcentrateConfig(ipc=3, eval=EvalConfig(runs=1, epochs=1)).to_dict(), "set")
+    assert first_difference(skipped, quick) == ("evaluation (--no-eval)", False, True)  # not --epochs (300, 1)
+    assert first_difference(quick, skipped) == ("evaluation (--no-eval)", True, False)
 
 
 def test_is_commit_sha_takes_only_a_full_lowercase_sha():
