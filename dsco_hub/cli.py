@@ -25,6 +25,7 @@ from dsco_hub.config import (
     TeacherConfig,
 )
 from dsco_hub.errors import ConfigError, DscoError
+from dsco_hub.files import check_file_path
 from dsco_hub.results import EXIT_GATE_FAILED, Gates, append_step_summary, document
 from dsco_hub.results import write as write_results
 from dsco_hub.text import command_line
@@ -295,6 +296,8 @@ def concentrate(
             "on a test split: pass SOURCE or --test-dataset."
         )
     gates.validate(baseline)
+    if json_path not in (None, "-"):
+        check_file_path(json_path, "--json")  # before the work, not after it
     if not push and (repo_id or private or token or endpoint):
         raise ConfigError("--repo-id, --private, --token and --endpoint apply to the upload; add --push.")
     if out is None:
@@ -507,6 +510,8 @@ def evaluate(
         temperature=temperature,
     )
     gates = Gates(fail_under=fail_under, fail_below_baseline=fail_below_baseline)
+    if json_path not in (None, "-"):
+        check_file_path(json_path, "--json")  # before the students are trained, not after
     hub_cfg = HubConfig(create_pr=create_pr, commit_message=commit_message, token=token, endpoint=endpoint)
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
     rank, world_size = distributed.world()  # under a launcher every process trains its share; rank 0 reports

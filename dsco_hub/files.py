@@ -124,6 +124,8 @@ def atomic_path(path: str | Path, option: str = "--out") -> Iterator[Path]:
     except BaseException as err:
         _remove(tmp)
         if isinstance(err, OSError) and not isinstance(err, DscoError):  # ours are already one line
+            if err.filename in (str(tmp), tmp):  # the user named `path`, never the temporary name
+                err.filename = str(path)
             raise os_error(err, option) from err
         raise
 
@@ -194,6 +196,29 @@ def check_out_path(value: str | None, option: str = "--out", sources: Iterable[s
         held = Path(str(source)).expanduser().resolve()
         if _related(path, held):
             raise OutputError(f"{option}={value!r} is, holds or lies inside the source {source}; {fix}.")
+    return path
+
+
+def check_file_path(value: str, option: str) -> Path:
+    """Refuse, before any work, a file path that cannot be written: an existing folder, or a path whose folder is
+    missing or is a file (the work would be done, then lost at the write).
+
+    Args:
+        value (`str`): the option's value as given (`~` is expanded).
+        option (`str`): the option's name, for the message (e.g. "--json").
+
+    Returns:
+        `Path`: the path, `~` expanded.
+
+    Raises:
+        OutputError: one line naming the option, the value, the problem and the fix.
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{option}={value!r} is a folder; pass a file path, e.g. {option} {path / 'results.json'}.")
+    if not path.parent.is_dir():
+        what = "is a file" if path.parent.exists() else "does not exist"
+        raise OutputError(f"{option}={value!r}: its folder {path.parent} {what}; create it or pass another path.")
     return path
 
 

@@ -419,6 +419,18 @@ def test_an_image_column_that_holds_no_images_is_refused_and_leaves_nothing(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither OUT nor OUT.partial
 
 
+def test_a_json_path_that_is_a_folder_is_refused_before_any_student_is_trained(tiny_repo, tmp_path):
+    pipeline.concentrate(_cfg(tiny_repo, tmp_path / "set"))
+    (tmp_path / "results").mkdir()
+    before = listing(tmp_path)
+    concentrate = ["concentrate", str(tiny_repo), "--out", str(tmp_path / "b")]
+    for command in (["evaluate", str(tmp_path / "set")], concentrate):
+        result = dsco(*command, "--runs", "1", "--epochs", "1", "--json", str(tmp_path / "results"))
+        one_line_error(result, 1, f"--json='{tmp_path / 'results'}' is a folder; pass a file path")
+        assert "[dsco-hub] evaluate" not in result.stderr  # refused before the students' progress starts
+    assert listing(tmp_path) == before
+
+
 def test_a_one_class_source_is_refused(tmp_path):
     one = tiny_dataset(per_class=(6, 0, 0), label_kind="str")
     source = write_repo(tmp_path / "one", one, tiny_dataset(per_class=(2, 0, 0), label_kind="str", seed_offset=9))

@@ -12,7 +12,7 @@ from conftest import make_image, tiny_dataset
 
 from dsco_hub import writer
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.files import atomic_path, atomic_write
+from dsco_hub.files import atomic_path, atomic_write, check_file_path
 
 
 def test_atomic_path_renames_a_file_or_a_folder_into_place_and_leaves_no_temporary(tmp_path):
@@ -52,6 +52,26 @@ def _with_files(tmp_path, count: int) -> datasets.Dataset:
 
 
 @pytest.mark.skipif(not hasattr(datasets.Dataset, "_estimate_nbytes"), reason="the datasets version has no oracle")
+def test_a_failed_rename_names_the_users_path_not_the_temporary_one(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep")
+    with pytest.raises(OutputError) as err:
+        atomic_write(tmp_path / "taken", "{}", option="--json")  # a file cannot replace a folder
+    assert f"cannot write {tmp_path / 'taken'}: " in str(err.value) and ".tmp" not in str(err.value)
+    assert (tmp_path / "taken" / "x").read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_a_file_path_that_cannot_be_written_is_refused_before_work(tmp_path):
+    (tmp_path / "f").write_text("")
+    assert check_file_path(str(tmp_path / "r.json"), "--json") == tmp_path / "r.json"
+    with pytest.raises(OutputError, match=r"^--json='.*' is a folder; pass a file path, e.g. --json .*results.json"):
+        check_file_path(str(tmp_path), "--json")
+    with pytest.raises(OutputError, match=r"its folder .*/nosuch does not exist; create it or pass another path"):
+        check_file_path(str(tmp_path / "nosuch" / "r.json"), "--json")
+    with pytest.raises(OutputError, match=r"its folder .*/f is a file"):
+        check_file_path(str(tmp_path / "f" / "r.json"), "--json")
+
+
 def test_estimate_nbytes_is_the_estimate_push_to_hub_shards_by(tmp_path):
     embedded = tiny_dataset(per_class=(600, 400, 300))  # over 1000 rows: the path correction is scaled up
     files = _with_files(tmp_path, 1200)
