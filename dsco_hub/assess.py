@@ -32,7 +32,7 @@ from huggingface_hub import DatasetCard
 from dsco_hub import card, distributed, doping, hub, results, teacher, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig, is_commit_sha
 from dsco_hub.data import SourceData, decode_images, fingerprint, load_source, load_test_source, pin_revision
-from dsco_hub.errors import ConfigError, SourceError
+from dsco_hub.errors import ConfigError, SourceError, SourceNotFoundError
 from dsco_hub.evaluate import EvalResult, evaluate_images, runs_of_process
 from dsco_hub.files import shown_name
 from dsco_hub.ui import progress_bar
@@ -165,7 +165,7 @@ def _evaluate_command(
                     "pass another set (USER/NAME[@REVISION] or a folder)."
                 )
             against = f"{opened.published.repo_id}{against}"
-        other = _open_target(against, hub_cfg, set_config, image_column, label_column, False, report)
+        other = _open_target(against, hub_cfg, set_config, image_column, label_column, False, report, "--against")
     test_cfg = _default_test(opened, test)
     state = distributed.process_state()
     with hub.hub_session(hub_cfg), progress_bar(disable=not state.is_main) as bar:
@@ -211,8 +211,12 @@ def _open_target(
     label_column: str | None,
     update_card: bool,
     report: Callable[[str], Any] | None,
+    option: str = "TARGET",
 ) -> _OpenedSet:
-    """Resolve a set (a Hub repo to a commit sha, or a folder) and read its card, before any heavy work."""
+    """Resolve a set (a Hub repo to a commit sha, or a folder) and read its card, before any heavy work; `option`
+    names the argument in a message ("TARGET", or "--against" for the second set)."""
+    if not target.strip():
+        raise SourceError(f"{option}={target!r} is empty; pass a set folder or a Hub set USER/NAME[@REVISION].")
     if hub.is_hub_ref(target):
         published = hub.open_set(target, hub_cfg, set_config)
         set_cfg = SourceConfig(
@@ -229,6 +233,10 @@ def _open_target(
             report(f"evaluating datasets/{published.repo_id}{config} at commit {published.sha}")
         return _OpenedSet(target, set_cfg, dict(published.dsco), published.card, published)
     folder = Path(target).expanduser()
+    if not folder.exists():
+        raise SourceNotFoundError(
+            f"{option}={target!r} does not exist; pass a set folder or a Hub set USER/NAME[@REVISION]."
+        )
     existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
     dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
     set_cfg = SourceConfig(source=target, split="train", image_column=image_column, label_column=label_column)

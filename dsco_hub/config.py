@@ -486,6 +486,10 @@ class ConcentrateConfig:
         _check(self.ipc >= 1, f"--ipc={self.ipc} must be at least 1 (images per class); e.g. --ipc 10.")
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
+        _check(
+            self.model is None or bool(self.model.strip()),
+            f"--model={self.model!r} is empty; pass a Hub id or a prior folder, or omit it for the shipped prior.",
+        )
         same_split = self.source.same_split_message()
         _check(not (self.evaluate and same_split), same_split or "")  # the evaluation's test split
         _check(

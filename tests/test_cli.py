@@ -45,6 +45,23 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["./no/such/set"], "TARGET='./no/such/set' does not exist; pass a set folder or a Hub set"),
+        ([""], "TARGET='' is empty; pass a set folder"),
+        (["SET", "--against", "./no/such/set"], "--against='./no/such/set' does not exist; pass a set folder"),
+        (["SET", "--against", ""], "--against='' is empty; pass a set folder"),
+    ],
+)
+def test_evaluate_names_the_set_argument_that_is_wrong_before_any_training(tmp_path, args, expected):
+    (tmp_path / "SET").mkdir()  # opened (and refused) only after --against is checked
+    result = dsco("evaluate", *args, "--runs", "1", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in " ".join(result.stderr.split()), result.stderr
+
+
 def test_doping_ratio_takes_a_number_or_auto_and_refuses_anything_else_as_a_usage_error(tmp_path):
     result = dsco("concentrate", "--doping-ratio", "half", "--out", str(tmp_path / "out"))
     assert result.returncode == 2

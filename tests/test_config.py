@@ -444,3 +444,9 @@ def test_a_test_split_that_is_the_training_split_is_refused_where_it_would_be_te
     ConcentrateConfig(source=same, evaluate=False).validate()  # no evaluation: no test split is read
     ConcentrateConfig(source=SourceConfig(split="validation", test_split="train")).validate()
     assert SourceConfig(split="validation", test_split="train").same_split_message() is None
+
+
+def test_an_empty_model_is_refused_rather_than_read_as_the_current_folder():
+    message = "--model='' is empty; pass a Hub id or a prior folder, or omit it for the shipped prior."
+    _refused(ConcentrateConfig(model=""), message)
+    _refused(ConcentrateConfig(model="  "), message.replace("''", "'  '"))
