@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -43,6 +44,13 @@ app.add_typer(prior_app, name="prior")
 teacher_app = typer.Typer(help="Teacher networks of the soft-label evaluation.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
 err_console = Console(stderr=True)
+
+
+def reporter(console: Console) -> Callable[[str], None]:
+    """The `report` callback of a command: each message printed as it is, on one line (no Rich markup, so text in
+    square brackets stays, and no wrapping at the console's width, which is 80 columns off a terminal)."""
+    return lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True)
+
 
 # Shared options, defined once
 SourceArg = Annotated[
@@ -366,7 +374,7 @@ def concentrate(
         for line in plan_run(cfg).lines():
             Console().print(line, highlight=False, soft_wrap=True)
         return
-    result = run(cfg, command=command_line(), report=err_console.print)
+    result = run(cfg, command=command_line(), report=reporter(err_console))
     if not result.main:  # another process of a launch: its units are written, the main process reports
         return
     out_console = err_console if json_path == "-" else Console()  # stdout stays JSON with --json -
@@ -526,10 +534,10 @@ def evaluate(
         set_config=set_config,
         image_column=image_column,
         label_column=label_column,
-        report=out_console.print if rank == 0 else None,
+        report=reporter(out_console) if rank == 0 else None,
     )
     if rank != 0:
-        err_console.print(runs_share(runs, rank, world_size), highlight=False)
+        reporter(err_console)(runs_share(runs, rank, world_size))
         return
     _print_eval(_as_block(doc), out_console)
     if doc["against"]:
@@ -681,7 +689,7 @@ def teacher_train(
         max_images=max_images,
         seed=seed,
     )
-    path = train_teacher(cfg, command=command_line(), report=err_console.print)
+    path = train_teacher(cfg, command=command_line(), report=reporter(err_console))
     Console().print(f"teacher saved to [bold]{path}[/bold]")
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import datasets
 import pytest
 import yaml
+from rich.console import Console
+
+from dsco_hub.cli import reporter
 
 
 def dsco(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -145,3 +149,10 @@ def test_labels_file_gives_the_data_free_classes(tiny_prior, tmp_path):
     ):
         assert result.returncode == 1 and message in " ".join(result.stderr.split()), result.stderr
     assert not (tmp_path / "both").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_reported_message_stays_one_line_and_keeps_its_square_brackets():
+    buffer = io.StringIO()
+    message = "unit 3 of OUT.partial [units/unit-000003.parquet] is unreadable (ArrowInvalid); computing it again"
+    reporter(Console(file=buffer, width=40))(message)
+    assert buffer.getvalue() == message + "\n"  # neither wrapped at 40 columns nor read as Rich markup
