@@ -77,9 +77,42 @@ def build_unet(cfg: PriorTrainConfig, num_classes: int, channels: int, resolutio
     )
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+def _resume(accelerator, ema, ckpt_dir: Path, out: str) -> tuple[int, float, float | None]:
+    """Load the newest readable checkpoint of `ckpt_dir` into the prepared training state; `(0, 0.0, None)` if none.
+
+    A checkpoint is written atomically, yet a file of it can still be truncated or damaged later (a full disk, a
+    copy cut short): then the one before it (the last two are kept) is loaded instead, with a warning. Batches are a
+    pure function of the step, so the run still ends with the weights of an uninterrupted one.
+
+    Returns:
+        `tuple`: the step to continue from, the wall time so far (seconds) and the loss EMA (None before the first
+        logged step).
+
+    Raises:
+        OutputError: checkpoints exist but none can be read (one line: the folder and the fix).
+    """
     done = sorted(p for p in ckpt_dir.glob("step-*") if (p / STATE_FILE).exists())
-    return done[-1] if done else None
+    for checkpoint in reversed(done):
+        try:
+            # Weights and optimizer load onto the device whichever device saved them; the EMA loads on the CPU
+            # (accelerate's custom state), so it is moved back beside the model
+            accelerator.load_state(str(checkpoint), map_location="cpu")
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+        except Exception as err:  # a torch, pickle, safetensors or JSON error: whichever file is damaged
+            accelerator.print(
+                f"checkpoint {checkpoint} cannot be read ({type(err).__name__}); trying the one before it",
+                file=sys.stderr,
+            )
+            continue
+        ema.to(accelerator.device)
+        accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
+        return state["step"], state["elapsed_seconds"], state["loss_ema"]
+    if done:
+        raise OutputError(
+            f"--out={out!r}: no checkpoint in {ckpt_dir} can be read ({', '.join(p.name for p in done)}); delete "
+            f"{ckpt_dir} to train this run again from step 0, or pass another --out."
+        )
+    return 0, 0.0, None
 
 
 def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
@@ -172,16 +205,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
         cfg, num_classes, channels, resolution, accelerator
     )
 
-    step, elapsed, loss_ema = 0, 0.0, None
-    latest = _latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        # Weights and optimizer load onto the device whichever device saved them; the EMA loads on the CPU
-        # (accelerate's custom state), so it is moved back beside the model
-        accelerator.load_state(str(latest), map_location="cpu")
-        ema.to(accelerator.device)
-        state = json.loads((latest / STATE_FILE).read_text())
-        step, elapsed, loss_ema = state["step"], state["elapsed_seconds"], state["loss_ema"]
-        accelerator.print(f"resuming from {latest} (step {step})")
+    step, elapsed, loss_ema = _resume(accelerator, ema, ckpt_dir, cfg.out)
 
     # Training loop: batch = f(seed, step, rank). Losses stay on the device and are read every LOG_EVERY steps and
     # at checkpoints, never once a step: a GPU would otherwise idle while the host waits for each step to finish

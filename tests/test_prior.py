@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,56 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_repo, tmp_path, m
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def _interrupted_at_step_2(tiny_repo, out, monkeypatch) -> Path:
+    """Train with a checkpoint every step and kill the run right after step 2's; returns the checkpoints folder."""
+    original = prior_module._save_checkpoint
+
+    def crash_at_step_2(accelerator, ckpt_dir, step, *args):
+        original(accelerator, ckpt_dir, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(prior_module, "_save_checkpoint", crash_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        prior_module.train_prior(_cfg(tiny_repo, out, checkpoint_every=1))
+    monkeypatch.setattr(prior_module, "_save_checkpoint", original)
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001", "step-00000002"]
+    return checkpoints
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as by a copy cut short
+
+
+@pytest.mark.parametrize(
+    "damaged", ["model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", prior_module.STATE_FILE]
+)
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_and_ends_at_the_same_weights(
+    tiny_repo, tmp_path, monkeypatch, capsys, damaged
+):
+    straight = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "straight", checkpoint_every=1))
+    checkpoints = _interrupted_at_step_2(tiny_repo, tmp_path / "p", monkeypatch)
+    _truncate(checkpoints / "step-00000002" / damaged)
+    capsys.readouterr()
+    resumed = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", checkpoint_every=1))
+    printed = capsys.readouterr()
+    assert "step-00000002 cannot be read (" in printed.err, printed
+    assert "resuming from" in printed.out and "step-00000001 (step 1)" in printed.out
+    a, b = _weights(straight), _weights(resumed)
+    for key in a:  # resumed from step 1, it still ends where the uninterrupted run ends
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_no_readable_checkpoint_is_one_line_that_names_the_folder(tiny_repo, tmp_path, monkeypatch):
+    checkpoints = _interrupted_at_step_2(tiny_repo, tmp_path / "p", monkeypatch)
+    for step in ("step-00000001", "step-00000002"):
+        _truncate(checkpoints / step / "model.safetensors")
+    with pytest.raises(OutputError, match=r"no checkpoint in .*s can be read \(step-00000001, step-00000002\)"):
+        prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p", checkpoint_every=1))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000001", "step-00000002"]  # kept as they were
 
 
 def test_resume_with_other_settings_is_refused(tiny_repo, tmp_path):
