@@ -549,15 +549,21 @@ def map_classes(class_names: Sequence[str], id2label: dict[int, str], class_map:
             missing.append(name)
     if missing:
         labels = list(id2label.values())
-        hints = "; ".join(
-            f"{name!r} (closest: {', '.join(map(repr, closest(name.lower(), labels, spellings=_synonyms)))})"
-            for name in missing[:5]
-        )
+
+        def hint(name: str) -> str:  # a mapped name is shown with its map entry, and the labels closest to that
+            wanted = class_map.get(name, name)
+            shown = f"{name!r} -> {wanted!r} (--class-map)" if name in class_map else repr(name)
+            return f"{shown} (closest: {', '.join(map(repr, closest(wanted.lower(), labels, spellings=_synonyms)))})"
+
+        hints = "; ".join(hint(name) for name in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ModelError(
-            f"{len(missing)} source classes match no model class: {hints}{more}; "
-            "pass --class-map FILE (JSON source name -> model label or id)."
+        fix = (
+            "correct those entries of --class-map (model labels, or ids below "
+            f"{len(id2label)}) and add the classes it lacks"
+            if class_map
+            else "pass --class-map FILE (JSON source name -> model label or id)"
         )
+        raise ModelError(f"{len(missing)} source classes match no model class: {hints}{more}; {fix}.")
     first: dict[int, str] = {}
     for name, k in zip(class_names, mapped):
         if k in first:  # two classes of the set would be samples of one model class

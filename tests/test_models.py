@@ -249,3 +249,15 @@ def test_model_identity_is_the_shipped_prior_a_folder_digest_or_a_hub_commit(tin
         "--model='alice/dit' (revision v1) could not be loaded from the Hub (LocalEntryNotFoundError); check the id, "
         "your network and HF_TOKEN for gated models."
     )
+
+
+def test_a_class_map_entry_that_names_no_model_class_is_shown_with_its_entry():
+    id2label = {0: "T-shirt/top", 1: "Coat", 2: "Bag"}
+    for entry in ("Nosuch", "99"):
+        with pytest.raises(ModelError) as err:
+            map_classes(["Coat", "Bag"], id2label, {"Coat": entry})
+        message = str(err.value)
+        assert message.startswith(f"1 source classes match no model class: 'Coat' -> '{entry}' (--class-map) (")
+        assert message.endswith("of --class-map (model labels, or ids below 3) and add the classes it lacks.")
+    with pytest.raises(ModelError, match=r"'Sandal' \(closest: .*\); pass --class-map FILE \(JSON source name"):
+        map_classes(["Sandal", "Bag"], id2label)  # no map: the fix is to pass one
