@@ -46,6 +46,16 @@ app.add_typer(teacher_app, name="teacher")
 err_console = Console(stderr=True)
 
 
+# What to do after Ctrl-C (SIGINT) or SIGTERM, per command, for the one line printed then
+_AFTER_INTERRUPT = {
+    "concentrate": "rerun the same command to resume (its finished units are kept in OUT.partial)",
+    "prior": "rerun the same command to resume from the last checkpoint in OUT/checkpoints",
+    "teacher": "rerun the same command to resume from its last finished epoch",
+    "evaluate": "rerun the same command to evaluate again (the set and its card are unchanged)",
+    "push": "rerun it to upload only the files that are not there yet",
+}
+
+
 def reporter(console: Console) -> Callable[[str], None]:
     """The `report` callback of a command: each message printed as it is, on one line (no Rich markup, so text in
     square brackets stays, and no wrapping at the console's width, which is 80 columns off a terminal)."""
@@ -776,9 +786,10 @@ def main() -> None:
         code = app(standalone_mode=False)
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
+        command = next((a for a in sys.argv[1:] if a in _AFTER_INTERRUPT), None)
+        advice = _AFTER_INTERRUPT.get(command, "rerun the same command to resume")
         err_console.print(
-            f"Interrupted ({name}): nothing finished was lost; rerun the same command to resume "
-            "(`concentrate` keeps its finished units in OUT.partial).",
+            f"Interrupted ({name}): nothing finished was lost; {advice}.",
             highlight=False,
             soft_wrap=True,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import typer
 from conftest import png, tiny_dataset, write_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -478,6 +479,33 @@ def test_main_turns_a_typer_exit_code_into_the_process_exit_code(monkeypatch):
     with pytest.raises(SystemExit) as stop:
         cli.main()
     assert stop.value.code == 3
+
+
+@pytest.mark.parametrize(
+    "argv, advice",
+    [
+        (["concentrate", "--ipc", "3"], "rerun the same command to resume (its finished units are kept in OUT."),
+        (["prior", "train"], "rerun the same command to resume from the last checkpoint in OUT/checkpoints."),
+        (["teacher", "train", "--out", "t"], "rerun the same command to resume from its last finished epoch."),
+        (["evaluate", "set"], "rerun the same command to evaluate again (the set and its card are unchanged)."),
+        (["push", "set"], "rerun it to upload only the files that are not there yet."),
+    ],
+)  # fmt: skip
+def test_the_interrupt_line_says_what_a_rerun_of_that_command_does(monkeypatch, capsys, argv, advice):
+    def interrupted(standalone_mode):
+        raise cli.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr(sys, "argv", ["dsco-hub", *argv])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Interrupted (SIGINT): nothing finished was lost; {advice}")
+
+
+def test_every_command_has_its_interrupt_advice():
+    assert set(cli._AFTER_INTERRUPT) == set(typer.main.get_command(cli.app).commands)
 
 
 def test_a_png_that_is_not_one_is_caught_at_selection(tmp_path):
