@@ -658,11 +658,17 @@ def _keep_classes(labels: np.ndarray, names: list[str], wanted, where: str) -> t
     return remap[labels], [names[k] for k in picks], picks
 
 
-def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path | None = None) -> SourceData:
+def load_test_source(
+    cfg: SourceConfig,
+    class_names: list[str],
+    stream_to: Path | None = None,
+    fix: str = "pass --test-split SPLIT, --test-dataset SOURCE with the same classes, or --no-eval",
+) -> SourceData:
     """Open the evaluation split of `cfg` with labels mapped onto `class_names`.
 
     Uses `cfg.test_split`, else "test", else "validation". With `cfg.streaming`, the whole split is streamed into
-    `stream_to` first (see `load_source`).
+    `stream_to` first (see `load_source`). `fix` ends the message when there is no such split: the options of the
+    command at hand (`teacher train` has neither `--test-dataset` nor `--no-eval`).
 
     Raises:
         SourceError: no such split (the message lists the splits and points to `--test-split`), `cfg.test_split` is
@@ -681,8 +687,7 @@ def load_test_source(cfg: SourceConfig, class_names: list[str], stream_to: Path 
     asked = f"--test-split={cfg.test_split!r}" if cfg.test_split else "the evaluation split (test, else validation)"
     raise SourceError(
         f"{asked} does not exist in {cfg.source or EMBEDDED_ID} (available splits: {', '.join(available)}), and "
-        "the students are never tested on their training rows: pass --test-split SPLIT, --test-dataset SOURCE with "
-        "the same classes, or --no-eval."
+        f"the students are never tested on their training rows: {fix}."
     )
 
 

@@ -271,7 +271,7 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
     # Data: the training split (a seeded subset with --max-images) and the test split, decoded at the test size
     source = pin_revision(cfg.source, made_from)  # a Hub source at the commit fingerprinted above
     train = load_source(source)
-    test = load_test_source(source, train.class_names)
+    test = load_test_source(source, train.class_names, fix="pass --test-split SPLIT, a split apart from --split")
     channels, height, width = test.image_shape
     size = min(height, width)
     rows = np.arange(len(train.labels))

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-from conftest import CLASS_NAMES, changed_train_split, source_changed
+from conftest import CLASS_NAMES, changed_train_split, source_changed, tiny_dataset, write_repo
 from safetensors.torch import load_file, save_file
 
 from dsco_hub import evaluate as evaluate_module
@@ -20,7 +20,7 @@ from dsco_hub import pipeline, results
 from dsco_hub import teacher as teacher_module
 from dsco_hub.config import TEACHER_CONFIG, ConcentrateConfig, EvalConfig, SourceConfig, TeacherConfig
 from dsco_hub.data import fingerprint, to_model_range
-from dsco_hub.errors import ConfigError, OutputError
+from dsco_hub.errors import ConfigError, OutputError, SourceError
 from dsco_hub.evaluate import soft_label_loss, train_and_test
 from dsco_hub.teacher import CHECKPOINT, WEIGHTS, load_teacher, train_teacher
 
@@ -340,3 +340,12 @@ def test_concentrate_evaluates_with_soft_labels(tiny_repo, tiny_teacher, tmp_pat
     assert doc["baseline"] is not None  # the random-real baseline learns the same teacher's soft labels
     card = (tmp_path / "s" / "README.md").read_text()
     assert "soft labels of the teacher `teacher`" in card and "temperature 2" in card
+
+
+def test_a_source_without_a_test_split_names_the_fix_teacher_train_has(tmp_path):
+    source = write_repo(tmp_path / "train-only", tiny_dataset())
+    cfg = TeacherConfig(source=SourceConfig(source=str(source)), out=str(tmp_path / "t"), epochs=1)
+    with pytest.raises(SourceError) as err:
+        train_teacher(cfg)
+    assert str(err.value).endswith("pass --test-split SPLIT, a split apart from --split.")
+    assert "--no-eval" not in str(err.value) and "--test-dataset" not in str(err.value)  # options it does not have
