@@ -538,6 +538,17 @@ class ConcentrateConfig:
                 )
                 seen[key] = name
         _check(self.pool_size is None or self.pool_size >= 2, f"--pool-size={self.pool_size} must be at least 2.")
+        for option, value in (("--labels", self.labels), ("--pool-size", self.pool_size)):
+            _check(
+                self.data_free or value is None,
+                f"{option} applies to data-free runs only (the real classes come from SOURCE otherwise); add "
+                f"--data-free, or drop {option}{' (--classes picks source classes)' if option == '--labels' else ''}.",
+            )
+        _check(
+            self.data_free or self.pool_guidance_scale is None,
+            "--pool-guidance-scale applies to data-free runs only (their target pool); add --data-free, or drop it.",
+        )
+        _check(self.feature_seed >= 0, f"--feature-seed={self.feature_seed} must be non-negative.")
         _check(self.oversample >= 1, f"--oversample={self.oversample} must be at least 1 (1 = no selection).")
         _check(
             self.oversample == 1 or self.method == "dsco",

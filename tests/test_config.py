@@ -211,12 +211,16 @@ def test_rows_per_class_a_run_can_draw_from(kwargs, rows):
     assert ConcentrateConfig(**kwargs).rows_per_class == rows
 
 
+FREE = dict(data_free=True, labels=("a", "b"))  # a data-free run, for the options that need one
+
+
 def test_concentrate_config_accepts_its_boundaries():
     free = dict(data_free=True, labels=("a", "B"))
     for config in (
         ConcentrateConfig(ipc=1, herding_pool=1, steps=1, guidance_scale=0.0, eta=0.0, sample_batch_size=1, seed=0),
-        ConcentrateConfig(eta=1.0, doping_ratio=1.0, pool_size=2, pool_guidance_scale=0.0, oversample=2),
-        ConcentrateConfig(method="diffusion", dtype="bfloat16", kernel="linear", **free),
+        ConcentrateConfig(eta=1.0, doping_ratio=1.0, oversample=2),
+        ConcentrateConfig(method="diffusion", dtype="bfloat16", kernel="linear", pool_size=2, **free),
+        ConcentrateConfig(pool_guidance_scale=0.0, feature_seed=0, **free),
         ConcentrateConfig(method="random", source=SourceConfig(shuffle_buffer=0), push=HubConfig()),
     ):
         config.validate()
@@ -283,6 +287,21 @@ def test_concentrate_config_accepts_its_boundaries():
             "case-insensitively); list each class once.",
         ),
         (dict(pool_size=1), "--pool-size=1 must be at least 2."),
+        (
+            dict(labels=("a", "b")),
+            "--labels applies to data-free runs only (the real classes come from SOURCE otherwise); add --data-free, "
+            "or drop --labels (--classes picks source classes).",
+        ),
+        (
+            dict(pool_size=64),
+            "--pool-size applies to data-free runs only (the real classes come from SOURCE otherwise); add "
+            "--data-free, or drop --pool-size.",
+        ),
+        (
+            dict(pool_guidance_scale=1.0),
+            "--pool-guidance-scale applies to data-free runs only (their target pool); add --data-free, or drop it.",
+        ),
+        (dict(feature_seed=-5), "--feature-seed=-5 must be non-negative."),
         (dict(oversample=0), "--oversample=0 must be at least 1 (1 = no selection)."),
         (
             dict(method="diffusion", oversample=2),
@@ -292,7 +311,7 @@ def test_concentrate_config_accepts_its_boundaries():
             dict(data_free=True, labels=("a", "b"), nopt=NOptConfig(features="trained")),
             "--nopt-features=trained trains on real images, which --data-free does not read; use random or ensemble.",
         ),
-        (dict(pool_guidance_scale=-1.0), "--pool-guidance-scale=-1.0 must be >= 0; 1 disables guidance."),
+        (dict(pool_guidance_scale=-1.0, **FREE), "--pool-guidance-scale=-1.0 must be >= 0; 1 disables guidance."),
         (dict(nopt=NOptConfig(window=2.0)), "--nopt-window=2.0 must be in [0, 1] (fraction of the steps)."),
         (dict(eval=EvalConfig(runs=0)), "--runs=0 must be at least 1; pass --runs 3 for the standard protocol."),
         (dict(push=HubConfig(commit_max_files=0)), "commit_max_files=0 must be at least 1."),
