@@ -20,16 +20,17 @@ from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import RandomFeatures, embed, herd
 
 
-def check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
+def check_ipc(source: SourceData, ipc: int, what: str = "--ipc", fix: str | None = None) -> None:
     """Refuse needing more real images per class than the smallest class of `source` has.
 
     Args:
         source (`SourceData`): the split the real images are drawn from.
         ipc (`int`): real images needed per class.
-        what (`str`, *optional*, defaults to "--ipc"): the option that asks for them, named in the message.
+        what (`str`, *optional*, defaults to "--ipc"): what asks for them, named in the message.
+        fix (`str`, *optional*): the fix the message ends with; None: "use --ipc N or less" (N the smallest class).
 
     Raises:
-        ConfigError: `ipc` is larger than the smallest class (names the class, its size and the largest IPC).
+        ConfigError: `ipc` is larger than the smallest class (names the class, its size and the fix).
     """
     sizes = [len(rows) for rows in source.class_index]
     k = int(np.argmin(sizes))
@@ -37,7 +38,7 @@ def check_ipc(source: SourceData, ipc: int, what: str = "--ipc") -> None:
         option = f"--ipc={ipc}" if what == "--ipc" else f"{what} (needs {ipc} real images per class)"
         raise ConfigError(
             f"{option} is larger than class {k} ({source.class_names[k]!r}), which has {sizes[k]} images in "
-            f"{source.source_id} [{source.split}]; use --ipc {sizes[k]} or less."
+            f"{source.source_id} [{source.split}]; {fix or f'use --ipc {sizes[k]} or less'}."
         )
 
 

@@ -107,7 +107,11 @@ def prepare(
     if cfg.torch_compile and not models.compile_denoiser(prior) and say is not None and state.is_main:
         say("--compile: ignored on the CPU (compiled kernels may round differently; CPU results stay put)")
     if cfg.method == "dsco" and not cfg.data_free:
-        doping.check_ipc(source, max(cfg.num_doped, 2), what="--nopt-targets/--doping-ratio")
+        if cfg.num_doped >= 2:
+            doping.check_ipc(source, cfg.num_doped, what=f"--doping-ratio={cfg.doping_ratio}", fix="lower it")
+        else:  # NOpt's MMD needs a set of real targets in each class
+            fix = "drop that class with --classes, or use --method diffusion or random"
+            doping.check_ipc(source, 2, what="NOpt's MMD target", fix=fix)
     channels = source.image_shape[0] if source is not None else prior.image_shape[0]
     return Synthesis(cfg, sampler, source, class_names, name, channels, prior, class_ids)
 

@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_dataset, write_repo
 
 from dsco_hub import doping, models, pipeline
 from dsco_hub.config import ConcentrateConfig, EvalConfig, NOptConfig, SourceConfig
@@ -193,3 +194,17 @@ def test_half_precision_runs_the_denoiser_in_half_and_keeps_x_t_in_float32(
     with pytest.raises(ConfigError) as err:
         pipeline.concentrate(again)
     assert str(err.value).startswith(f"--dtype differs from the finished set in {tmp_path / dtype} ({dtype} there")
+
+
+def test_a_class_with_one_image_gets_a_fix_that_works_and_doping_names_its_ratio(tiny_prior, tmp_path):
+    source = write_repo(tmp_path / "src", tiny_dataset(per_class=(5, 5, 1)))
+    with pytest.raises(ConfigError) as err:
+        pipeline.concentrate(_cfg(source, tmp_path / "out", tiny_prior, ipc=1))
+    assert str(err.value) == (
+        "NOpt's MMD target (needs 2 real images per class) is larger than class 2 ('stripe'), which has 1 images "
+        f"in {source} [train]; drop that class with --classes, or use --method diffusion or random."
+    )  # not "use --ipc 1 or less", which it already is
+    with pytest.raises(ConfigError, match=r"^--doping-ratio=1.0 \(needs 4 real images per class\) is larger than "
+                       r"class 2 \('stripe'\), which has 1 images in .*src \[train\]; lower it\.$"):  # fmt: skip
+        pipeline.concentrate(_cfg(source, tmp_path / "out", tiny_prior, ipc=4, doping_ratio=1.0))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
