@@ -201,16 +201,17 @@ class Caller:
                 wait = _retry_after(http) if http is not None else None
                 if wait is None:
                     wait = self.cfg.retry_wait * 2**attempt
+                where = f"datasets/{repo_id}" if repo_id else "the Hub"
                 if wait > self.cfg.max_wait:
                     raise HubError(
-                        f"the Hub asks to wait {wait:.0f} s (HTTP {status}) before {what} datasets/{repo_id}; "
+                        f"the Hub asks to wait {wait:.0f} s (HTTP {status}) before {what} {where}; "
                         "rerun the same command later: it uploads only what is missing."
                     ) from exc
                 reason = f"HTTP {status}" if status is not None else type(cause).__name__
                 logger.warning(
                     "%s %s: %s, retrying in %.1f s (%d/%d)",
                     what,
-                    repo_id or "",
+                    repo_id or "the Hub",
                     reason,
                     wait,
                     attempt + 1,

@@ -1034,7 +1034,7 @@ def test_caller_retries_what_it_should_and_reports_in_one_line(caplog):
         "your connection and --endpoint / HF_ENDPOINT, then rerun."
     )
     assert isinstance(err.value.__cause__, ConnectionError) and slept == [0.5, 1.0]
-    assert caplog.records[0].getMessage() == "checking the token on : ConnectionError, retrying in 0.5 s (1/2)"
+    assert caplog.records[0].getMessage() == "checking the token on the Hub: ConnectionError, retrying in 0.5 s (1/2)"
     with pytest.raises(HubError) as err:
         call("uploading to", "alice/x", failing(TimeoutError()), retry=False)
     assert "while uploading to datasets/alice/x (TimeoutError, after huggingface_hub's retries)" in str(err.value)
