@@ -269,15 +269,34 @@ def _open_split(source: str, cfg: SourceConfig, split: str, streaming: bool = Fa
             target, name=cfg.config_name, split=split, revision=cfg.revision, streaming=streaming
         )
     except ValueError as err:
+        configs = _config_names(target) if cfg.config_name is not None else None
+        if configs and cfg.config_name not in configs:
+            raise SourceError(
+                f"--config={cfg.config_name!r} is not a config of {source}; its configs: {', '.join(configs)}."
+            ) from err
         available = _split_names(target, cfg)
         if available is not None and split not in available:
             raise _split_not_found(source, split, available) from err
         raise SourceError(f"SOURCE={source!r} cannot be loaded: {err}") from err
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        if path.is_dir():  # it exists: `datasets` found nothing it can read in it
+            raise SourceError(
+                f"SOURCE={source!r} holds no data `datasets` can read ({type(err).__name__}); pass a `datasets` "
+                "repo folder (data/*.parquet), an image folder (one subfolder per class) or a save_to_disk folder."
+            ) from err
         raise SourceNotFoundError(
             f"SOURCE={source!r} was not found locally nor on the Hub ({type(err).__name__}); check the id or path, "
             "and --config / --revision."
         ) from err
+
+
+def _config_names(target: str) -> list[str] | None:
+    """The configs (subsets) of a Hub dataset or a local repo folder (`datasets.get_dataset_config_names`); None when
+    they cannot be read."""
+    try:
+        return list(datasets.get_dataset_config_names(target))
+    except Exception:  # unreachable, or the builder cannot be resolved: the caller reports the load error itself
+        return None
 
 
 def _split_names(target: str, cfg: SourceConfig) -> list[str] | None:

@@ -235,3 +235,13 @@ def test_a_test_split_that_is_the_training_split_is_never_loaded_for_testing(tin
         load_test_source(SourceConfig(source=str(tiny_repo), test_split="train"), ["a", "b", "c"])
     test = load_test_source(SourceConfig(source=str(tiny_repo), split="test", test_split="train"), None)
     assert len(test.labels) == 19  # the train split, named as the test split of a set drawn from "test"
+
+
+def test_an_existing_folder_without_data_and_an_unknown_config_are_named_as_such(tiny_repo, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match=r"^SOURCE=.*empty. holds no data `datasets` can read \(EmptyDataset"):
+        load_source(SourceConfig(source=str(tmp_path / "empty")))
+    with pytest.raises(SourceError, match=r"^--config='nosuch' is not a config of .*tiny; its configs: default\.$"):
+        load_source(SourceConfig(source=str(tiny_repo), config_name="nosuch"))
+    with pytest.raises(SourceNotFoundError, match="does not exist"):  # a path that is not there: as before
+        load_source(SourceConfig(source=str(tmp_path / "nowhere")))
