@@ -117,8 +117,7 @@ def _concentrate_set(
     cfg.validate()
     say = report or (lambda message: print(message, file=sys.stderr))
     state = distributed.process_state()
-    protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
-    out = files.check_out_path(cfg.out, "--out", protected)  # never the current, home or a source's folder
+    out = _out_path(cfg)
     plain = writer.portable_config(cfg.to_dict(), out)  # as saved in dsco_config.json: no absolute path
     if cfg.method not in REAL_METHODS:  # which weights: the shipped prior, a local folder's digest, a Hub commit
         identity = models.model_identity(cfg.model, cfg.model_revision)
@@ -143,6 +142,13 @@ def _concentrate_set(
         if created and state.is_main and not any(folder.glob("units/*.parquet")):
             shutil.rmtree(folder, ignore_errors=True)  # bad input found late: leave nothing behind
         raise
+
+
+def _out_path(cfg: ConcentrateConfig) -> Path:
+    """`cfg.out` resolved, once `files.check_out_path` has refused the current, home or root folder and any folder
+    that is, holds or lies inside a source (SOURCE, `--test-dataset`, `--model`)."""
+    protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
+    return files.check_out_path(cfg.out, "--out", protected)
 
 
 def _fingerprints(cfg: ConcentrateConfig, state: distributed.ProcessState) -> tuple[dict | None, dict | None]:
@@ -296,10 +302,13 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
 
     Raises:
         ConfigError: invalid settings, or IPC larger than the smallest class.
+        OutputError: `--out` would be refused by the run itself (`files.check_out_path`; a folder holding files
+            dsco-hub did not write; a name ending in .partial).
         SourceError, ModelError: the source or the model's configs cannot be read.
     """
     presets.apply_preset(cfg)
     cfg.validate()
+    writer.check_output(_out_path(cfg), overwrite=True)  # read-only: refuses what the run would refuse
     image_shape = None
     if cfg.preset is not None:
         wnids = presets.PRESETS[cfg.preset].wnids

@@ -177,6 +177,18 @@ def test_a_set_is_never_named_like_a_run_folder_so_no_run_deletes_one(tiny_repo,
     assert {k.replace("a.partial/", "a/"): v for k, v in listing(sets, skip=("b",)).items()} == before
 
 
+def test_a_dry_run_refuses_the_out_the_run_would_refuse(tiny_repo, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    before = listing(tmp_path)
+    for out, expected in ((tmp_path / "mine", "holds files dsco-hub did not write (notes.txt)"),
+                          (tmp_path / "x.partial", "ends in .partial"),
+                          (tiny_repo / "data", "lies inside the source")):  # fmt: skip
+        result = dsco("concentrate", str(tiny_repo), "--method", "random", "--dry-run", "--out", str(out))
+        one_line_error(result, 1, expected)
+    assert listing(tmp_path) == before
+
+
 # 2. Signals: 130 on SIGINT, 143 on SIGTERM, one line, and the run resumes ------------------------------------------
 
 
