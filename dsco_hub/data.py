@@ -318,22 +318,10 @@ def _split_not_found(source: str, split: str, available: list[str]) -> SplitNotF
 
 
 def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple[str, str]:
-    described = ", ".join(
-        f"{name} ({type(f).__name__ if not hasattr(f, 'dtype') else f.dtype})" for name, f in ds.features.items()
-    )
+    described = _columns_described(ds)
     if cfg.image_column is not None:
-        if cfg.image_column not in ds.features:
-            raise SourceError(
-                f"--image-column={cfg.image_column!r} is not a column of {source}; columns: {described}."
-            )
-        feature = ds.features[cfg.image_column]
-        if not _is_image_feature(feature):
-            kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
-            raise SourceError(
-                f"--image-column={cfg.image_column!r} of {source} holds {kind} values; images are an `Image` column, "
-                f"file paths, encoded image bytes or pixel arrays. Pass the column of images; columns: {described}."
-            )
-        image_column = cfg.image_column
+        holds = "images are an `Image` column, file paths, encoded image bytes or pixel arrays. Pass the image column"
+        image_column = _given_column(ds, cfg.image_column, "--image-column", source, _is_image_feature, holds)
     else:
         found = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
         if not found:
@@ -342,18 +330,8 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
             )
         image_column = found[0]
     if cfg.label_column is not None:
-        if cfg.label_column not in ds.features:
-            raise SourceError(
-                f"--label-column={cfg.label_column!r} is not a column of {source}; columns: {described}."
-            )
-        feature = ds.features[cfg.label_column]
-        if not _is_label_feature(feature):
-            kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
-            raise SourceError(
-                f"--label-column={cfg.label_column!r} of {source} holds {kind} values; class labels are integers, "
-                f"strings or a ClassLabel. Pass the column of class ids or names; columns: {described}."
-            )
-        return image_column, cfg.label_column
+        holds = "class labels are integers, strings or a ClassLabel. Pass the column of class ids or names"
+        return image_column, _given_column(ds, cfg.label_column, "--label-column", source, _is_label_feature, holds)
     found = [n for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
     if found:
         return image_column, found[0]
@@ -364,6 +342,26 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
         f"{source} has no label column (feature `ClassLabel`, or an int/string column named 'label'); "
         f"columns: {described}. Pass --label-column NAME."
     )
+
+
+def _columns_described(ds) -> str:
+    return ", ".join(
+        f"{name} ({type(f).__name__ if not hasattr(f, 'dtype') else f.dtype})" for name, f in ds.features.items()
+    )
+
+
+def _given_column(ds, name: str, option: str, source: str, accepts, holds: str) -> str:
+    """`name`, once it is a column of `ds` whose feature `accepts`; else one line naming `option`, what such a
+    column `holds` and the columns there are."""
+    if name not in ds.features:
+        raise SourceError(f"{option}={name!r} is not a column of {source}; columns: {_columns_described(ds)}.")
+    feature = ds.features[name]
+    if not accepts(feature):
+        kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+        raise SourceError(
+            f"{option}={name!r} of {source} holds {kind} values; {holds}; columns: {_columns_described(ds)}."
+        )
+    return name
 
 
 def _is_image_feature(feature) -> bool:

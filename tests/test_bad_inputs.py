@@ -428,7 +428,7 @@ def test_an_image_column_that_holds_no_images_is_refused_and_leaves_nothing(tmp_
     source = write_repo(tmp_path / "src", tiny_dataset(), tiny_dataset(per_class=(2, 2, 2), seed_offset=50))
     result = dsco("concentrate", str(source), "--image-column", "label", "--method", "random", "--ipc", "1",
                   "--no-eval", "--out", str(tmp_path / "set"), *streaming)  # fmt: skip
-    one_line_error(result, 1, "--image-column='label'", "holds ClassLabel values", "Pass the column of images")
+    one_line_error(result, 1, "--image-column='label'", "holds ClassLabel values", "Pass the image column")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither OUT nor OUT.partial
 
 
