@@ -487,6 +487,10 @@ class ConcentrateConfig:
         _check(self.kernel in KERNELS, f"--kernel={self.kernel!r} is unknown; use one of {', '.join(KERNELS)}.")
         _check(self.herding_pool >= 1, f"--herding-pool={self.herding_pool} must be at least 1.")
         _check(
+            self.source.classes is None or len(self.source.classes) > 0,
+            "--classes names no class; list names or label indices (e.g. --classes 'Coat,3'), or omit it for all.",
+        )
+        _check(
             self.model is None or bool(self.model.strip()),
             f"--model={self.model!r} is empty; pass a Hub id or a prior folder, or omit it for the shipped prior.",
         )

@@ -302,6 +302,10 @@ def test_concentrate_config_accepts_its_boundaries():
             "--pool-guidance-scale applies to data-free runs only (their target pool); add --data-free, or drop it.",
         ),
         (dict(feature_seed=-5), "--feature-seed=-5 must be non-negative."),
+        (
+            dict(source=SourceConfig(classes=())),  # what `--classes ''` or `--classes ,` parse to
+            "--classes names no class; list names or label indices (e.g. --classes 'Coat,3'), or omit it for all.",
+        ),
         (dict(oversample=0), "--oversample=0 must be at least 1 (1 = no selection)."),
         (
             dict(method="diffusion", oversample=2),
