@@ -495,7 +495,8 @@ class ConcentrateConfig:
             f"--model={self.model!r} is empty; pass a Hub id or a prior folder, or omit it for the shipped prior.",
         )
         same_split = self.source.same_split_message()
-        _check(not (self.evaluate and same_split), same_split or "")  # the evaluation's test split
+        if self.evaluate and same_split:  # the evaluation's test split
+            raise ConfigError(same_split)
         _check(
             self.source.shuffle_buffer >= 0,
             f"--shuffle-buffer={self.source.shuffle_buffer} must be >= 0 (rows; 0 keeps the stream's order).",
@@ -616,7 +617,8 @@ class TeacherConfig:
         )
         _check(self.seed >= 0, f"--seed={self.seed} must be non-negative.")
         same_split = self.source.same_split_message()
-        _check(not same_split, same_split or "")  # the teacher's test split
+        if same_split:  # the teacher's test split
+            raise ConfigError(same_split)
         _check(self.lr > 0, f"--lr={self.lr} must be positive; the students use 0.01.")
         _check(self.batch_size >= 1, f"--batch-size={self.batch_size} must be at least 1.")
 

@@ -137,6 +137,12 @@ def _shape(image: PILImage.Image) -> tuple[int, int, int]:
     return channels, image.height, image.width
 
 
+def source_folder(cfg: SourceConfig) -> str:
+    """The source an output folder must stay out of (`files.check_out_path`): SOURCE as given (a Hub id is ignored
+    there), or the embedded subset's folder when SOURCE is omitted, so that no command writes into the package."""
+    return cfg.source or str(embedded_source_path())
+
+
 def _resolve(cfg: SourceConfig) -> tuple[str, str]:
     """What to open for `cfg.source` (the embedded subset's folder when None), and the name to show for it."""
     if cfg.source is None:

@@ -42,12 +42,12 @@ from dsco_hub.config import (
 from dsco_hub.data import (
     SourceData,
     decode_images,
-    embedded_source_path,
     fingerprint,
     image_grid,
     load_source,
     peek_stream,
     pin_revision,
+    source_folder,
 )
 from dsco_hub.errors import DscoError, HubError
 from dsco_hub.text import command_line
@@ -147,7 +147,7 @@ def _concentrate_set(
 def _out_path(cfg: ConcentrateConfig) -> Path:
     """`cfg.out` resolved, once `files.check_out_path` has refused the current, home or root folder and any folder
     that is, holds or lies inside a source (SOURCE, `--test-dataset`, `--model`)."""
-    protected = [cfg.source.source or str(embedded_source_path()), cfg.test_dataset, cfg.model]
+    protected = [source_folder(cfg.source), cfg.test_dataset, cfg.model]
     return files.check_out_path(cfg.out, "--out", protected)
 
 
@@ -303,12 +303,14 @@ def dry_run(cfg: ConcentrateConfig) -> plan.RunPlan:
     Raises:
         ConfigError: invalid settings, or IPC larger than the smallest class.
         OutputError: `--out` would be refused by the run itself (`files.check_out_path`; a folder holding files
-            dsco-hub did not write; a name ending in .partial).
+            dsco-hub did not write; a name ending in .partial; an `OUT.partial` that no run wrote).
         SourceError, ModelError: the source or the model's configs cannot be read.
     """
     presets.apply_preset(cfg)
     cfg.validate()
-    writer.check_output(_out_path(cfg), overwrite=True)  # read-only: refuses what the run would refuse
+    out = _out_path(cfg)
+    writer.check_output(out, overwrite=True)  # read-only: refuses what the run would refuse
+    writer.check_run_folder(out)
     image_shape = None
     if cfg.preset is not None:
         wnids = presets.PRESETS[cfg.preset].wnids

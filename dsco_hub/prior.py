@@ -34,11 +34,11 @@ from dsco_hub.card import prior_card
 from dsco_hub.config import PriorTrainConfig, SamplerConfig, derive_seed, option_name
 from dsco_hub.data import (
     decode_images,
-    embedded_source_path,
     fingerprint,
     image_grid,
     load_source,
     pin_revision,
+    source_folder,
     to_model_range,
     to_uint8,
 )
@@ -141,7 +141,7 @@ def train_prior(cfg: PriorTrainConfig, command: str | None = None) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out)
-    check_out_path(cfg.out, "--out", [cfg.source.source or str(embedded_source_path())])  # never a user's folder
+    check_out_path(cfg.out, "--out", [source_folder(cfg.source)])  # never a user's folder, nor the package
     ckpt_dir = out / "checkpoints"
     saved_cfg_path = out / "prior_config.json"
     saved = json.loads(saved_cfg_path.read_text()) if saved_cfg_path.exists() else None

@@ -39,11 +39,11 @@ from dsco_hub.card import teacher_card
 from dsco_hub.config import TEACHER_CONFIG, TeacherConfig, derive_seed
 from dsco_hub.data import (
     decode_images,
-    embedded_source_path,
     fingerprint,
     load_source,
     load_test_source,
     pin_revision,
+    source_folder,
 )
 from dsco_hub.errors import ConfigError, OutputError
 from dsco_hub.evaluate import build_student, resolve_model, test_accuracy, train_epoch
@@ -257,7 +257,7 @@ def train_teacher(cfg: TeacherConfig, command: str | None = None, report=None) -
             f"dsco-hub teacher train runs in one process, not {state.world_size}: launch it without torchrun or "
             "accelerate launch (it trains on that process's device)."
         )
-    out = check_out_path(cfg.out, "--out", [cfg.source.source or str(embedded_source_path())])  # never into a source
+    out = check_out_path(cfg.out, "--out", [source_folder(cfg.source)])  # never into a source, nor the package
     settings = _settings(cfg)
     saved = _check_rerun(out, settings)
     made_from = fingerprint(cfg.source)  # what the teacher learns from: a rerun on other data is refused

@@ -256,12 +256,40 @@ def _foreign_run_entries(folder: Path) -> list[str]:
     return foreign
 
 
+def check_run_folder(out: str | Path) -> Path:
+    """The run folder of `out` (`run_folder`), once it is known to be a run's or absent; read-only.
+
+    The run folder `OUT.partial` is deleted once the set is complete (or with `--overwrite`, when its settings
+    differ), so a path of that name that a run did not write (a file, a link, or a folder holding anything but what
+    a run writes: `_foreign_run_entries`) is refused, with or without `--overwrite`: nothing the user put there is
+    ever deleted. `check_run` and `--dry-run` call it.
+
+    Returns:
+        `Path`: `OUT.partial`, absolute (it may not exist).
+
+    Raises:
+        OutputError: `OUT.partial` is a file, a link, or a folder holding entries that no run writes.
+    """
+    folder = run_folder(out)
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"{folder} is not a run folder dsco-hub wrote (it is a file or a link), yet a run keeps its work there "
+            f"and deletes it when the set is complete: move it, or choose another --out than {out}."
+        )
+    foreign = _foreign_run_entries(folder) if folder.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise OutputError(
+            f"{folder} holds files dsco-hub did not write ({shown}), yet a run keeps its work there and deletes it "
+            f"when the set is complete: move them, or choose another --out than {out}."
+        )
+    return folder
+
+
 def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dict | None = None) -> tuple[Path, bool]:
     """Compare a saved run (if any) with this run's settings and source data; read-only, so every process can call it.
 
-    The run folder `OUT.partial` is deleted once the set is complete (or with `overwrite`, when its settings differ),
-    so a path of that name that a run did not write (a file, or a folder holding anything but what a run writes:
-    `_foreign_run_entries`) is refused, with or without `overwrite`: nothing the user put there is ever deleted.
+    The run folder is checked first (`check_run_folder`): one that no run wrote is refused, never deleted.
 
     Args:
         out (`str` or `Path`): the output folder.
@@ -278,19 +306,7 @@ def check_run(out: str | Path, settings: dict, overwrite: bool, fingerprint: dic
         ConfigError: a saved run has other settings (names the first differing option) or was made from data that
             has changed since (`check_fingerprint`), and `overwrite` is False.
     """
-    folder = run_folder(out)
-    if folder.is_symlink() or folder.exists() and not folder.is_dir():
-        raise OutputError(
-            f"{folder} is not a run folder dsco-hub wrote (it is a file or a link), yet a run keeps its work there "
-            f"and deletes it when the set is complete: move it, or choose another --out than {out}."
-        )
-    foreign = _foreign_run_entries(folder) if folder.is_dir() else []
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        raise OutputError(
-            f"{folder} holds files dsco-hub did not write ({shown}), yet a run keeps its work there and deletes it "
-            f"when the set is complete: move them, or choose another --out than {out}."
-        )
+    folder = check_run_folder(out)
     saved = folder / RUN_CONFIG
     if not saved.exists():
         return folder, False

@@ -186,6 +186,11 @@ def test_a_dry_run_refuses_the_out_the_run_would_refuse(tiny_repo, tmp_path):
                           (tiny_repo / "data", "lies inside the source")):  # fmt: skip
         result = dsco("concentrate", str(tiny_repo), "--method", "random", "--dry-run", "--out", str(out))
         one_line_error(result, 1, expected)
+    (tmp_path / "y.partial").mkdir()
+    (tmp_path / "y.partial" / "draft.md").write_text("keep")  # the run folder of --out y, which no run wrote
+    before = listing(tmp_path)
+    result = dsco("concentrate", str(tiny_repo), "--method", "random", "--dry-run", "--out", str(tmp_path / "y"))
+    one_line_error(result, 1, "y.partial holds files dsco-hub did not write (draft.md)")
     assert listing(tmp_path) == before
 
 
