@@ -123,8 +123,9 @@ def method_config(method: str, ipc: int, out: Path, args) -> ConcentrateConfig:
 
 
 def nopt_overrides(args) -> dict:
-    """The NOpt settings given on the command line (`--nopt-lr`, `--nopt-target-batch`); the rest are defaults."""
-    given = {"lr": args.nopt_lr, "target_batch": args.nopt_target_batch}
+    """The NOpt settings given on the command line (`--nopt-window`, `--nopt-lr`, `--nopt-target-batch`); the rest
+    are defaults."""
+    given = {"window": args.nopt_window, "lr": args.nopt_lr, "target_batch": args.nopt_target_batch}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -172,8 +173,8 @@ def variant_name(method: str, ipc: int, args) -> str:
         return ""
     n = ConcentrateConfig(ipc=ipc, doping_ratio=args.doping_ratio if method == "dsco-doped" else 0.0).num_synthetic
     nopt = NOptConfig()
-    defaults = {"lr": nopt.lr, "target_batch": nopt.batch_for(n)}
-    names = {"lr": "NOpt lr", "target_batch": "target batch"}
+    defaults = {"window": nopt.window_for(n), "lr": nopt.lr, "target_batch": nopt.batch_for(n)}
+    names = {"window": "NOpt window", "lr": "NOpt lr", "target_batch": "target batch"}
     values = {"target_batch": {0: "all"}}
     given = {k: v for k, v in nopt_overrides(args).items() if v != defaults[k]}
     variant = [f"{names[k]} {values.get(k, {}).get(v, v)}" for k, v in given.items()]
@@ -232,8 +233,9 @@ def write_table(done: dict, args) -> None:
     if any(v for _, _, v in methods):
         lines += [
             "",
-            "Rows with settings in their name differ from today's defaults in those settings: NOpt's step length "
-            "is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds max(128, 10 n) of the 500 targets per iteration "
+            "Rows with settings in their name differ from today's defaults in those settings: NOpt optimizes "
+            "every DDIM step for one synthetic image per class and the first half for more "
+            "(`NOptConfig.window_for`, `bench/results/nopt_window_ipc1.md`); NOpt's step length is 0.05 (`bench/results/nopt_sweep.md`); NOpt embeds max(128, 10 n) of the 500 targets per iteration "
             "for n synthetic images per class, all of them when n = 1 (`NOptConfig.batch_for`, "
             "`bench/results/defaults_checks.md`); "
             "the data-free pool holds max(4 IPC, 256) of the model's own samples per class.",
@@ -256,6 +258,7 @@ def main() -> None:
     )
     parser.add_argument("--model", default=None, help="prior folder for synthetic methods (default: shipped)")
     parser.add_argument("--doping-ratio", type=float, default=0.5, help="doping ratio of dsco-doped")
+    parser.add_argument("--nopt-window", type=float, default=None, help="NOpt window (default: window_for)")
     parser.add_argument("--nopt-lr", type=float, default=None, help="NOpt step length (default: NOptConfig's)")
     parser.add_argument(
         "--nopt-target-batch", type=int, default=None, help="NOpt targets per iteration, 0 = all (default: batch_for)"

@@ -231,7 +231,10 @@ def concentrate(
     pool_guidance_scale: Annotated[
         Optional[float], typer.Option(help="Guidance of the data-free pool's samples (default: --guidance-scale).")
     ] = None,
-    nopt_window: Annotated[float, typer.Option(help="Fraction of DDIM steps with noise optimization.")] = 0.5,
+    nopt_window: Annotated[
+        Optional[float],
+        typer.Option(help="Fraction of DDIM steps with noise optimization (default 1.0 at n=1, else 0.5)."),
+    ] = None,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,
     nopt_targets: Annotated[int, typer.Option(help="Real target images per class for NOpt's MMD.")] = 500,

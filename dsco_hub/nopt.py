@@ -80,8 +80,9 @@ def nopt_sample(
         targets (`torch.Tensor`): `(M, *prior.sample_shape)` target samples in the denoiser's space (pixels in
             `[-1, 1]`, or latents from `prior.encode`), `M >= 2`: real images of the class, or a pool of the
             model's own samples in data-free mode.
-        cfg (`NOptConfig`): window, iterations, step length, kernel, feature width, and the targets embedded per
-            iteration (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
+        cfg (`NOptConfig`): window (`cfg.window_for(n)`: all steps for one image, the first half for more),
+            iterations, step length, kernel, feature width, and the targets embedded per iteration
+            (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
         sampler (`SamplerConfig`, *optional*, defaults to `SamplerConfig()`): the DDIM sampler, the same settings
             as `models.sample`'s: `steps`, `guidance_scale`, and `eta` in `[0, 1]` (the step noise of image j
             comes from the same per-image generator as in `models.sample`, so `cfg.iters == 0` reproduces it);
@@ -127,17 +128,18 @@ def nopt_sample_classes(
     The classes' MMD^2 terms depend on disjoint images, so the gradient of their sum is each class's own
     gradient: the images equal those of one `nopt_sample` call per class up to float rounding. The denoiser
     rounds a row slightly differently in another batch (~1e-6 on the CPU), and NOpt's normalised steps amplify
-    that: on the tests' tiny models, 1.3e-3 in `[-1, 1]` after 8 iterations (two classes, `test_nopt.py`), 1.4e-2
-    to 3.6e-2 (up to about five uint8 levels) with batches of 4 against 64 over three classes, depending on the
-    thread count. So which classes share a call is part of the settings (`distributed.plan_units`), never of the
-    launch, and the bytes of a set do not depend on the number of processes.
+    that: on the tests' tiny models, a mean of 4e-3 in `[-1, 1]` (0.08 on one pixel) after 8 iterations (two
+    classes, `test_nopt.py`), and 1.4e-2 to 3.6e-2 on a pixel (up to about five uint8 levels) with batches of 4
+    against 64 over three classes, depending on the thread count. So which classes share a call is part of the
+    settings (`distributed.plan_units`), never of the launch, and the bytes of a set do not depend on the number
+    of processes.
 
     Args:
         prior (`DiffusionPrior`): the class-conditional model.
         classes (sequence of `NOptClass`): the classes, each with `n_k >= 1` seeds.
         cfg, sampler, progress, snapshots: as in `nopt_sample` (`sampler.batch_size` counts the images of all
-            classes together; target batches follow each class's own
-            `cfg.batch_for(n_k)`).
+            classes together; windows and target batches follow each class's own `cfg.window_for(n_k)` and
+            `cfg.batch_for(n_k)`: a class outside its window keeps its x_t while the others' are optimized).
 
     Returns:
         `tuple[list[torch.Tensor], list[NOptTrace]]`: per class, images `(n_k, C_img, H_img, W_img)` float32 in
@@ -164,11 +166,12 @@ def nopt_sample_classes(
     device = prior.device
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
     scheduler.set_timesteps(sampler.steps)
-    optimized_steps = math.ceil(cfg.window * sampler.steps) if cfg.iters else 0
     guidance_scale, batch_size = sampler.guidance_scale, sampler.batch_size
     seeds = [seed for c in classes for seed in c.seeds]
     sizes = [len(c.seeds) for c in classes]
     firsts = [sum(sizes[:k]) for k in range(len(sizes))]  # first row of each class
+    # optimized DDIM steps per class, from its own n (`cfg.window_for`): a class outside its window keeps its x_t
+    optimized = [math.ceil(cfg.window_for(n) * sampler.steps) if cfg.iters else 0 for n in sizes]
     labels = torch.tensor([c.class_id for c in classes for _ in c.seeds], dtype=torch.long, device=device)
     targets = [c.targets.to(device) for c in classes]
     x = initial_noise(prior.sample_shape, seeds).to(device)  # (sum n_k, C, H, W), class by class
@@ -177,7 +180,8 @@ def nopt_sample_classes(
     for s, t in enumerate(scheduler.timesteps):
         alpha = scheduler.alphas_cumprod[int(t)].to(device)
         # Noise optimization: normalised gradient steps on x_t, then back to its per-image norm
-        for i in range(cfg.iters if s < optimized_steps else 0):
+        active = [s < steps for steps in optimized]
+        for i in range(cfg.iters if any(active) else 0):
             phis, target_features = [], []
             for c, m, n in zip(classes, targets, sizes):
                 seed = derive_seed(c.phi_seed, s, i)  # the feature map's weights and the target subset
@@ -188,12 +192,14 @@ def nopt_sample_classes(
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
                 g_norm = grad.flatten(1).norm(dim=1)[:, None, None, None].clamp_min(1e-12)
-                x = x - cfg.lr * norm * grad / g_norm
-                x = x * norm / x.flatten(1).norm(dim=1)[:, None, None, None]
-            for trace, loss in zip(traces, losses.tolist()):
-                trace.first_mmd2 = loss if trace.first_mmd2 is None else trace.first_mmd2
-                trace.last_mmd2 = loss
-                trace.iterations += 1
+                stepped = x - cfg.lr * norm * grad / g_norm
+                stepped = stepped * norm / stepped.flatten(1).norm(dim=1)[:, None, None, None]
+                x = stepped if all(active) else torch.where(_rows(active, sizes, device), stepped, x)
+            for trace, loss, on in zip(traces, losses.tolist(), active):
+                if on:
+                    trace.first_mmd2 = loss if trace.first_mmd2 is None else trace.first_mmd2
+                    trace.last_mmd2 = loss
+                    trace.iterations += 1
         # The DDIM step, without gradients
         with torch.no_grad():
             eps = torch.cat(
@@ -262,6 +268,12 @@ def select_synthetic(
     last = [snapshots[-1]] if cfg.features == "trained" else None
     phi = feature_map(cfg, candidates.shape[1], seed, last).to(candidates.device)
     return herd(embed(phi, candidates), embed(phi, targets), num, kernel=cfg.kernel)
+
+
+def _rows(active: Sequence[bool], sizes: Sequence[int], device) -> torch.Tensor:
+    """`(sum n_k, 1, 1, 1)` bool: whether each row's class is `active` (class k owns `sizes[k]` consecutive rows)."""
+    flags = torch.tensor([on for on, n in zip(active, sizes) for _ in range(n)], device=device)
+    return flags[:, None, None, None]
 
 
 def _target_batch(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:

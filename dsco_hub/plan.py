@@ -212,7 +212,7 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
     feature_images, feature_flops = 0, 0.0
     if cfg.method == "dsco" and n:
         total = num_classes * generated * cfg.steps * g  # every candidate is sampled
-        optimized = math.ceil(cfg.nopt.window * cfg.steps) if cfg.nopt.iters else 0
+        optimized = math.ceil(cfg.nopt_window * cfg.steps) if cfg.nopt.iters else 0
         per_iter = 3 + (1 if generated * per_unit > cfg.sample_batch_size else 0)  # a second pass beyond one batch
         total += num_classes * generated * optimized * cfg.nopt.iters * per_iter * g
         if cfg.nopt.features == "trained":

@@ -411,6 +411,33 @@ def test_option_names_of_settings_keys():
     assert option_name("source.a.b_c") == "--a-b-c"  # only the first part is dropped
 
 
+@pytest.mark.parametrize(
+    "config, window",
+    [
+        (ConcentrateConfig(ipc=1), 1.0),  # one synthetic image per class: every step
+        (ConcentrateConfig(ipc=2, doping_ratio=0.5), 1.0),  # one synthetic and one real
+        (ConcentrateConfig(ipc=2), 0.5),
+        (ConcentrateConfig(ipc=1, oversample=4), 0.5),  # NOpt makes four, one is kept
+        (ConcentrateConfig(ipc=1, method="herding"), 0.5),  # no NOpt: stored as runs before the rule did
+        (ConcentrateConfig(ipc=1, doping_ratio=1.0), 0.5),
+        (ConcentrateConfig(ipc=1, nopt=NOptConfig(window=0.25)), 0.25),
+    ],
+)
+def test_the_saved_settings_record_the_window_the_run_uses(config, window):
+    assert config.nopt_window == window and config.to_dict()["nopt"]["window"] == window
+    assert run_settings(config.to_dict(), "rows")["nopt.window"] == window
+
+
+def test_a_run_saved_before_the_window_depended_on_n_compares_by_the_window_it_used():
+    older = {**run_settings(ConcentrateConfig().to_dict(), "rows"), "nopt.window": 0.5}  # IPC 10, as saved then
+    assert first_difference(older, run_settings(ConcentrateConfig().to_dict(), "rows")) is None
+    older_ipc1 = {**run_settings(ConcentrateConfig(ipc=1).to_dict(), "rows"), "nopt.window": 0.5}
+    now = run_settings(ConcentrateConfig(ipc=1).to_dict(), "rows")
+    assert first_difference(older_ipc1, now) == ("--nopt-window", 0.5, 1.0)  # its images would differ now
+    kept = ConcentrateConfig(ipc=1, nopt=NOptConfig(window=0.5)).to_dict()
+    assert first_difference(older_ipc1, run_settings(kept, "rows")) is None  # --nopt-window 0.5 keeps that set
+
+
 def test_first_difference_counts_a_missing_setting_as_its_default():
     now = run_settings(ConcentrateConfig(ipc=3).to_dict(), "rows")
     assert first_difference(now, now) is None
@@ -445,7 +472,7 @@ INF, NAN = float("inf"), float("nan")
         (ConcentrateConfig(eta=NAN), "--eta", "nan", " (the default is 0.0)"),
         (ConcentrateConfig(pool_guidance_scale=INF), "--pool-guidance-scale", "inf", ""),  # default None
         (ConcentrateConfig(nopt=NOptConfig(lr=INF)), "--nopt-lr", "inf", " (the default is 0.05)"),
-        (ConcentrateConfig(nopt=NOptConfig(window=-INF)), "--nopt-window", "-inf", " (the default is 0.5)"),
+        (ConcentrateConfig(nopt=NOptConfig(window=-INF)), "--nopt-window", "-inf", ""),  # default None: by n
         (ConcentrateConfig(eval=EvalConfig(lr=INF)), "EvalConfig.lr", "inf", " (the default is 0.01)"),
         (TeacherConfig(weight_decay=INF), "TeacherConfig.weight_decay", "inf", " (the default is 0.0005)"),
         (PriorTrainConfig(label_dropout=NAN), "--label-dropout", "nan", " (the default is 0.1)"),
