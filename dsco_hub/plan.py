@@ -126,7 +126,7 @@ class RunPlan:
     real_per_class: int
     units: int
     unit_kind: str
-    denoiser_calls_plain: int  # denoiser forwards (per image) of plain sampling of every synthetic image
+    denoiser_calls_plain: int  # denoiser forwards, counted per image, of plain sampling of every synthetic image
     denoiser_calls_total: int  # with NOpt's extra forward-equivalents (and the data-free pools)
     vae_decodes: int
     vae_encodes: int
@@ -138,6 +138,7 @@ class RunPlan:
     feature_images: int = 0  # `--nopt-features trained`: real images the feature network trains on
     feature_epochs: int = 0
     feature_flops: float = 0.0  # its training, forward + backward (3 x forward), in FLOPs
+    nopt_steps: tuple[int, int, float, int] | None = None  # dsco: (optimized steps, DDIM steps, window, iterations)
 
     def lines(self) -> list[str]:
         """The plan as lines of text for the terminal."""
@@ -151,6 +152,12 @@ class RunPlan:
                 f"generate-then-select: NOpt makes {self.generated_per_class} images per class, herding keeps "
                 f"{self.synthetic_per_class}"
             )
+        if self.nopt_steps is not None:
+            optimized, steps, window, iters = self.nopt_steps
+            out.append(
+                f"NOpt: the first {optimized} of {steps} DDIM steps (--nopt-window {window:g}), {iters} gradient "
+                f"step{'s' if iters != 1 else ''} on x_t at each"
+            )
         if self.feature_images:
             out.append(
                 f"NOpt features: a ConvNet-3 trained {self.feature_epochs} epochs on {self.feature_images:,} real "
@@ -159,7 +166,7 @@ class RunPlan:
         if self.cost is not None:
             extra = self.denoiser_calls_total - self.denoiser_calls_plain
             out += [
-                f"denoiser forwards (per image): {self.denoiser_calls_plain:,} plain sampling, "
+                f"denoiser forwards, counted per image: {self.denoiser_calls_plain:,} plain sampling, "
                 f"{self.denoiser_calls_total:,} with NOpt (+{extra:,})",
                 f"VAE: {self.vae_decodes:,} decodes, {self.vae_encodes:,} encodes (NOpt targets)",
                 f"compute: {_pflop(self.flops)} PFLOP ({self.cost.denoiser / 1e9:,.1f} GFLOP per denoiser "
@@ -209,10 +216,11 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
     plain = synthetic * cfg.steps * g
     total, encodes, pools = plain, 0, 0
     generated = n * (cfg.oversample if cfg.method == "dsco" else 1)
-    feature_images, feature_flops = 0, 0.0
+    feature_images, feature_flops, nopt_steps = 0, 0.0, None
     if cfg.method == "dsco" and n:
         total = num_classes * generated * cfg.steps * g  # every candidate is sampled
         optimized = math.ceil(cfg.nopt_window * cfg.steps) if cfg.nopt.iters else 0
+        nopt_steps = (optimized, cfg.steps, cfg.nopt_window, cfg.nopt.iters)
         per_iter = 3 + (1 if generated * per_unit > cfg.sample_batch_size else 0)  # a second pass beyond one batch
         total += num_classes * generated * optimized * cfg.nopt.iters * per_iter * g
         if cfg.nopt.features == "trained":
@@ -260,4 +268,5 @@ def make_plan(cfg: ConcentrateConfig, num_classes: int, cost: ModelCost | None, 
         feature_images=feature_images,
         feature_epochs=cfg.nopt.feature_epochs if feature_images else 0,
         feature_flops=feature_flops,
+        nopt_steps=nopt_steps,
     )

@@ -102,9 +102,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_repo, tiny_prior, tmp_p
     assert "classes: 3; IPC 4 = 2 synthetic + 2 real per class" in text
     assert "units: 3 (one per class)" in text
     # 6 synthetic images x 10 steps x 2 (guidance) = 120; NOpt: + 6 x 5 optimized steps x 1 iter x 3 x 2 = 180
-    assert "denoiser forwards (per image): 120 plain sampling, 300 with NOpt (+180)" in text
+    assert "NOpt: the first 5 of 10 DDIM steps (--nopt-window 0.5), 1 gradient step on x_t at each" in text
+    assert "denoiser forwards, counted per image: 120 plain sampling, 300 with NOpt (+180)" in text
     assert "nothing was written" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior", "tiny"]
+    one = dsco(*args[:4], "--ipc", "1", "--steps", "10", "--dry-run", "--out", str(out))
+    assert one.returncode == 0, one.stderr
+    # one synthetic image per class: NOpt steers every step by default (`NOptConfig.window_for`); 3 x 10 x 3 x 2
+    text = " ".join(one.stdout.split())
+    assert "NOpt: the first 10 of 10 DDIM steps (--nopt-window 1), 1 gradient step on x_t at each" in text
+    assert "denoiser forwards, counted per image: 60 plain sampling, 240 with NOpt (+180)" in text
 
 
 def test_imagenet_plan_is_offline_and_counts_dit_flops():
