@@ -234,8 +234,8 @@ def write_table(done: dict, args) -> None:
         lines += [
             "",
             "Rows with settings in their name differ from today's defaults in those settings: NOpt optimizes "
-            "every DDIM step for one synthetic image per class and the first half for more "
-            "(`NOptConfig.window_for`, `bench/results/nopt_window_ipc1.md`); NOpt's step length is 0.05 "
+            "every DDIM step for 1 to 3 synthetic images per class and the first half for more "
+            "(`NOptConfig.window_for`, `bench/results/nopt_window_small_ipc.md`); NOpt's step length is 0.05 "
             "(`bench/results/nopt_sweep.md`); NOpt embeds max(128, 10 n) of the 500 targets per iteration "
             "for n synthetic images per class, all of them when n = 1 (`NOptConfig.batch_for`, "
             "`bench/results/defaults_checks.md`); "

@@ -233,7 +233,7 @@ def concentrate(
     ] = None,
     nopt_window: Annotated[
         Optional[float],
-        typer.Option(help="Fraction of DDIM steps with noise optimization (default 1.0 at n=1, else 0.5)."),
+        typer.Option(help="Fraction of DDIM steps with NOpt (default 1.0 for n<=3 images per class, 0.5 above)."),
     ] = None,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,

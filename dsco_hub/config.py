@@ -25,6 +25,8 @@ SCHEDULERS = ("ddim",)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNELS = ("gaussian", "linear")
 NOPT_FEATURES = ("random", "ensemble", "trained")  # NOpt feature spaces (`NOptConfig.features`)
+# NOpt's default window is the whole trajectory up to this many synthetic images per class (`NOptConfig.window_for`)
+FULL_WINDOW_MAX_N = 3
 EVAL_MODELS = ("auto", "convnet3", "resnet18")
 EVAL_LABELS = ("hard", "soft")  # the students' targets: the set's labels, or a teacher's soft labels
 TEACHER_CONFIG = "teacher_config.json"  # the file that makes a folder a dsco-hub teacher (`dsco-hub teacher train`)
@@ -184,7 +186,7 @@ class NOptConfig:
     """NOpt, noise optimization during DDIM sampling (`docs/method.md` §3)."""
 
     # fraction of the DDIM steps, counted from the start (t = T), where the noise is optimized; None = `window_for(n)`:
-    # the whole trajectory (1.0) for one synthetic image per class, the first half (0.5) for more
+    # the whole trajectory (1.0) for up to FULL_WINDOW_MAX_N synthetic images per class, the first half (0.5) for more
     window: float | None = None
     iters: int = 1  # gradient steps on x_t per optimized DDIM step
     lr: float = 0.05  # step length as a fraction of ||x_t|| per image (normalised gradient step)
@@ -245,18 +247,20 @@ class NOptConfig:
 
     def window_for(self, n: int) -> float:
         """Fraction of the DDIM steps, in [0, 1], where NOpt optimizes the noise of a class's `n >= 0` synthetic
-        images: `window`, else 1.0 (every step) for n = 1 and 0.5 (the first half, from t = T) otherwise.
+        images: `window`, else 1.0 (every step) for 1 <= n <= `FULL_WINDOW_MAX_N` (3) and 0.5 (the first half,
+        from t = T) otherwise.
 
-        With n >= 2 the late, low-noise steps pull the class's images together and the set loses its spread: on the
-        shipped prior (26c6b4bf4c62) at IPC 10, window 1.0 lost 2.2 points to 0.5
-        (bench/results/nopt_window.md). A single image has no spread to lose, and the late steps only move it
-        toward the centre of its class in feature space: at IPC 1, window 1.0 scored 66.0 ± 0.8 % over set seeds
-        0-2 against 63.8 ± 1.8 % with 0.5 (above herding's 65.0 ± 0.2 % on every seed), and data-free 66.9 and
-        65.9 % against 64.2 and 62.5 % (bench/results/nopt_window_ipc1.md), for about twice NOpt's time.
+        The late, low-noise steps move each image toward the dense centre of its class in feature space. With many
+        images per class that pulls them together and the set loses its spread; with few there is little spread to
+        lose. On the shipped prior (26c6b4bf4c62), over set seeds 0-2, window 1.0 against 0.5: IPC 1 66.0 ± 0.8
+        against 63.8 ± 1.8 % (above herding on every seed; data-free 66.9 and 65.9 against 64.2 and 62.5 on seeds 0
+        and 1: bench/results/nopt_window_ipc1.md), IPC 2 71.6 against 70.2, IPC 3 73.3 against 72.3, IPC 5 75.0
+        against 76.6 (bench/results/nopt_window_small_ipc.md), IPC 10 77.0 against 79.2
+        (bench/results/nopt_window.md). The whole window costs about twice NOpt's time.
         """
         if self.window is not None:
             return self.window
-        return 1.0 if n == 1 else 0.5
+        return 1.0 if 1 <= n <= FULL_WINDOW_MAX_N else 0.5
 
 
 @dataclass(frozen=True)

@@ -415,8 +415,9 @@ def test_option_names_of_settings_keys():
     "config, window",
     [
         (ConcentrateConfig(ipc=1), 1.0),  # one synthetic image per class: every step
-        (ConcentrateConfig(ipc=2, doping_ratio=0.5), 1.0),  # one synthetic and one real
-        (ConcentrateConfig(ipc=2), 0.5),
+        (ConcentrateConfig(ipc=3), 1.0),  # up to FULL_WINDOW_MAX_N
+        (ConcentrateConfig(ipc=8, doping_ratio=0.75), 1.0),  # two synthetic and six real
+        (ConcentrateConfig(ipc=4), 0.5),
         (ConcentrateConfig(ipc=1, oversample=4), 0.5),  # NOpt makes four, one is kept
         (ConcentrateConfig(ipc=1, method="herding"), 0.5),  # no NOpt: stored as runs before the rule did
         (ConcentrateConfig(ipc=1, doping_ratio=1.0), 0.5),
@@ -441,9 +442,9 @@ def test_a_run_saved_before_the_window_depended_on_n_compares_by_the_window_it_u
 def test_first_difference_counts_a_missing_setting_as_its_default():
     now = run_settings(ConcentrateConfig(ipc=3).to_dict(), "rows")
     assert first_difference(now, now) is None
-    older = {k: v for k, v in now.items() if k != "nopt.window"}  # saved by a version without that option
+    older = {k: v for k, v in now.items() if k != "nopt.features"}  # saved by a version without that option
     assert first_difference(older, now) is None
-    assert first_difference(older, {**now, "nopt.window": 0.25}) == ("--nopt-window", 0.5, 0.25)
+    assert first_difference(older, {**now, "nopt.features": "ensemble"}) == ("--nopt-features", "random", "ensemble")
     assert first_difference(now, older) is None  # missing on either side
     saved = {**now, "ipc": 2, "steps": 30}
     assert first_difference(saved, now) == ("--ipc", 2, 3)  # the first in sorted order

@@ -186,11 +186,11 @@ def _model_targets(prior, class_id: int) -> torch.Tensor:
 
 
 def test_the_default_window_is_every_step_for_one_image_and_the_first_half_for_more(prior):
-    assert [NOptConfig().window_for(n) for n in (0, 1, 2, 50)] == [0.5, 1.0, 0.5, 0.5]
+    assert [NOptConfig().window_for(n) for n in (0, 1, 2, 3, 4, 50)] == [0.5, 1.0, 1.0, 1.0, 0.5, 0.5]
     assert [NOptConfig(window=0.25).window_for(n) for n in (1, 50)] == [0.25, 0.25]
     classes = [
         NOptClass(0, [1], _model_targets(prior, 0), phi_seed=5),
-        NOptClass(1, [4, 5, 6], _model_targets(prior, 1), phi_seed=6),
+        NOptClass(1, [4, 5, 6, 7], _model_targets(prior, 1), phi_seed=6),
     ]
     sampler = SamplerConfig(steps=6)
     together, traces = nopt_sample_classes(prior, classes, NOptConfig(target_batch=16), sampler)
