@@ -80,7 +80,7 @@ def nopt_sample(
         targets (`torch.Tensor`): `(M, *prior.sample_shape)` target samples in the denoiser's space (pixels in
             `[-1, 1]`, or latents from `prior.encode`), `M >= 2`: real images of the class, or a pool of the
             model's own samples in data-free mode.
-        cfg (`NOptConfig`): window (`cfg.window_for(n)`: all steps for one image, the first half for more),
+        cfg (`NOptConfig`): window (`cfg.window_for(n)`: all steps for up to 3 images, the first half for more),
             iterations, step length, kernel, feature width, and the targets embedded per iteration
             (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
         sampler (`SamplerConfig`, *optional*, defaults to `SamplerConfig()`): the DDIM sampler, the same settings
