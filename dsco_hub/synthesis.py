@@ -345,8 +345,7 @@ def _dsco(work: Synthesis, classes: list[int], snapshots: list[dict] | None) -> 
     cfg, prior = work.cfg, work.prior
     rows = writer.ConcentratedRows()
     m, n = cfg.num_doped, cfg.num_synthetic
-    generated = n * cfg.oversample
-    seeds = {k: [derive_seed(cfg.seed, k, j) for j in range(generated)] for k in classes}  # image j of class k
+    seeds = {k: [derive_seed(cfg.seed, k, j) for j in range(cfg.nopt_per_class)] for k in classes}  # image j, class k
     targets = {k: _nopt_targets(work, k, n) for k in (classes if n else [])}
     batch = [
         NOptClass(work.class_ids[k], seeds[k], targets[k], phi_seed=derive_seed(cfg.seed, "phi", k))
