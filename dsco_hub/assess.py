@@ -57,14 +57,16 @@ def evaluate_set(
     Args:
         target (`str`): the set: a local folder written by dsco-hub, `USER/NAME[@REVISION]` on the Hub (a set
             dsco-hub pushed, or any dataset with an image and a label column), or a local `datasets` source.
-        test (`SourceConfig`): the test source; `test.source=None` uses the source recorded in the set's card.
-            Its `test_split` (default "test", else "validation") is evaluated; its `split` (default "train") feeds
-            the random-real baseline.
+        test (`SourceConfig`): the test source; `test.source=None` uses the source recorded in the set's card (at
+            its recorded config and revision, so `test.config_name` and `test.revision` must be None then). Its
+            `test_split` (default "test", else "validation") is evaluated; its `split` (default "train") feeds the
+            random-real baseline.
         cfg (`EvalConfig`): protocol settings (`cfg.baseline` toggles the baseline).
         update_card (`bool`, *optional*, defaults to False): write the results into the set's card (a folder's
             README.md, or a commit / pull request on the Hub).
         hub_cfg (`HubConfig`, *optional*): token, endpoint, `create_pr` and `commit_message` for a Hub set.
-        set_config (`str`, *optional*): the config of a Hub set to evaluate (default: the repo's default config).
+        set_config (`str`, *optional*): the config of the set to evaluate, on the Hub or in a downloaded copy
+            (default: its card's default config).
         image_column (`str`, *optional*): the set's image column (default: the column of feature `Image`).
         label_column (`str`, *optional*): the set's label column (default: the `ClassLabel` column).
         report (`Callable[[str], Any]`, *optional*): called with one-line messages (evaluated commit, card URL).
@@ -73,9 +75,10 @@ def evaluate_set(
         `dict`: the `eval` block (protocol, test, result, baseline_random; `commit` for a Hub set).
 
     Raises:
+        ConfigError: invalid settings, or `test.config_name` / `test.revision` without `test.source`.
         SourceError: the set or the test source cannot be used (no image or label column, missing split), or their
             classes differ (lists the difference).
-        HubError: the repo or revision does not exist, or (with `update_card`) no token, 401/403.
+        HubError: the repo, revision or config does not exist, or (with `update_card`) no token, 401/403.
     """
     columns = {"set_config": set_config, "image_column": image_column, "label_column": label_column}
     return _evaluate_command(target, test, cfg, None, None, update_card, hub_cfg, report, **columns)[0]
@@ -153,6 +156,12 @@ def _evaluate_command(
     gates = gates or results.Gates()
     gates.validate(cfg.baseline)
     hub_cfg = hub_cfg or HubConfig()
+    for option, value in (("--config", test.config_name), ("--revision", test.revision)):
+        if test.source is None and value is not None:
+            raise ConfigError(
+                f"{option}={value!r} applies to --test-dataset; without it the test data is the source recorded in "
+                "the set's card, at its recorded config and commit: add --test-dataset SOURCE, or drop it."
+            )
     if against is not None and update_card:
         raise ConfigError(f"--against={against!r} compares two sets; the card update takes one: drop one of them.")
     opened = _open_target(target, hub_cfg, set_config, image_column, label_column, update_card, report)
@@ -238,8 +247,16 @@ def _open_target(
             f"{option}={target!r} does not exist; pass a set folder or a Hub set USER/NAME[@REVISION]."
         )
     existing = DatasetCard.load(folder / "README.md") if (folder / "README.md").exists() else None
-    dsco = dict(existing.data.get("dsco") or {}) if existing is not None else {}
-    set_cfg = SourceConfig(source=target, split="train", image_column=image_column, label_column=label_column)
+    if set_config is not None and (existing is None or not card.declared_configs(existing.data)):
+        raise SourceError(
+            f"--set-config={set_config!r}: {option}={target!r} is a folder whose card declares no configs; pass the "
+            "folder without --set-config."
+        )
+    # a folder written by `concentrate` has one config; a download of a Hub set may have several (--set-config)
+    _, dsco = card.evaluated_config(existing, set_config, target)
+    set_cfg = SourceConfig(
+        source=target, config_name=set_config, split="train", image_column=image_column, label_column=label_column
+    )
     if update_card and not dsco:
         raise SourceError(
             f"--update-card: {target} has no dsco-hub card (README.md with a dsco: block); "
@@ -270,7 +287,7 @@ def _default_test(opened: _OpenedSet, test: SourceConfig) -> SourceConfig:
     return SourceConfig(
         source=recorded["id"],
         config_name=recorded.get("config"),
-        revision=recorded.get("revision"),
+        revision=recorded.get("revision") if recorded.get("is_hub") else None,  # a folder is read as it is
         split=recorded.get("split", "train"),
         test_split=test.test_split,
     )

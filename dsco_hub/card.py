@@ -755,14 +755,22 @@ def source_terms(source_card: dict[str, Any], gated: str | bool | None, source_i
     return terms
 
 
-def evaluated_config(found: DatasetCard | None, config_name: str | None, repo_id: str) -> tuple[str | None, dict]:
-    """The config of a Hub repo to evaluate and its `dsco:` block, from the repo's card.
+def declared_configs(data: DatasetCardData) -> list[str]:
+    """The config names a card's `configs:` declares, in order (`datasets`' own reading of it); `[]` for none."""
+    from datasets.utils.metadata import MetadataConfigs
+
+    return list(MetadataConfigs.from_dataset_card_data(data))
+
+
+def evaluated_config(found: DatasetCard | None, config_name: str | None, where: str) -> tuple[str | None, dict]:
+    """The config of a set to evaluate and its `dsco:` block, from the set's card (a Hub repo's, or a folder's:
+    one written by `concentrate`, or a download of a Hub set with several configs).
 
     Args:
-        found (`DatasetCard`, *optional*): the repo's card (None: it has none).
+        found (`DatasetCard`, *optional*): the set's card (None: it has none).
         config_name (`str`, *optional*): the config asked for (`--set-config`); None picks the card's default
             config, or its only one.
-        repo_id (`str`): the repo, named in messages.
+        where (`str`): the set, as messages name it (`datasets/USER/NAME`, or the folder).
 
     Returns:
         `tuple[str | None, dict]`: the config (None when the card declares none) and its `dsco:` block (`{}` for
@@ -772,23 +780,18 @@ def evaluated_config(found: DatasetCard | None, config_name: str | None, repo_id
         HubError: several configs and none is the default (pick one with --set-config), or `config_name` is not
             one of them (lists them).
     """
-    from datasets.utils.metadata import MetadataConfigs
-
     blocks = card_blocks(found.data) if found is not None else {}
-    declared = list(MetadataConfigs.from_dataset_card_data(found.data)) if found is not None else []
+    declared = declared_configs(found.data) if found is not None else []
     if config_name is None:
         config_name = (default_config(found.data) if found is not None else None) or (
             declared[0] if len(declared) == 1 else None
         )
         if config_name is None and declared:
             raise HubError(
-                f"datasets/{repo_id} has several configs and no default ({', '.join(declared)}); "
-                "pick one with --set-config."
+                f"{where} has several configs and no default ({', '.join(declared)}); pick one with --set-config."
             )
     elif declared and config_name not in declared:
-        raise HubError(
-            f"--set-config={config_name!r} is not a config of datasets/{repo_id}; its configs: {', '.join(declared)}."
-        )
+        raise HubError(f"--set-config={config_name!r} is not a config of {where}; its configs: {', '.join(declared)}.")
     dsco = blocks.get(config_name or "default") or (blocks.get("default") if len(blocks) == 1 else None) or {}
     return config_name, dsco
 

@@ -203,8 +203,12 @@ def concentrate(
         ),
     ] = False,
     shuffle_buffer: Annotated[
-        int, typer.Option(help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order).")
-    ] = 1000,
+        Optional[int],
+        typer.Option(
+            help="--streaming: rows in the stream's shuffle buffer (0 = the stream's order; default 1000, as "
+            "datasets' IterableDataset.shuffle)."
+        ),
+    ] = None,
     doping_ratio: Annotated[
         str,
         typer.Option(
@@ -382,7 +386,14 @@ def concentrate(
     )
     if classes is not None:
         cfg.source.classes = tuple(c.strip() for c in classes.split(",") if c.strip())
-    cfg.source.streaming, cfg.source.shuffle_buffer = streaming, shuffle_buffer
+    if shuffle_buffer is not None:
+        if not streaming:
+            raise ConfigError(
+                f"--shuffle-buffer={shuffle_buffer} applies to --streaming (it shuffles the stream); add --streaming, "
+                "or drop it."
+            )
+        cfg.source.shuffle_buffer = shuffle_buffer
+    cfg.source.streaming = streaming
     if dry_run:
         for line in plan_run(cfg).lines():
             Console().print(line, highlight=False, soft_wrap=True)
@@ -489,7 +500,8 @@ def evaluate(
         bool, typer.Option(help="Write the results into the set's card (on the Hub: a commit, or a PR).")
     ] = False,
     set_config: Annotated[
-        Optional[str], typer.Option(help="Config of the Hub set, e.g. ipc50 (default: the repo's default).")
+        Optional[str],
+        typer.Option(help="Config of the set (on the Hub, or a downloaded copy), e.g. ipc50 (default: its default)."),
     ] = None,
     image_column: ImageColOpt = None,
     label_column: LabelColOpt = None,

@@ -531,6 +531,11 @@ class ConcentrateConfig:
         same_split = self.source.same_split_message()
         if self.evaluate and same_split:  # the evaluation's test split
             raise ConfigError(same_split)
+        for option, value in (("--test-dataset", self.test_dataset), ("--teacher", self.eval.teacher)):
+            _check(
+                self.evaluate or value is None,
+                f"{option}={value!r} applies to the evaluation, which --no-eval skips; drop one of them.",
+            )
         _check(
             self.source.shuffle_buffer >= 0,
             f"--shuffle-buffer={self.source.shuffle_buffer} must be >= 0 (rows; 0 keeps the stream's order).",
@@ -588,6 +593,11 @@ class ConcentrateConfig:
             "--pool-guidance-scale applies to data-free runs only (their target pool); add --data-free, or drop it.",
         )
         _check(self.feature_seed >= 0, f"--feature-seed={self.feature_seed} must be non-negative.")
+        _check(
+            self.preset is None or self.class_map is None,
+            f"--class-map applies to classes matched by name; {self.preset} maps ImageNet classes by position or "
+            "WordNet id: drop --class-map.",
+        )
         _check(self.oversample >= 1, f"--oversample={self.oversample} must be at least 1 (1 = no selection).")
         _check(
             self.oversample == 1 or self.method == "dsco",

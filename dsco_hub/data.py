@@ -30,7 +30,7 @@ import torch
 from PIL import Image as PILImage
 
 from dsco_hub.config import SourceConfig, derive_seed
-from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
+from dsco_hub.errors import ConfigError, ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
 from dsco_hub.files import atomic_path
 from dsco_hub.text import closest
 
@@ -144,10 +144,22 @@ def source_folder(cfg: SourceConfig) -> str:
 
 
 def _resolve(cfg: SourceConfig) -> tuple[str, str]:
-    """What to open for `cfg.source` (the embedded subset's folder when None), and the name to show for it."""
-    if cfg.source is None:
-        return str(embedded_source_path()), EMBEDDED_ID
-    return cfg.source, cfg.source
+    """What to open for `cfg.source` (the embedded subset's folder when None), and the name to show for it.
+
+    Raises:
+        ConfigError: `cfg.revision` with a local source (a folder is read as it is; only the Hub has revisions).
+    """
+    source, display = (str(embedded_source_path()), EMBEDDED_ID) if cfg.source is None else (cfg.source, cfg.source)
+    if cfg.revision is not None and _is_local(source):
+        where = (
+            "SOURCE is omitted: the embedded subset has none; pass a Hub SOURCE"
+            if cfg.source is None
+            else f"{display!r} is a local folder, read as it is: check that revision out in the folder"
+        )
+        raise ConfigError(
+            f"--revision={cfg.revision!r} picks a commit of a Hub dataset, but {where}, or drop --revision."
+        )
+    return source, display
 
 
 def _is_local(source: str) -> bool:
@@ -341,9 +353,17 @@ def _find_columns(ds: datasets.Dataset, cfg: SourceConfig, source: str) -> tuple
     found = [n for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
     if found:
         return image_column, found[0]
-    for name, f in ds.features.items():
-        if name.lower() in _LABEL_NAMES and _is_label_feature(f):
+    named = [(name, f) for name, f in ds.features.items() if name.lower() in _LABEL_NAMES]
+    for name, f in named:
+        if _is_label_feature(f):
             return image_column, name
+    if named:  # a column named like labels, of a type that holds no class (floats: regression targets, scores)
+        name, f = named[0]
+        kind = f.dtype if isinstance(f, datasets.Value) else type(f).__name__
+        raise SourceError(
+            f"{source}: column {name!r} holds {kind} values, not classes (integers, strings or a ClassLabel); pass "
+            f"--label-column NAME of a class column; columns: {described}."
+        )
     raise SourceError(
         f"{source} has no label column (feature `ClassLabel`, or an int/string column named 'label'); "
         f"columns: {described}. Pass --label-column NAME."

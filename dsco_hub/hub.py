@@ -442,7 +442,7 @@ def open_set(target: str, cfg: HubConfig, config_name: str | None = None) -> Pub
             f"Pass one of them or a commit sha, e.g. {repo_id}@main."
         )
     found = _read_card(client, repo_id, sha)
-    config_name, dsco = card.evaluated_config(found, config_name, repo_id)
+    config_name, dsco = card.evaluated_config(found, config_name, f"datasets/{repo_id}")
     return PublishedSet(repo_id, revision, sha, config_name, found, dsco)
 
 

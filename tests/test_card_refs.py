@@ -326,26 +326,26 @@ def test_source_terms_and_evaluated_config():
     }
     assert card.source_terms({"extra_gated_prompt": "Ours."}, "auto", "s")["extra_gated_prompt"] == "Ours."
 
-    assert card.evaluated_config(None, None, "alice/x") == (None, {})
+    assert card.evaluated_config(None, None, "datasets/alice/x") == (None, {})
     two = DatasetCard(
         "---\nconfigs:\n- config_name: ipc2\n  data_files: ipc2/*\n- config_name: ipc5\n  data_files: ipc5/*\n"
         "dsco:\n  config: ipc2\n  ipc: 2\ndsco_configs:\n  ipc5:\n    config: ipc5\n    ipc: 5\n---\n"
     )
     with pytest.raises(HubError) as err:
-        card.evaluated_config(two, None, "alice/x")
+        card.evaluated_config(two, None, "datasets/alice/x")
     assert (
         str(err.value)
         == "datasets/alice/x has several configs and no default (ipc2, ipc5); pick one with --set-config."
     )
     with pytest.raises(HubError) as err:
-        card.evaluated_config(two, "ipc9", "alice/x")
+        card.evaluated_config(two, "ipc9", "datasets/alice/x")
     assert str(err.value) == "--set-config='ipc9' is not a config of datasets/alice/x; its configs: ipc2, ipc5."
-    assert card.evaluated_config(two, "ipc5", "alice/x") == ("ipc5", {"config": "ipc5", "ipc": 5})
+    assert card.evaluated_config(two, "ipc5", "datasets/alice/x") == ("ipc5", {"config": "ipc5", "ipc": 5})
     one = DatasetCard("---\nconfigs:\n- config_name: only\n  data_files: data/*\ndsco:\n  ipc: 3\n---\n")
-    assert card.evaluated_config(one, None, "alice/x") == ("only", {"ipc": 3})  # a folder's block, default
+    assert card.evaluated_config(one, None, "datasets/alice/x") == ("only", {"ipc": 3})  # a folder's block, default
     bare = DatasetCard("---\ndsco:\n  ipc: 3\n---\n")
-    assert card.evaluated_config(bare, None, "alice/x") == (None, {"ipc": 3})
-    assert card.evaluated_config(DatasetCard("---\nlicense: mit\n---\n"), None, "alice/x") == (None, {})
+    assert card.evaluated_config(bare, None, "datasets/alice/x") == (None, {"ipc": 3})
+    assert card.evaluated_config(DatasetCard("---\nlicense: mit\n---\n"), None, "datasets/alice/x") == (None, {})
 
 
 def test_labels_text_and_eval_section(monkeypatch):
@@ -404,11 +404,11 @@ def test_cards_refuse_blocks_dsco_hub_did_not_write():
 def test_a_foreign_card_keeps_its_text_and_gets_one_eval_section(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "metadata", _metadata())
     block = {**_dsco()["eval"], "commit": "abcdef0123"}
-    text, name = card.with_hub_evaluation(None, None, block, "alice/x")
+    text, name = card.with_hub_evaluation(None, None, block, "datasets/alice/x")
     assert name == "default" and text.startswith("---\ndsco:\n  config: default\n  eval:\n")
     assert text.endswith("\n---\n\n\n" + card.eval_section({"default": {"eval": block}}))
     theirs = DatasetCard("---\nlicense: mit\n---\n# Theirs\n\nWords.\n")
-    first, name = card.with_hub_evaluation(theirs, "cfg", block, "alice/x")
+    first, name = card.with_hub_evaluation(theirs, "cfg", block, "datasets/alice/x")
     assert name == "cfg" and "# Theirs\n\nWords.\n\n" + card.EVAL_BEGIN in first and "license: mit" in first
     again, _ = card.with_hub_evaluation(DatasetCard(first + "after\n"), "cfg", {**block, "commit": "fedcba98"}, "a/x")
     assert again.count(card.EVAL_BEGIN) == 1 and "`fedcba98`" in again and "`abcdef01`" not in again
@@ -621,7 +621,7 @@ def test_only_the_first_eval_section_is_replaced():
     other = old.replace("aaaaaaaa", "bbbbbbbb")
     theirs = DatasetCard("---\nlicense: mit\n---\n# Theirs\n\n" + old + "\nmiddle\n\n" + other)
     block = {**_dsco()["eval"], "commit": "cccccccc22"}
-    text, _ = card.with_hub_evaluation(theirs, "a", block, "alice/x")
+    text, _ = card.with_hub_evaluation(theirs, "a", block, "datasets/alice/x")
     assert text.count(card.EVAL_BEGIN) == 2 and "`aaaaaaaa`" not in text
     assert text.index("`cccccccc`") < text.index("middle") < text.index("`bbbbbbbb`")
 

@@ -37,6 +37,19 @@ def test_help_lists_commands():
         ),
         (["concentrate", "--split", "validation"], "--split='validation' does not exist"),
         (["concentrate", "--runs", "0"], "--runs=0 must be at least 1"),
+        (
+            ["concentrate", "--shuffle-buffer", "5000"],
+            "--shuffle-buffer=5000 applies to --streaming (it shuffles the stream); add --streaming, or drop it.",
+        ),
+        (
+            ["concentrate", "--revision", "v2"],
+            "--revision='v2' picks a commit of a Hub dataset, but SOURCE is omitted: the embedded subset has none; "
+            "pass a Hub SOURCE, or drop --revision.",
+        ),
+        (
+            ["concentrate", "--no-eval", "--test-dataset", "./other"],
+            "--test-dataset='./other' applies to the evaluation, which --no-eval skips; drop one of them.",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
@@ -56,6 +69,12 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, expected):
         ([""], "TARGET='' is empty; pass a set folder"),
         (["SET", "--against", "./no/such/set"], "--against='./no/such/set' does not exist; pass a set folder"),
         (["SET", "--against", ""], "--against='' is empty; pass a set folder"),
+        (
+            ["SET", "--revision", "v2"],  # describes --test-dataset: the card's source is read at its own commit
+            "--revision='v2' applies to --test-dataset; without it the test data is the source recorded in the set's "
+            "card, at its recorded config and commit: add --test-dataset SOURCE, or drop it.",
+        ),
+        (["SET", "--config", "full"], "--config='full' applies to --test-dataset; without it the test data is"),
     ],
 )
 def test_evaluate_names_the_set_argument_that_is_wrong_before_any_training(tmp_path, args, expected):

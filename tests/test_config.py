@@ -303,6 +303,19 @@ def test_concentrate_config_accepts_its_boundaries():
         ),
         (dict(feature_seed=-5), "--feature-seed=-5 must be non-negative."),
         (
+            dict(preset="imagenette", class_map="map.json"),
+            "--class-map applies to classes matched by name; imagenette maps ImageNet classes by position or WordNet "
+            "id: drop --class-map.",
+        ),
+        (
+            dict(evaluate=False, test_dataset="user/fmnist-test"),
+            "--test-dataset='user/fmnist-test' applies to the evaluation, which --no-eval skips; drop one of them.",
+        ),
+        (
+            dict(evaluate=False, eval=EvalConfig(labels="soft", teacher="teacher-dir")),
+            "--teacher='teacher-dir' applies to the evaluation, which --no-eval skips; drop one of them.",
+        ),
+        (
             dict(source=SourceConfig(classes=())),  # what `--classes ''` or `--classes ,` parse to
             "--classes names no class; list names or label indices (e.g. --classes 'Coat,3'), or omit it for all.",
         ),

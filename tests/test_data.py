@@ -16,8 +16,8 @@ from conftest import CLASS_NAMES, tiny_dataset, write_repo
 from hub_server import FakeHub
 
 from dsco_hub.config import SourceConfig
-from dsco_hub.data import decode_images, embedded_source_path, load_source, load_test_source, to_mode
-from dsco_hub.errors import ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
+from dsco_hub.data import decode_images, embedded_source_path, fingerprint, load_source, load_test_source, to_mode
+from dsco_hub.errors import ConfigError, ImageDecodeError, SourceError, SourceNotFoundError, SplitNotFoundError
 
 
 def test_repo_folder_columns_classes_and_index(tiny_repo):
@@ -122,6 +122,19 @@ def test_missing_split_lists_splits(tiny_repo):
         load_source(SourceConfig(source=str(tiny_repo), split="validation"))
 
 
+def test_a_revision_of_a_local_folder_is_refused_not_ignored(tiny_repo):
+    # a folder has no revisions: reading it as it is under --revision would record a revision it was not read at
+    cfg = SourceConfig(source=str(tiny_repo), revision="v2")
+    for read in (load_source, fingerprint):  # `fingerprint` is what every resumable command calls first
+        with pytest.raises(ConfigError) as err:
+            read(cfg)
+        assert str(err.value) == (
+            f"--revision='v2' picks a commit of a Hub dataset, but {str(tiny_repo)!r} is a local folder, read as it "
+            "is: check that revision out in the folder, or drop --revision."
+        )
+    assert load_source(SourceConfig(source=str(tiny_repo))).revision is None
+
+
 def test_missing_test_split_points_to_test_split(tmp_path):
     folder = write_repo(tmp_path / "notest", tiny_dataset())
     with pytest.raises(
@@ -143,6 +156,17 @@ def test_no_label_column_lists_columns(tmp_path):
     write_repo(tmp_path / "nolabel", ds)
     with pytest.raises(SourceError, match=r"no label column.*category.*--label-column"):
         load_source(SourceConfig(source=str(tmp_path / "nolabel")))
+
+
+def test_a_label_column_of_floats_is_named_with_its_type(tmp_path):
+    ds = tiny_dataset().cast_column("label", datasets.Value("float32"))  # e.g. regression targets
+    write_repo(tmp_path / "floats", ds)
+    with pytest.raises(SourceError) as err:
+        load_source(SourceConfig(source=str(tmp_path / "floats")))
+    assert str(err.value) == (
+        f"{tmp_path / 'floats'}: column 'label' holds float32 values, not classes (integers, strings or a "
+        "ClassLabel); pass --label-column NAME of a class column; columns: image (PIL.Image.Image), label (float32)."
+    )
 
 
 def test_test_labels_must_match_training_classes(tmp_path):

@@ -31,6 +31,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 from dsco_hub import assess, hub, hub_errors, pipeline, results, synthesis, writer
 from dsco_hub.config import ConcentrateConfig, EvalConfig, HubConfig, SourceConfig
+from dsco_hub.data import load_source
 from dsco_hub.errors import HubError, SourceError
 
 TOKEN = "hf_alice_S3CRET_token_0123456789"  # alice's valid token (must never show up in output or files)
@@ -1318,6 +1319,34 @@ def test_a_card_that_would_carry_the_token_is_not_uploaded(fake_hub, tiny_repo, 
         hub.update_card_eval(published, _eval_block(published.sha), _cfg(fake_hub))
     assert str(err.value) == "refusing to upload README.md: the card would contain the Hub token."
     assert fake_hub.read("alice/leaky-card", "README.md") == leaky
+
+
+def test_a_downloaded_set_with_several_configs_is_evaluated_at_the_config_asked_for(fake_hub, tiny_repo, tmp_path):
+    # a folder copy of a Hub set (huggingface_hub.snapshot_download) keeps every config: --set-config picks one there
+    # as on the Hub, and the folder's card gives that config's dsco: block
+    cfg = _cfg(fake_hub, repo_id="alice/two")
+    hub.push_folder(_make_set(tiny_repo, tmp_path / "set2"), cfg)
+    hub.push_folder(_make_set(tiny_repo, tmp_path / "set3", ipc=3), cfg)
+    folder = huggingface_hub.snapshot_download(
+        "alice/two", repo_type="dataset", local_dir=tmp_path / "download", endpoint=fake_hub.url, token=TOKEN
+    )
+    for config, ipc in (("ipc3", 3), ("ipc2", 2), (None, 2)):  # None: the card's default, the first pushed
+        opened = assess._open_target(folder, HubConfig(), config, None, None, False, None)
+        assert (opened.set_cfg.config_name, opened.dsco["ipc"]) == (config, ipc)
+        assert load_source(opened.set_cfg).labels.tolist() == [k for k in range(3) for _ in range(ipc)]
+    with pytest.raises(HubError) as err:
+        assess._open_target(folder, HubConfig(), "ipc9", None, None, False, None)
+    assert str(err.value) == f"--set-config='ipc9' is not a config of {folder}; its configs: ipc2, ipc3."
+    with pytest.raises(HubError) as err:  # a folder written by `concentrate` has one config, before it is pushed
+        assess._open_target(str(tmp_path / "set2"), HubConfig(), "ipc2", None, None, False, None)
+    assert str(err.value) == f"--set-config='ipc2' is not a config of {tmp_path / 'set2'}; its configs: default."
+    (tmp_path / "set2" / "README.md").unlink()  # no card, so no configs: nothing --set-config could pick
+    with pytest.raises(SourceError) as err:
+        assess._open_target(str(tmp_path / "set2"), HubConfig(), "ipc2", None, None, False, None)
+    assert str(err.value) == (
+        f"--set-config='ipc2': TARGET={str(tmp_path / 'set2')!r} is a folder whose card declares no configs; pass "
+        "the folder without --set-config."
+    )
 
 
 def test_update_card_eval_reads_and_commits_on_the_target_branch_and_names_the_config(fake_hub, tiny_repo, tmp_path):

@@ -7,12 +7,14 @@ import json
 
 import pytest
 import torch
+from conftest import CLASS_NAMES
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from dsco_hub.config import PriorTrainConfig, SamplerConfig
+from dsco_hub.config import ConcentrateConfig, PriorTrainConfig, SamplerConfig, SourceConfig
 from dsco_hub.errors import ConfigError, ModelError
 from dsco_hub.models import check_sampler_args, load_prior, map_classes, read_class_map, sample, save_unet_prior
 from dsco_hub.prior import build_unet
+from dsco_hub.synthesis import load_model
 
 DIT_LABELS = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "church, church building", 3: "parachute"}
 
@@ -261,3 +263,20 @@ def test_a_class_map_entry_that_names_no_model_class_is_shown_with_its_entry():
         assert message.endswith("of --class-map (model labels, or ids below 3) and add the classes it lacks.")
     with pytest.raises(ModelError, match=r"'Sandal' \(closest: .*\); pass --class-map FILE \(JSON source name"):
         map_classes(["Sandal", "Bag"], id2label)  # no map: the fix is to pass one
+
+
+def test_a_class_map_key_that_names_no_source_class_is_refused_unless_classes_left_it_out(tiny_prior, tmp_path):
+    # a typo ("Circle") would leave "circle" mapped by its own name, and the map's entry unused
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"Circle": "square", "stripe": "stripe"}))
+    cfg = ConcentrateConfig(method="diffusion", model=str(tiny_prior), class_map=str(path))
+    with pytest.raises(ModelError) as err:
+        load_model(cfg, cfg.sampler(), list(CLASS_NAMES), "tiny", device=torch.device("cpu"))
+    assert str(err.value) == (
+        "--class-map names 1 class(es) the source does not have: 'Circle' (closest: 'circle', 'square', 'stripe'); "
+        "its keys are the source's class names as written: correct or drop those entries."
+    )
+    subset = ConcentrateConfig(
+        method="diffusion", model=str(tiny_prior), class_map=str(path), source=SourceConfig(classes=("square",))
+    )
+    assert load_model(subset, subset.sampler(), ["square"], "tiny", device=torch.device("cpu"))[1] == [1]
