@@ -58,6 +58,20 @@ def _umask() -> int:
     return mask
 
 
+def open_file_modes(folder: str | Path, pattern: str = "*.safetensors") -> None:
+    """Give the files matching `pattern` under `folder` (recursively) the mode `open()` gives a new file: 0666 less
+    the umask.
+
+    `safetensors` 0.8 writes through a temporary file of mode 0600 and renames it (safetensors issue #782), so a
+    model folder saved by `diffusers`' `save_pretrained` holds weights that only their owner can read, beside a
+    `config.json` everyone can; a prior shared on a cluster or copied into a container then fails to load.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob(pattern):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def make_dirs(path: str | Path, option: str = "--out") -> Path:
     """Create `path` and its parents (mode 0777 less the umask, as `mkdir -p`).
 

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel, UNet2
 
 from dsco_hub.config import SamplerConfig, derive_seed, is_commit_sha
 from dsco_hub.errors import ConfigError, ModelError
+from dsco_hub.files import open_file_modes
 from dsco_hub.text import closest
 
 SHIPPED_PRIOR = "prior_fashion_mnist"  # dsco_hub/resources/<this>: the embedded Fashion-MNIST prior
@@ -369,6 +370,7 @@ def save_unet_prior(unet: UNet2DModel, scheduler: DDIMScheduler, id2label: dict[
     """Write a UNet prior as `load_prior` reads it: `model_index.json` (+ `id2label`), `unet/`, `scheduler/`."""
     out = Path(out)
     unet.save_pretrained(out / "unet")
+    open_file_modes(out / "unet")  # readable as its config.json is (safetensors writes 0600)
     scheduler.save_pretrained(out / "scheduler")
     index = {
         "_class_name": "DDIMPipeline",

@@ -43,7 +43,7 @@ from dsco_hub.data import (
     to_uint8,
 )
 from dsco_hub.errors import ConfigError, OutputError
-from dsco_hub.files import atomic_write, check_out_path
+from dsco_hub.files import atomic_write, check_out_path, open_file_modes
 from dsco_hub.models import DiffusionPrior, sample, save_unet_prior
 from dsco_hub.text import command_line
 from dsco_hub.ui import progress_bar
@@ -475,6 +475,7 @@ def _save_checkpoint(accelerator, ckpt_dir: Path, step: int, elapsed: float, los
     if accelerator.is_main_process:
         state = {"step": step, "elapsed_seconds": elapsed, "loss_ema": loss_ema}
         (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+        open_file_modes(tmp)  # a run another user resumes can read its weights (safetensors writes 0600)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-2]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,19 @@ def test_train_saves_a_loadable_prior_with_card(tiny_repo, tmp_path):
     assert "dsco-hub prior train tiny" in card and "Wall time" in card and "license: cc-by-4.0" in card
     assert (out / "samples.png").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def test_the_prior_and_its_checkpoints_are_readable_as_the_umask_allows(tiny_repo, tmp_path):
+    # safetensors 0.8 writes its files 0600 (safetensors#782): a prior shared on a cluster would not load
+    old = os.umask(0o022)
+    try:
+        out = prior_module.train_prior(_cfg(tiny_repo, tmp_path / "p"))
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert "unet/diffusion_pytorch_model.safetensors" in modes
+    assert any(name.startswith("checkpoints/") and name.endswith(".safetensors") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_repo, tmp_path, monkeypatch):
