@@ -297,7 +297,7 @@ def settings_block(cfg: ConcentrateConfig, prior: Any | None, identity: dict | N
     n = cfg.num_synthetic
     return {
         **{f"nopt_{k}": v for k, v in dataclasses.asdict(cfg.nopt).items()},
-        "nopt_window": cfg.nopt_window,  # resolved: 1.0 for 1-3 images per class, else 0.5
+        "nopt_window": cfg.nopt_window,  # resolved (`NOptConfig.window_for`)
         "nopt_target_batch": cfg.nopt.batch_for(cfg.nopt_per_class),  # resolved: max(128, 10 n), all (0) for n = 1
         "oversample": cfg.oversample,
         "doping_select": cfg.doping_select,

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsco_hub.config import (
+    FULL_WINDOW_MAX_N,
     ConcentrateConfig,
     EvalConfig,
     HubConfig,
@@ -237,7 +238,10 @@ def concentrate(
     ] = None,
     nopt_window: Annotated[
         Optional[float],
-        typer.Option(help="Fraction of DDIM steps with NOpt (default 1.0 for n<=3 images per class, 0.5 above)."),
+        typer.Option(
+            help=f"Fraction of DDIM steps with NOpt (default 1.0 for n<={FULL_WINDOW_MAX_N} images per class, "
+            "0.5 above)."
+        ),
     ] = None,
     nopt_iters: Annotated[int, typer.Option(help="Gradient steps per optimized DDIM step.")] = 1,
     nopt_lr: Annotated[float, typer.Option(help="NOpt step length, a fraction of ||x_t||.")] = 0.05,
