@@ -13,7 +13,8 @@ and Bilen, "Dataset Condensation with Distribution Matching", WACV 2023; or seve
 snapshot of a ConvNet-3 trained on the real images: `feature_map`) applied in the
 denoiser's own space (pixels, or VAE latents), and the kernel is a sum of Gaussians at median-
 heuristic bandwidths. After each update `x_t` is rescaled to its previous per-image norm so it
-stays on the noise level's typical shell. The DDIM step itself runs without gradients.
+stays on the noise level's typical shell; an image whose gradient is too small for its step to change the MMD^2
+in float32 (a saturated kernel: rounding noise) keeps its `x_t`. The DDIM step itself runs without gradients.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def nopt_sample(
         targets (`torch.Tensor`): `(M, *prior.sample_shape)` target samples in the denoiser's space (pixels in
             `[-1, 1]`, or latents from `prior.encode`), `M >= 2`: real images of the class, or a pool of the
             model's own samples in data-free mode.
-        cfg (`NOptConfig`): window (`cfg.window_for(n)`: all steps for up to 3 images, the first half for more),
-            iterations, step length, kernel, feature width, and the targets embedded per iteration
-            (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
+        cfg (`NOptConfig`): window (`cfg.window_for(n)`: all steps for up to `config.FULL_WINDOW_MAX_N` (3)
+            images, the first half for more), iterations, step length, kernel, feature width, and the targets
+            embedded per iteration (`cfg.batch_for(n)`: a subset drawn with the feature map's seed, or all M).
         sampler (`SamplerConfig`, *optional*, defaults to `SamplerConfig()`): the DDIM sampler, the same settings
             as `models.sample`'s: `steps`, `guidance_scale`, and `eta` in `[0, 1]` (the step noise of image j
             comes from the same per-image generator as in `models.sample`, so `cfg.iters == 0` reproduces it);
@@ -191,10 +192,11 @@ def nopt_sample_classes(
             losses, grad = _mmd_gradient(features, x.detach(), sizes, target_features, cfg.kernel, batch_size)
             with torch.no_grad():
                 norm = x.flatten(1).norm(dim=1)[:, None, None, None]  # (n, 1, 1, 1)
-                g_norm = grad.flatten(1).norm(dim=1)[:, None, None, None].clamp_min(1e-12)
-                stepped = x - cfg.lr * norm * grad / g_norm
+                g_norm = grad.flatten(1).norm(dim=1)[:, None, None, None]
+                stepped = x - cfg.lr * norm * grad / g_norm.clamp_min(1e-30)
                 stepped = stepped * norm / stepped.flatten(1).norm(dim=1)[:, None, None, None]
-                x = stepped if all(active) else torch.where(_rows(active, sizes, device), stepped, x)
+                moves = _resolvable(cfg.lr * norm * g_norm, losses, sizes) & _rows(active, sizes, device)
+                x = stepped if bool(moves.all()) else torch.where(moves, stepped, x)
             for trace, loss, on in zip(traces, losses.tolist(), active):
                 if on:
                     trace.first_mmd2 = loss if trace.first_mmd2 is None else trace.first_mmd2
@@ -268,6 +270,19 @@ def select_synthetic(
     last = [snapshots[-1]] if cfg.features == "trained" else None
     phi = feature_map(cfg, candidates.shape[1], seed, last).to(candidates.device)
     return herd(embed(phi, candidates), embed(phi, targets), num, kernel=cfg.kernel)
+
+
+def _resolvable(change: torch.Tensor, losses: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """`(sum n_k, 1, 1, 1)` bool: whether a row's normalised step changes its class's MMD^2 by more than float32 can
+    resolve, to first order (`change` = step length x gradient norm, `(sum n_k, 1, 1, 1)`; `losses` `(K,)`).
+
+    Where the kernel saturates (images far from every target), the MMD^2 is flat: its gradient is float noise (1e-19
+    and below), and a normalised step would turn that noise into a full step in a random direction. Such a row
+    keeps its x_t. Real runs' gradients resolve by many orders of magnitude, so they always step.
+    """
+    per_row = losses.to(change.device).abs().repeat_interleave(torch.tensor(sizes, device=change.device))
+    eps = torch.finfo(torch.float32).eps
+    return change > eps * per_row.clamp_min(eps)[:, None, None, None]
 
 
 def _rows(active: Sequence[bool], sizes: Sequence[int], device) -> torch.Tensor:

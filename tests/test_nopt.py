@@ -59,6 +59,19 @@ def test_nopt_with_zero_iterations_is_plain_sampling(prior, eta):
     assert trace.iterations == 0
 
 
+def test_a_flat_mmd_leaves_the_noise_alone(prior):
+    # toward `_targets`' squares the kernel saturates: the gradient is float noise (1e-19 and below), which a
+    # normalised step would turn into a full step in a random direction; NOpt keeps x_t instead
+    seeds = [5, 6, 7]
+    plain = sample(prior, [0] * 3, seeds, SamplerConfig(steps=6, guidance_scale=2.0))
+    images, trace = nopt_sample(prior, 0, seeds, _targets(), NOptConfig(window=1.0, iters=2), SamplerConfig(steps=6))
+    torch.testing.assert_close(images, plain, rtol=0, atol=1e-6)
+    assert trace.iterations == 12  # the MMD was measured at every iteration; no step resolved it
+    moved, _ = nopt_sample(prior, 0, seeds, _model_targets(prior, 0), NOptConfig(window=1.0, iters=2),
+                           SamplerConfig(steps=6))  # fmt: skip
+    assert (moved - plain).abs().mean() > 5e-2  # targets the kernel reaches: every step is taken
+
+
 def test_nopt_in_batches_equals_one_batch(prior):
     targets = (sample(prior, [1] * 40, list(range(100, 140)), SamplerConfig(steps=6)) + 0.3).clamp(-1, 1)
     cfg = NOptConfig(window=0.5, iters=2)
@@ -261,7 +274,7 @@ def test_nopt_is_the_update_of_the_method_written_out(prior, cfg, guidance_scale
 
 def test_the_defaults_of_nopt_sample(prior):
     cfg = NOptConfig(window=0.3, iters=1)
-    targets = _targets(12)
+    targets = _model_targets(prior, 0)
     default, _ = nopt_sample(prior, 0, [1, 2], targets, cfg)
     explicit, _ = nopt_sample(
         prior, 0, [1, 2], targets, cfg, SamplerConfig(steps=25, guidance_scale=2.0, eta=0.0), phi_seed=0
@@ -384,14 +397,14 @@ def _trunks(width=8):
 def test_nopt_with_trained_features_draws_the_snapshots_it_is_given(prior):
     # iteration i of step s uses the snapshot derive_seed(phi_seed, s, i) mod 3: other snapshots, other images
     cfg = NOptConfig(features="trained", width=8, window=0.5, iters=2)
-    trunks = _trunks()
-    images, trace = nopt_sample(prior, 0, [1, 2], _targets(12), cfg, SamplerConfig(steps=4), snapshots=trunks)
+    trunks, targets = _trunks(), _model_targets(prior, 0)
+    images, trace = nopt_sample(prior, 0, [1, 2], targets, cfg, SamplerConfig(steps=4), snapshots=trunks)
     (together,), _ = nopt_sample_classes(
-        prior, [NOptClass(0, [1, 2], _targets(12))], cfg, SamplerConfig(steps=4), snapshots=trunks
+        prior, [NOptClass(0, [1, 2], targets)], cfg, SamplerConfig(steps=4), snapshots=trunks
     )
     assert images.numpy().tobytes() == together.numpy().tobytes()
     assert trace.iterations == 4
-    others, _ = nopt_sample(prior, 0, [1, 2], _targets(12), cfg, SamplerConfig(steps=4), snapshots=trunks[::-1])
+    others, _ = nopt_sample(prior, 0, [1, 2], targets, cfg, SamplerConfig(steps=4), snapshots=trunks[::-1])
     assert (others - images).abs().max() > 1e-4
 
 
