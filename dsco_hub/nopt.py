@@ -196,7 +196,7 @@ def nopt_sample_classes(
                 stepped = x - cfg.lr * norm * grad / g_norm.clamp_min(1e-30)
                 stepped = stepped * norm / stepped.flatten(1).norm(dim=1)[:, None, None, None]
                 moves = _resolvable(cfg.lr * norm * g_norm, losses, sizes) & _rows(active, sizes, device)
-                x = stepped if bool(moves.all()) else torch.where(moves, stepped, x)
+                x = torch.where(moves, stepped, x)  # picks values as they are: no host sync, no rounding
             for trace, loss, on in zip(traces, losses.tolist(), active):
                 if on:
                     trace.first_mmd2 = loss if trace.first_mmd2 is None else trace.first_mmd2
