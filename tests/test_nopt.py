@@ -13,7 +13,7 @@ from dsco_hub.config import NOptConfig, PriorTrainConfig, SamplerConfig, derive_
 from dsco_hub.errors import ConfigError
 from dsco_hub.kernels import RandomFeatures, TrunkFeatures, conv_trunk, embed, herd, median_bandwidth, mmd2
 from dsco_hub.models import DiffusionPrior, initial_noise, sample
-from dsco_hub.nopt import NOptClass, nopt_sample, nopt_sample_classes, select_synthetic
+from dsco_hub.nopt import NOptClass, _resolvable, nopt_sample, nopt_sample_classes, select_synthetic
 from dsco_hub.prior import build_unet
 
 
@@ -70,6 +70,17 @@ def test_a_flat_mmd_leaves_the_noise_alone(prior):
     moved, _ = nopt_sample(prior, 0, seeds, _model_targets(prior, 0), NOptConfig(window=1.0, iters=2),
                            SamplerConfig(steps=6))  # fmt: skip
     assert (moved - plain).abs().mean() > 5e-2  # targets the kernel reaches: every step is taken
+
+
+def test_a_step_is_taken_where_it_can_change_its_class_mmd_in_float32():
+    # the first-order change of a row's step against float32's resolution of its class's MMD^2, relative to it
+    eps = torch.finfo(torch.float32).eps
+    change = torch.tensor([2 * eps, eps, 0.5 * eps, 2e3 * eps]).view(4, 1, 1, 1)
+    moves = _resolvable(change, torch.tensor([1.0, 1e3]), [3, 1])  # class 0 owns rows 0-2, class 1 row 3
+    assert moves.shape == (4, 1, 1, 1)
+    assert moves.flatten().tolist() == [True, False, False, True]  # exactly at the resolution: no step
+    assert _resolvable(change[:1], torch.tensor([1e3]), [1]).flatten().tolist() == [False]  # a larger MMD^2
+    assert _resolvable(torch.zeros(1, 1, 1, 1), torch.zeros(1), [1]).flatten().tolist() == [False]  # flat at 0
 
 
 def test_nopt_in_batches_equals_one_batch(prior):
