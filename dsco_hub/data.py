@@ -210,6 +210,9 @@ def fingerprint(cfg: SourceConfig) -> dict | None:
     Returns:
         `dict` or None: `{"kind": "local" | "hub", "value": str, "files": int | None}`; `value` is a SHA-256 hex
         digest of the file listing, or the Hub commit sha.
+
+    Raises:
+        ConfigError: `cfg.revision` with a local source (a folder has no revisions).
     """
     source, _ = _resolve(cfg)
     path = Path(source).expanduser()
@@ -470,6 +473,7 @@ def load_source(
         split has only its kept rows; `extra["streaming"]` records how many rows were read and kept.
 
     Raises:
+        ConfigError: `cfg.revision` with a local source (a folder has no revisions).
         SourceNotFoundError: the source does not exist.
         SplitNotFoundError: the split is not one of the source's (a `SourceError`; `available` lists them).
         SourceError: the image column or the label column is missing, or labels are unknown; with

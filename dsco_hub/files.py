@@ -65,6 +65,9 @@ def open_file_modes(folder: str | Path, pattern: str = "*.safetensors") -> None:
     `safetensors` 0.8 writes through a temporary file of mode 0600 and renames it (safetensors issue #782), so a
     model folder saved by `diffusers`' `save_pretrained` holds weights that only their owner can read, beside a
     `config.json` everyone can; a prior shared on a cluster or copied into a container then fails to load.
+
+    Raises:
+        OSError: a file cannot be changed (not its owner's); the callers made every file it visits.
     """
     mode = 0o666 & ~_umask()
     for path in Path(folder).rglob(pattern):

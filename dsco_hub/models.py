@@ -516,20 +516,21 @@ def read_class_map(path: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-def check_class_map_keys(class_names: Sequence[str], class_map: dict[str, str], complete: bool = True) -> None:
+def check_class_map_keys(class_names: Sequence[str], class_map: dict[str, str]) -> None:
     """Refuse `--class-map` keys that name no source class: a typo would leave its class mapped by its own name.
 
+    Call it only when `class_names` are all the source's classes: with a `--classes` subset a key may name a class
+    left out.
+
     Args:
-        class_names (sequence of `str`): the set's class names.
+        class_names (sequence of `str`): the source's class names.
         class_map (`dict[str, str]`): source name -> model label or id (`read_class_map`); keys are matched as
             written, as `map_classes` reads them.
-        complete (`bool`, *optional*, defaults to True): `class_names` are all the source's classes; False (a
-            `--classes` subset) lets keys name the classes left out, and checks nothing.
 
     Raises:
         ModelError: one line listing up to 5 unknown keys, each with the closest class names.
     """
-    unknown = [key for key in class_map if key not in class_names] if complete else []
+    unknown = [key for key in class_map if key not in class_names]
     if unknown:
         hints = "; ".join(
             f"{k!r} (closest: {', '.join(map(repr, closest(k, list(class_names))))})" for k in unknown[:5]

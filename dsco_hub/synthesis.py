@@ -167,8 +167,8 @@ def load_model(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = models.resolve_dtype(sampler.dtype, device)
     class_map = models.read_class_map(cfg.class_map) if cfg.class_map else None
-    if class_map is not None:  # with --classes, a key may name a class left out
-        models.check_class_map_keys(class_names, class_map, complete=cfg.source.classes is None)
+    if class_map is not None and cfg.source.classes is None:  # with --classes, a key may name a class left out
+        models.check_class_map_keys(class_names, class_map)
     revision = revision or cfg.model_revision
     if cfg.model is None:
         path = models.shipped_prior_path()
